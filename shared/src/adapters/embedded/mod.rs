@@ -1,0 +1,1 @@
+//! Embedded adapters: SQLite store, durable local queue, timer scheduler.

@@ -1,0 +1,4 @@
+//! Implementations of the ports.
+
+pub mod embedded;
+pub mod sim;

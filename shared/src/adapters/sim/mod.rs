@@ -1,0 +1,1 @@
+//! Simulators: GP estate and SMS/email/letter gateway.

@@ -1,0 +1,628 @@
+//! A campaign and its lifecycle state machine.
+
+use super::{MessageTemplate, OdsCode, Target};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CampaignId(String);
+
+impl CampaignId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string()[..12].to_string())
+    }
+
+    /// Ids are short lowercase hex; anything else is refused so an id can
+    /// safely appear in keys, references and URLs.
+    pub fn parse(input: &str) -> Option<Self> {
+        let ok = (8..=36).contains(&input.len())
+            && input
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase() || c == '-');
+        ok.then(|| Self(input.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for CampaignId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for CampaignId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The authenticated caller (an IAM principal ARN on AWS, a local identity
+/// in the embedded stack). Staff identities are not patient data.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StaffId(pub String);
+
+impl fmt::Display for StaffId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignState {
+    PendingApproval,
+    OptOutWindow,
+    Extracting,
+    Sending,
+    AwaitingReceipts,
+    Completed,
+    Cancelled,
+}
+
+impl CampaignState {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled)
+    }
+
+    /// Chunks may be sent while other practices are still extracting.
+    pub fn allows_sending(self) -> bool {
+        matches!(self, Self::Extracting | Self::Sending)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingApproval => "pending_approval",
+            Self::OptOutWindow => "opt_out_window",
+            Self::Extracting => "extracting",
+            Self::Sending => "sending",
+            Self::AwaitingReceipts => "awaiting_receipts",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for CampaignState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("campaign is {from}; cannot {action}")]
+    IllegalTransition {
+        from: CampaignState,
+        action: &'static str,
+    },
+    #[error("the approver must be a different person from the creator")]
+    SelfApproval,
+    #[error("the opt-out deadline has passed")]
+    DeadlinePassed,
+    #[error("the opt-out deadline must be in the future")]
+    DeadlineInPast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CampaignOptions {
+    /// Patients with no usable mobile get a letter instead.
+    #[serde(default)]
+    pub postal_fallback: bool,
+    /// Households sharing a mobile number get one text.
+    #[serde(default)]
+    pub one_message_per_mobile: bool,
+}
+
+/// Progress counters kept on the campaign record; updated atomically with
+/// the participation and chunk transitions that cause them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Progress {
+    /// Participating practices whose extraction has not finished or failed.
+    pub practices_pending: u64,
+    /// Chunks stored whose send, letters or write-back is not final.
+    pub chunks_outstanding: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub id: CampaignId,
+    pub name: String,
+    pub template: MessageTemplate,
+    pub target: Target,
+    pub options: CampaignOptions,
+    pub optout_deadline: DateTime<Utc>,
+    pub justification: String,
+    pub created_by: StaffId,
+    pub created_at: DateTime<Utc>,
+    pub approved_by: Option<StaffId>,
+    pub approved_at: Option<DateTime<Utc>>,
+    pub state: CampaignState,
+    pub state_changed_at: DateTime<Utc>,
+    pub cancelled_by: Option<StaffId>,
+    pub cancel_reason: Option<String>,
+    pub extraction_jobs_queued: bool,
+    pub progress: Progress,
+    pub purged_at: Option<DateTime<Utc>>,
+    pub purged_items: Option<u64>,
+    /// Optimistic concurrency: every write checks and bumps it.
+    pub version: u64,
+}
+
+impl Campaign {
+    fn illegal(&self, action: &'static str) -> LifecycleError {
+        LifecycleError::IllegalTransition {
+            from: self.state,
+            action,
+        }
+    }
+
+    fn enter(&mut self, state: CampaignState, now: DateTime<Utc>) {
+        self.state = state;
+        self.state_changed_at = now;
+    }
+
+    pub fn approve(&mut self, by: &StaffId, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+        if self.state != CampaignState::PendingApproval {
+            return Err(self.illegal("approve"));
+        }
+        if by == &self.created_by {
+            return Err(LifecycleError::SelfApproval);
+        }
+        if self.optout_deadline <= now {
+            return Err(LifecycleError::DeadlinePassed);
+        }
+        self.approved_by = Some(by.clone());
+        self.approved_at = Some(now);
+        self.enter(CampaignState::OptOutWindow, now);
+        Ok(())
+    }
+
+    /// Staff move the deadline (e.g. bring it forward when the emergency
+    /// cannot wait). Only before the deadline has fired.
+    pub fn reschedule_deadline(
+        &mut self,
+        deadline: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
+        if !matches!(
+            self.state,
+            CampaignState::PendingApproval | CampaignState::OptOutWindow
+        ) {
+            return Err(self.illegal("change the deadline"));
+        }
+        if deadline < now {
+            return Err(LifecycleError::DeadlineInPast);
+        }
+        self.optout_deadline = deadline;
+        Ok(())
+    }
+
+    /// A practice may opt out while the window is open.
+    pub fn check_opt_out_allowed(&self, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+        if !matches!(
+            self.state,
+            CampaignState::PendingApproval | CampaignState::OptOutWindow
+        ) {
+            return Err(self.illegal("record a practice opt-out"));
+        }
+        if now >= self.optout_deadline {
+            return Err(LifecycleError::DeadlinePassed);
+        }
+        Ok(())
+    }
+
+    /// The deadline fires: participants are frozen.
+    pub fn begin_extraction(
+        &mut self,
+        practices: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
+        if self.state != CampaignState::OptOutWindow {
+            return Err(self.illegal("begin extraction"));
+        }
+        self.progress.practices_pending = practices;
+        self.enter(CampaignState::Extracting, now);
+        Ok(())
+    }
+
+    /// Moves forward as far as the progress counters allow; returns whether
+    /// the state changed.
+    pub fn advance(&mut self, now: DateTime<Utc>) -> bool {
+        let before = self.state;
+        if self.state == CampaignState::Extracting && self.progress.practices_pending == 0 {
+            self.enter(CampaignState::Sending, now);
+        }
+        if self.state == CampaignState::Sending && self.progress.chunks_outstanding == 0 {
+            self.enter(CampaignState::AwaitingReceipts, now);
+        }
+        self.state != before
+    }
+
+    /// All patient data is gone: the campaign is complete (or stays
+    /// cancelled, with the purge recorded).
+    pub fn record_purge(&mut self, items: u64, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+        match self.state {
+            CampaignState::AwaitingReceipts => self.enter(CampaignState::Completed, now),
+            CampaignState::Cancelled | CampaignState::Completed => {}
+            _ => return Err(self.illegal("purge patient data")),
+        }
+        self.purged_at = Some(now);
+        self.purged_items = Some(self.purged_items.unwrap_or(0) + items);
+        Ok(())
+    }
+
+    pub fn cancel(
+        &mut self,
+        by: &StaffId,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
+        if self.state.is_final() {
+            return Err(self.illegal("cancel"));
+        }
+        self.cancelled_by = Some(by.clone());
+        self.cancel_reason = Some(reason);
+        self.enter(CampaignState::Cancelled, now);
+        Ok(())
+    }
+}
+
+/// A practice's part in one campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParticipationState {
+    /// Told about the campaign; may opt out until the deadline.
+    Notified,
+    OptedOut,
+    /// Frozen in at the deadline; extraction queued.
+    Participating,
+    Extracting,
+    Extracted,
+    /// The GP system could not be read after every retry.
+    ExtractionFailed,
+}
+
+impl ParticipationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Notified => "notified",
+            Self::OptedOut => "opted_out",
+            Self::Participating => "participating",
+            Self::Extracting => "extracting",
+            Self::Extracted => "extracted",
+            Self::ExtractionFailed => "extraction_failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Participation {
+    pub campaign: CampaignId,
+    pub ods: OdsCode,
+    pub state: ParticipationState,
+    pub notice_sent_at: Option<DateTime<Utc>>,
+    pub opted_out_at: Option<DateTime<Utc>>,
+    /// Who recorded the opt-out: `practice-link` or a staff identity.
+    pub opted_out_by: Option<String>,
+    pub extraction_attempts: u32,
+    pub extraction_started_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub chunks: u32,
+    /// Cohort and exclusions found at extraction.
+    pub counts: super::OutcomeCounts,
+    pub sends_queued: bool,
+    pub version: u64,
+}
+
+impl Participation {
+    pub fn notified(campaign: CampaignId, ods: OdsCode) -> Self {
+        Self {
+            campaign,
+            ods,
+            state: ParticipationState::Notified,
+            notice_sent_at: None,
+            opted_out_at: None,
+            opted_out_by: None,
+            extraction_attempts: 0,
+            extraction_started_at: None,
+            last_error: None,
+            chunks: 0,
+            counts: Default::default(),
+            sends_queued: false,
+            version: 0,
+        }
+    }
+}
+
+/// The hub's record of one chunk (no patient data): which steps are final
+/// and what they counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub campaign: CampaignId,
+    pub chunk: ChunkId,
+    pub ods: OdsCode,
+    pub sms_recipients: u32,
+    pub letter_recipients: u32,
+    pub send_done: bool,
+    pub letters_done: bool,
+    pub writeback_done: bool,
+    /// The campaign's outstanding counter has been decremented for it.
+    pub counted_final: bool,
+    pub counts: super::OutcomeCounts,
+}
+
+impl ChunkRecord {
+    pub fn is_final(&self) -> bool {
+        self.send_done && self.letters_done && self.writeback_done
+    }
+}
+
+/// `G85001-0007`: the practice and a sequence number. Not patient data.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChunkId(pub String);
+
+impl ChunkId {
+    pub fn new(ods: &OdsCode, sequence: u32) -> Self {
+        Self(format!("{}-{:04}", ods.as_str(), sequence))
+    }
+
+    pub fn ods(&self) -> Option<OdsCode> {
+        OdsCode::parse(self.0.split('-').next()?).ok()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The steps of a chunk after extraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkStage {
+    Send,
+    Letters,
+    Writeback,
+}
+
+/// One audited action. `detail` holds counts and identifiers, never patient data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub campaign: Option<CampaignId>,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub detail: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MessageTemplate, TemplateRules};
+    use chrono::Duration;
+
+    fn staff(name: &str) -> StaffId {
+        StaffId(name.to_string())
+    }
+
+    fn campaign(now: DateTime<Utc>) -> Campaign {
+        Campaign {
+            id: CampaignId::new(),
+            name: "Heatwave".into(),
+            template: MessageTemplate::parse("Stay cool", &TemplateRules::default()).unwrap(),
+            target: Target::default(),
+            options: CampaignOptions::default(),
+            optout_deadline: now + Duration::hours(2),
+            justification: "Red heat health alert".into(),
+            created_by: staff("alice"),
+            created_at: now,
+            approved_by: None,
+            approved_at: None,
+            state: CampaignState::PendingApproval,
+            state_changed_at: now,
+            cancelled_by: None,
+            cancel_reason: None,
+            extraction_jobs_queued: false,
+            progress: Progress::default(),
+            purged_at: None,
+            purged_items: None,
+            version: 0,
+        }
+    }
+
+    /// Drives a campaign to `state` through legal transitions.
+    fn in_state(state: CampaignState) -> Campaign {
+        let now = Utc::now();
+        let mut c = campaign(now);
+        let steps = [
+            CampaignState::PendingApproval,
+            CampaignState::OptOutWindow,
+            CampaignState::Extracting,
+            CampaignState::Sending,
+            CampaignState::AwaitingReceipts,
+            CampaignState::Completed,
+        ];
+        if state == CampaignState::Cancelled {
+            c.cancel(&staff("carol"), "test".into(), now).unwrap();
+            return c;
+        }
+        for step in steps {
+            if c.state == state {
+                break;
+            }
+            match step {
+                CampaignState::PendingApproval => c.approve(&staff("bob"), now).unwrap(),
+                CampaignState::OptOutWindow => c.begin_extraction(1, now).unwrap(),
+                CampaignState::Extracting => {
+                    c.progress.practices_pending = 0;
+                    c.progress.chunks_outstanding = 1;
+                    assert!(c.advance(now));
+                }
+                CampaignState::Sending => {
+                    c.progress.chunks_outstanding = 0;
+                    assert!(c.advance(now));
+                }
+                CampaignState::AwaitingReceipts => c.record_purge(10, now).unwrap(),
+                _ => unreachable!(),
+            }
+        }
+        assert_eq!(c.state, state);
+        c
+    }
+
+    const ALL: [CampaignState; 7] = [
+        CampaignState::PendingApproval,
+        CampaignState::OptOutWindow,
+        CampaignState::Extracting,
+        CampaignState::Sending,
+        CampaignState::AwaitingReceipts,
+        CampaignState::Completed,
+        CampaignState::Cancelled,
+    ];
+
+    #[test]
+    fn approve_only_from_pending_approval() {
+        for state in ALL {
+            let mut c = in_state(state);
+            let result = c.approve(&staff("bob"), Utc::now());
+            if state == CampaignState::PendingApproval {
+                assert_eq!(result, Ok(()));
+                assert_eq!(c.state, CampaignState::OptOutWindow);
+            } else {
+                assert!(matches!(
+                    result,
+                    Err(LifecycleError::IllegalTransition { .. })
+                ));
+                assert_eq!(c.state, state, "a refused transition changes nothing");
+            }
+        }
+    }
+
+    #[test]
+    fn creator_cannot_approve_their_own_campaign() {
+        let mut c = in_state(CampaignState::PendingApproval);
+        assert_eq!(
+            c.approve(&staff("alice"), Utc::now()),
+            Err(LifecycleError::SelfApproval)
+        );
+        assert_eq!(c.state, CampaignState::PendingApproval);
+        assert_eq!(c.approved_by, None);
+    }
+
+    #[test]
+    fn approval_after_the_deadline_is_refused() {
+        let mut c = in_state(CampaignState::PendingApproval);
+        let later = c.optout_deadline + Duration::seconds(1);
+        assert_eq!(
+            c.approve(&staff("bob"), later),
+            Err(LifecycleError::DeadlinePassed)
+        );
+    }
+
+    #[test]
+    fn extraction_begins_only_from_the_opt_out_window() {
+        for state in ALL {
+            let mut c = in_state(state);
+            let result = c.begin_extraction(3, Utc::now());
+            assert_eq!(
+                result.is_ok(),
+                state == CampaignState::OptOutWindow,
+                "{state}"
+            );
+        }
+    }
+
+    #[test]
+    fn cancel_works_from_every_non_final_state() {
+        for state in ALL {
+            let mut c = in_state(state);
+            let result = c.cancel(&staff("carol"), "false alarm".into(), Utc::now());
+            let allowed = !state.is_final();
+            assert_eq!(result.is_ok(), allowed, "{state}");
+            if allowed {
+                assert_eq!(c.state, CampaignState::Cancelled);
+                assert_eq!(c.cancelled_by, Some(staff("carol")));
+            } else {
+                assert_eq!(c.state, state);
+            }
+        }
+    }
+
+    #[test]
+    fn advance_follows_the_counters() {
+        let mut c = in_state(CampaignState::OptOutWindow);
+        c.begin_extraction(2, Utc::now()).unwrap();
+        c.progress.chunks_outstanding = 5;
+        assert!(!c.advance(Utc::now()), "practices still pending");
+        c.progress.practices_pending = 0;
+        assert!(c.advance(Utc::now()));
+        assert_eq!(c.state, CampaignState::Sending);
+        c.progress.chunks_outstanding = 0;
+        assert!(c.advance(Utc::now()));
+        assert_eq!(c.state, CampaignState::AwaitingReceipts);
+        assert!(!c.advance(Utc::now()));
+    }
+
+    #[test]
+    fn purge_completes_only_after_receipts_or_cancel() {
+        for state in ALL {
+            let mut c = in_state(state);
+            let result = c.record_purge(7, Utc::now());
+            let allowed = matches!(
+                state,
+                CampaignState::AwaitingReceipts
+                    | CampaignState::Completed
+                    | CampaignState::Cancelled
+            );
+            assert_eq!(result.is_ok(), allowed, "{state}");
+            if state == CampaignState::AwaitingReceipts {
+                assert_eq!(c.state, CampaignState::Completed);
+            }
+        }
+    }
+
+    #[test]
+    fn opt_out_allowed_only_in_window_and_before_deadline() {
+        let c = in_state(CampaignState::OptOutWindow);
+        assert!(c.check_opt_out_allowed(Utc::now()).is_ok());
+        assert_eq!(
+            c.check_opt_out_allowed(c.optout_deadline),
+            Err(LifecycleError::DeadlinePassed)
+        );
+        let c = in_state(CampaignState::Extracting);
+        assert!(c.check_opt_out_allowed(Utc::now()).is_err());
+    }
+
+    #[test]
+    fn deadline_can_move_only_before_it_fires() {
+        let mut c = in_state(CampaignState::OptOutWindow);
+        let now = Utc::now();
+        assert!(c.reschedule_deadline(now, now).is_ok());
+        assert_eq!(
+            c.reschedule_deadline(now - Duration::seconds(5), now),
+            Err(LifecycleError::DeadlineInPast)
+        );
+        let mut c = in_state(CampaignState::Sending);
+        assert!(c.reschedule_deadline(now, now).is_err());
+    }
+
+    #[test]
+    fn campaign_ids_are_safe_for_keys() {
+        let id = CampaignId::new();
+        assert_eq!(CampaignId::parse(id.as_str()), Some(id));
+        assert_eq!(CampaignId::parse("../etc"), None);
+        assert_eq!(CampaignId::parse("ABCDEF123456"), None);
+    }
+}

@@ -1,0 +1,24 @@
+//! Pure types and rules: no I/O.
+
+mod campaign;
+mod mobile;
+mod nhs_number;
+mod ods;
+mod outcome;
+mod personal;
+pub mod plan;
+mod postcode;
+mod recipient;
+mod target;
+mod template;
+
+pub use campaign::*;
+pub use mobile::*;
+pub use nhs_number::*;
+pub use ods::*;
+pub use outcome::*;
+pub use personal::*;
+pub use postcode::*;
+pub use recipient::*;
+pub use target::*;
+pub use template::*;

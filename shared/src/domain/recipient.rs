@@ -1,0 +1,204 @@
+//! Patient data as the GP system gives it, and the minimum the hub keeps
+//! of it for the steps after extraction. Everything here is personal.
+
+use super::{ChunkId, NhsNumber, Personal, Postcode, UkMobile};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A patient's contact preference at their GP (UK Core ContactPreference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactPreference {
+    #[default]
+    NotRecorded,
+    Sms,
+    Letter,
+    /// Code 8: no telephone contact, so no SMS.
+    NoTelephoneContact,
+}
+
+/// One registered patient as read from a GP system: raw, unvalidated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpPatient {
+    pub nhs_number: Personal<String>,
+    pub given_name: Personal<String>,
+    pub family_name: Personal<String>,
+    pub address_lines: Personal<Vec<String>>,
+    pub postcode: Personal<String>,
+    pub birth_date: Personal<Option<NaiveDate>>,
+    /// Current mobile numbers, as recorded (unvalidated).
+    pub mobile: Personal<Option<String>>,
+    pub deceased: bool,
+    pub contact_preference: ContactPreference,
+}
+
+/// How the hub will reach a recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "channel", rename_all = "snake_case")]
+pub enum Contact {
+    Sms { mobile: UkMobile },
+    Letter { address: PostalAddress },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostalAddress {
+    pub name: Personal<String>,
+    pub lines: Personal<Vec<String>>,
+    pub postcode: Postcode,
+}
+
+/// Where a recipient is in the send pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RecipientStatus {
+    Pending,
+    /// Claimed by a worker before the provider call; a claim found on
+    /// redelivery is reconciled with the provider, never blindly re-sent.
+    Claimed {
+        at: DateTime<Utc>,
+    },
+    Sent {
+        provider: String,
+        provider_id: String,
+        at: DateTime<Utc>,
+    },
+    LetterSent {
+        provider_id: String,
+        at: DateTime<Utc>,
+    },
+    /// Refused by the provider (a bad number) with no fallback.
+    Rejected,
+}
+
+impl RecipientStatus {
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::Sent { .. } | Self::LetterSent { .. } | Self::Rejected
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Delivered,
+    PermanentFailure,
+    TemporaryFailure,
+    TechnicalFailure,
+}
+
+impl DeliveryStatus {
+    pub fn is_delivered(self) -> bool {
+        self == Self::Delivered
+    }
+}
+
+/// A recipient as stored in the patient-data table: only what later steps
+/// need. Date of birth is never stored; names only for personalisation or
+/// a letter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub chunk: ChunkId,
+    pub index: u32,
+    pub nhs_number: NhsNumber,
+    pub contact: Contact,
+    pub first_name: Personal<String>,
+    pub last_name: Personal<String>,
+    pub status: RecipientStatus,
+    pub delivery: Option<DeliveryStatus>,
+    pub written_back: bool,
+}
+
+impl Recipient {
+    /// The provider reference: identifies the recipient within the campaign
+    /// without personal data.
+    pub fn reference(&self, campaign: &super::CampaignId) -> String {
+        RecipientRef {
+            campaign: campaign.clone(),
+            chunk: self.chunk.clone(),
+            index: self.index,
+        }
+        .to_string()
+    }
+
+    pub fn is_sms(&self) -> bool {
+        matches!(self.contact, Contact::Sms { .. })
+    }
+}
+
+/// Parsed form of a provider reference `campaign.chunk.index`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecipientRef {
+    pub campaign: super::CampaignId,
+    pub chunk: ChunkId,
+    pub index: u32,
+}
+
+impl std::fmt::Display for RecipientRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.campaign, self.chunk, self.index)
+    }
+}
+
+impl RecipientRef {
+    pub fn parse(reference: &str) -> Option<Self> {
+        let mut parts = reference.split('.');
+        let campaign = super::CampaignId::parse(parts.next()?)?;
+        let chunk = parts.next()?;
+        let index = parts.next()?.parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        let chunk = ChunkId(chunk.to_string());
+        chunk.ods()?;
+        Some(Self {
+            campaign,
+            chunk,
+            index,
+        })
+    }
+}
+
+/// Keys that make sure a patient (or, with the household option, a mobile
+/// number) is placed in at most one chunk of a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DedupeKey {
+    Patient(NhsNumber),
+    Mobile(UkMobile),
+}
+
+impl DedupeKey {
+    /// Stored key; lives only in the patient-data table.
+    pub fn storage_key(&self) -> String {
+        match self {
+            Self::Patient(nhs) => format!("P#{}", nhs.as_str()),
+            Self::Mobile(mobile) => format!("M#{}", mobile.e164()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CampaignId, OdsCode};
+
+    #[test]
+    fn references_round_trip_and_carry_no_personal_data() {
+        let campaign = CampaignId::new();
+        let chunk = ChunkId::new(&OdsCode::parse("G85001").unwrap(), 7);
+        let reference = RecipientRef {
+            campaign: campaign.clone(),
+            chunk: chunk.clone(),
+            index: 42,
+        };
+        let text = reference.to_string();
+        assert_eq!(text, format!("{campaign}.G85001-0007.42"));
+        assert_eq!(RecipientRef::parse(&text), Some(reference));
+        assert_eq!(RecipientRef::parse("nonsense"), None);
+        assert_eq!(
+            RecipientRef::parse(&format!("{campaign}.G85001-0007.x")),
+            None
+        );
+    }
+}

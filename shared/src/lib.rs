@@ -1,0 +1,6 @@
+//! The SMS Engagement Hub: domain, ports, adapters and the handlers that
+//! every Lambda function and the embedded local stack run.
+
+pub mod adapters;
+pub mod domain;
+pub mod ports;
