@@ -314,6 +314,9 @@ pub struct Participation {
     pub extraction_started_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub chunks: u32,
+    /// Records the GP system returned that could not be read.
+    #[serde(default)]
+    pub malformed_records: u64,
     /// Cohort and exclusions found at extraction.
     pub counts: super::OutcomeCounts,
     pub sends_queued: bool,
@@ -333,6 +336,7 @@ impl Participation {
             extraction_started_at: None,
             last_error: None,
             chunks: 0,
+            malformed_records: 0,
             counts: Default::default(),
             sends_queued: false,
             version: 0,
