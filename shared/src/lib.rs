@@ -3,4 +3,5 @@
 
 pub mod adapters;
 pub mod domain;
+pub mod handlers;
 pub mod ports;

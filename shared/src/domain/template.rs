@@ -104,3 +104,9 @@ impl MessageTemplate {
         measure(&self.example())
     }
 }
+
+impl MessageTemplate {
+    pub fn worst_case_length(&self) -> SmsLength {
+        self.measure_example()
+    }
+}

@@ -1,0 +1,515 @@
+//! Extraction of one practice at the deadline: read the registered list,
+//! keep the target cohort, exclude with reasons, deduplicate, split into
+//! chunks, store them in the patient-data table and queue the sends.
+//!
+//! Nothing is sent until the whole practice is extracted and committed, so
+//! a retried extraction simply starts again.
+
+use super::{Hub, JobError};
+use crate::domain::{
+    CampaignId, CampaignState, ChunkId, ChunkRecord, Contact, ContactPreference, DedupeKey,
+    ExclusionReason, GpPatient, NhsNumber, OdsCode, OutcomeCounts, Participation,
+    ParticipationState, Personal, PostalAddress, Postcode, Recipient, RecipientStatus, UkMobile,
+};
+use crate::ports::{GpError, Job, Placement, Practice, StoreError};
+use futures::StreamExt;
+use std::collections::HashSet;
+
+/// A patient in the cohort who passed every check but deduplication.
+struct Candidate {
+    nhs_number: NhsNumber,
+    contact: Contact,
+    mobile: Option<UkMobile>,
+    first_name: Personal<String>,
+    last_name: Personal<String>,
+}
+
+enum Classified {
+    NotInCohort,
+    Excluded(ExclusionReason),
+    Candidate(Box<Candidate>),
+}
+
+/// Decides what happens to one patient. Pure: no I/O.
+fn classify(
+    patient: GpPatient,
+    campaign: &crate::domain::Campaign,
+    keep_names: bool,
+) -> Classified {
+    let on = campaign.optout_deadline.date_naive();
+    let postcode = Postcode::parse(patient.postcode.expose()).ok();
+    if !campaign
+        .target
+        .includes_patient(*patient.birth_date.expose(), postcode.as_ref(), on)
+    {
+        return Classified::NotInCohort;
+    }
+    if patient.deceased {
+        return Classified::Excluded(ExclusionReason::Deceased);
+    }
+    let Ok(nhs_number) = NhsNumber::parse(patient.nhs_number.expose()) else {
+        return Classified::Excluded(ExclusionReason::InvalidNhsNumber);
+    };
+    if patient.contact_preference == ContactPreference::NoTelephoneContact {
+        return Classified::Excluded(ExclusionReason::SmsOptOut);
+    }
+    let postal = campaign.options.postal_fallback;
+    let mobile = match patient.mobile.expose() {
+        Some(raw) => UkMobile::parse(raw).map_err(|_| ExclusionReason::InvalidMobile),
+        None => Err(ExclusionReason::NoMobile),
+    };
+    // A patient who asked for letters gets one when the campaign sends letters.
+    let wants_letter = postal && patient.contact_preference == ContactPreference::Letter;
+    let contact = match mobile {
+        Ok(mobile) if !wants_letter => Contact::Sms { mobile },
+        Err(reason) if !postal => return Classified::Excluded(reason),
+        _ => {
+            let lines: Vec<String> = patient
+                .address_lines
+                .expose()
+                .iter()
+                .map(|line| line.trim().to_string())
+                .filter(|line| !line.is_empty())
+                .collect();
+            match postcode {
+                Some(postcode) if !lines.is_empty() => Contact::Letter {
+                    address: PostalAddress {
+                        name: Personal::new(
+                            format!(
+                                "{} {}",
+                                patient.given_name.expose(),
+                                patient.family_name.expose()
+                            )
+                            .trim()
+                            .to_string(),
+                        ),
+                        lines: Personal::new(lines),
+                        postcode,
+                    },
+                },
+                _ => return Classified::Excluded(ExclusionReason::NoPostalAddress),
+            }
+        }
+    };
+    let mobile = match &contact {
+        Contact::Sms { mobile } => Some(mobile.clone()),
+        Contact::Letter { .. } => None,
+    };
+    // Names are kept only when the message uses them.
+    let (first_name, last_name) = if keep_names {
+        (patient.given_name, patient.family_name)
+    } else {
+        (Personal::default(), Personal::default())
+    };
+    Classified::Candidate(Box::new(Candidate {
+        nhs_number,
+        contact,
+        mobile,
+        first_name,
+        last_name,
+    }))
+}
+
+/// Chunks being built for one practice.
+struct ChunkBuilder<'a> {
+    hub: &'a Hub,
+    campaign: &'a crate::domain::Campaign,
+    ods: &'a OdsCode,
+    pending: Vec<Candidate>,
+    chunks: Vec<ChunkRecord>,
+    counts: OutcomeCounts,
+    seen_patients: HashSet<NhsNumber>,
+    seen_mobiles: HashSet<UkMobile>,
+}
+
+impl ChunkBuilder<'_> {
+    async fn push(&mut self, candidate: Candidate) -> Result<(), JobError> {
+        if !self.seen_patients.insert(candidate.nhs_number.clone()) {
+            self.counts.exclude(ExclusionReason::DuplicatePatient);
+            return Ok(());
+        }
+        self.pending.push(candidate);
+        if self.pending.len() >= self.hub.config.chunk_size {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Places the pending candidates' dedupe keys, then stores the ones that
+    /// are ours as the next chunk.
+    async fn flush(&mut self) -> Result<(), JobError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let expires = self.hub.now() + self.hub.config.patient_data_ttl;
+        let candidates = std::mem::take(&mut self.pending);
+        let patient_keys: Vec<DedupeKey> = candidates
+            .iter()
+            .map(|c| DedupeKey::Patient(c.nhs_number.clone()))
+            .collect();
+        let placed = self
+            .hub
+            .patients
+            .place_keys(&self.campaign.id, self.ods, &patient_keys, expires)
+            .await?;
+        let mut survivors = Vec::with_capacity(candidates.len());
+        for (candidate, placement) in candidates.into_iter().zip(placed) {
+            match placement {
+                Placement::Placed => survivors.push(candidate),
+                Placement::HeldElsewhere => self.counts.exclude(ExclusionReason::DuplicatePatient),
+            }
+        }
+        if self.campaign.options.one_message_per_mobile {
+            survivors = self.dedupe_mobiles(survivors, expires).await?;
+        }
+        if survivors.is_empty() {
+            return Ok(());
+        }
+        let chunk = ChunkId::new(self.ods, self.chunks.len() as u32);
+        let recipients: Vec<Recipient> = survivors
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| Recipient {
+                chunk: chunk.clone(),
+                index: index as u32,
+                nhs_number: c.nhs_number,
+                contact: c.contact,
+                first_name: c.first_name,
+                last_name: c.last_name,
+                status: RecipientStatus::Pending,
+                delivery: None,
+                written_back: false,
+            })
+            .collect();
+        self.hub
+            .patients
+            .put_recipients(&self.campaign.id, &recipients, expires)
+            .await?;
+        let sms = recipients.iter().filter(|r| r.is_sms()).count() as u32;
+        let letters = recipients.len() as u32 - sms;
+        self.chunks.push(ChunkRecord {
+            campaign: self.campaign.id.clone(),
+            chunk,
+            ods: self.ods.clone(),
+            sms_recipients: sms,
+            letter_recipients: letters,
+            send_done: sms == 0,
+            letters_done: letters == 0,
+            writeback_done: sms == 0,
+            counted_final: false,
+            counts: OutcomeCounts::default(),
+        });
+        Ok(())
+    }
+
+    async fn dedupe_mobiles(
+        &mut self,
+        survivors: Vec<Candidate>,
+        expires: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Candidate>, JobError> {
+        let mut kept = Vec::with_capacity(survivors.len());
+        let mut to_place = Vec::new();
+        for candidate in survivors {
+            match &candidate.mobile {
+                Some(mobile) if !self.seen_mobiles.insert(mobile.clone()) => {
+                    self.counts.exclude(ExclusionReason::DuplicateMobile);
+                }
+                Some(mobile) => {
+                    to_place.push(DedupeKey::Mobile(mobile.clone()));
+                    kept.push(candidate);
+                }
+                None => kept.push(candidate),
+            }
+        }
+        let placed = self
+            .hub
+            .patients
+            .place_keys(&self.campaign.id, self.ods, &to_place, expires)
+            .await?;
+        let mut placements = placed.into_iter();
+        let mut result = Vec::with_capacity(kept.len());
+        for candidate in kept {
+            if candidate.mobile.is_some()
+                && placements.next() == Some(Placement::HeldElsewhere)
+            {
+                self.counts.exclude(ExclusionReason::DuplicateMobile);
+            } else {
+                result.push(candidate);
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// The extract function: one practice of one campaign.
+pub async fn extract_practice(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+    ods: &OdsCode,
+    receive_count: u32,
+) -> Result<(), JobError> {
+    let campaign = hub.campaign(campaign_id).await?;
+    if !campaign.state.allows_sending() {
+        tracing::info!(campaign = %campaign_id, ods = %ods, state = %campaign.state, "extraction skipped");
+        return Ok(());
+    }
+    let Some(mut participation) = hub.store.get_participation(campaign_id, ods).await? else {
+        return Err(JobError::Malformed(format!(
+            "practice {ods} does not take part in campaign {campaign_id}"
+        )));
+    };
+    let now = hub.now();
+    match participation.state {
+        ParticipationState::Participating => {}
+        ParticipationState::Extracting => {
+            let started = participation.extraction_started_at.unwrap_or(now);
+            if now - started < hub.config.stale_after {
+                return Err(JobError::Retry(format!(
+                    "practice {ods} is being extracted by another worker"
+                )));
+            }
+            tracing::warn!(campaign = %campaign_id, ods = %ods, "taking over a stale extraction");
+        }
+        ParticipationState::Extracted => return queue_chunks(hub, &participation).await,
+        ParticipationState::Notified
+        | ParticipationState::OptedOut
+        | ParticipationState::ExtractionFailed => return Ok(()),
+    }
+    participation.state = ParticipationState::Extracting;
+    participation.extraction_attempts += 1;
+    participation.extraction_started_at = Some(now);
+    participation = match hub.store.update_participation(&participation).await {
+        Ok(stored) => stored,
+        // Another delivery of the same job took it: that worker does the work.
+        Err(StoreError::Conflict(_)) => return Ok(()),
+        Err(other) => return Err(other.into()),
+    };
+    let practice = hub
+        .store
+        .get_practice(ods)
+        .await?
+        .ok_or_else(|| JobError::Malformed(format!("practice {ods} is not in the registry")))?;
+    if participation.extraction_attempts > 1 {
+        let removed = hub
+            .patients
+            .delete_practice_recipients(campaign_id, ods)
+            .await?;
+        tracing::info!(campaign = %campaign_id, ods = %ods, removed, "cleared an earlier attempt");
+    }
+
+    match read_practice(hub, &campaign, &practice).await {
+        Ok(built) => commit(hub, participation, built).await,
+        Err(ReadError::Cancelled) => Ok(()),
+        Err(ReadError::Job(error)) => Err(error),
+        Err(ReadError::Gp(error)) => {
+            give_up_or_retry(hub, participation, &error, receive_count).await
+        }
+    }
+}
+
+enum ReadError {
+    Gp(GpError),
+    Job(JobError),
+    Cancelled,
+}
+
+impl From<JobError> for ReadError {
+    fn from(error: JobError) -> Self {
+        Self::Job(error)
+    }
+}
+
+impl From<StoreError> for ReadError {
+    fn from(error: StoreError) -> Self {
+        Self::Job(error.into())
+    }
+}
+
+struct Built {
+    chunks: Vec<ChunkRecord>,
+    counts: OutcomeCounts,
+    malformed: u64,
+}
+
+async fn read_practice(
+    hub: &Hub,
+    campaign: &crate::domain::Campaign,
+    practice: &Practice,
+) -> Result<Built, ReadError> {
+    let keep_names = campaign
+        .template
+        .uses(crate::domain::Field::FirstName)
+        || campaign.template.uses(crate::domain::Field::LastName);
+    let mut stream = hub.gp.extract(practice).await.map_err(ReadError::Gp)?;
+    let mut builder = ChunkBuilder {
+        hub,
+        campaign,
+        ods: &practice.ods,
+        pending: Vec::new(),
+        chunks: Vec::new(),
+        counts: OutcomeCounts::default(),
+        seen_patients: HashSet::new(),
+        seen_mobiles: HashSet::new(),
+    };
+    let mut malformed = 0u64;
+    let mut chunks_checked = 0;
+    while let Some(item) = stream.next().await {
+        let patient = match item {
+            Ok(patient) => patient,
+            Err(GpError::MalformedRecord(_)) => {
+                malformed += 1;
+                continue;
+            }
+            Err(other) => return Err(ReadError::Gp(other)),
+        };
+        match classify(patient, campaign, keep_names) {
+            Classified::NotInCohort => {}
+            Classified::Excluded(reason) => {
+                builder.counts.cohort += 1;
+                builder.counts.exclude(reason);
+            }
+            Classified::Candidate(candidate) => {
+                builder.counts.cohort += 1;
+                builder.push(*candidate).await?;
+            }
+        }
+        // Stop promptly if the campaign is cancelled mid-extraction.
+        if builder.chunks.len() > chunks_checked + 20 {
+            chunks_checked = builder.chunks.len();
+            if hub.campaign(&campaign.id).await?.state == CampaignState::Cancelled {
+                return Err(ReadError::Cancelled);
+            }
+        }
+    }
+    builder.flush().await?;
+    Ok(Built {
+        chunks: builder.chunks,
+        counts: builder.counts,
+        malformed,
+    })
+}
+
+async fn commit(
+    hub: &Hub,
+    mut participation: Participation,
+    built: Built,
+) -> Result<(), JobError> {
+    let campaign_id = participation.campaign.clone();
+    hub.store.put_chunks(&built.chunks).await?;
+    participation.state = ParticipationState::Extracted;
+    participation.chunks = built.chunks.len() as u32;
+    participation.counts = built.counts;
+    participation.malformed_records = built.malformed;
+    participation.last_error = None;
+    let progress = hub
+        .store
+        .commit_extraction(&participation, built.chunks.len() as u64)
+        .await?;
+    participation.version += 1;
+    let counts = &participation.counts;
+    tracing::info!(
+        campaign = %campaign_id,
+        ods = %participation.ods,
+        cohort = counts.cohort,
+        excluded = counts.excluded_total(),
+        chunks = built.chunks.len(),
+        malformed = built.malformed,
+        "practice extracted"
+    );
+    hub.audit(
+        Some(&campaign_id),
+        "hub",
+        "practice_extracted",
+        serde_json::json!({
+            "ods": participation.ods,
+            "cohort": counts.cohort,
+            "excluded": counts.excluded,
+            "chunks": built.chunks.len(),
+            "malformed_records": built.malformed,
+        }),
+    )
+    .await?;
+    send_jobs(hub, &campaign_id, &built.chunks).await?;
+    participation.sends_queued = true;
+    // Losing this write only means the jobs may be queued again on a
+    // redelivery, which the send handlers absorb.
+    if let Err(error) = hub.store.update_participation(&participation).await {
+        tracing::warn!(campaign = %campaign_id, ods = %participation.ods, %error, "could not mark sends queued");
+    }
+    hub.after_progress(&campaign_id, progress).await
+}
+
+async fn send_jobs(
+    hub: &Hub,
+    campaign: &CampaignId,
+    chunks: &[ChunkRecord],
+) -> Result<(), JobError> {
+    let mut jobs = Vec::new();
+    for chunk in chunks {
+        if chunk.sms_recipients > 0 && !chunk.send_done {
+            jobs.push(Job::Send {
+                campaign: campaign.clone(),
+                chunk: chunk.chunk.clone(),
+            });
+        }
+        if chunk.letter_recipients > 0 && !chunk.letters_done {
+            jobs.push(Job::Letters {
+                campaign: campaign.clone(),
+                chunk: chunk.chunk.clone(),
+            });
+        }
+    }
+    hub.queue.send(&jobs).await?;
+    Ok(())
+}
+
+/// A redelivered job for an extracted practice re-queues its chunk jobs if
+/// the earlier worker stopped before queueing them.
+async fn queue_chunks(hub: &Hub, participation: &Participation) -> Result<(), JobError> {
+    if participation.sends_queued {
+        return Ok(());
+    }
+    let chunks: Vec<ChunkRecord> = hub
+        .store
+        .list_chunks(&participation.campaign)
+        .await?
+        .into_iter()
+        .filter(|c| c.ods == participation.ods)
+        .collect();
+    send_jobs(hub, &participation.campaign, &chunks).await
+}
+
+/// The GP system could not be read: retry through the queue, or after the
+/// last attempt record the practice as failed so the rest can finish.
+async fn give_up_or_retry(
+    hub: &Hub,
+    mut participation: Participation,
+    error: &GpError,
+    receive_count: u32,
+) -> Result<(), JobError> {
+    let campaign_id = participation.campaign.clone();
+    let ods = participation.ods.clone();
+    let last_attempt = receive_count >= hub.config.max_extract_attempts;
+    // The error text comes from our adapters and names the system, not patients.
+    participation.last_error = Some(error.to_string());
+    if !last_attempt {
+        participation.state = ParticipationState::Participating;
+        hub.store.update_participation(&participation).await?;
+        tracing::warn!(campaign = %campaign_id, ods = %ods, attempt = receive_count, %error, "extraction failed; will retry");
+        return Err(JobError::Retry(format!("GP system of {ods}: {error}")));
+    }
+    participation.state = ParticipationState::ExtractionFailed;
+    let progress = hub.store.commit_extraction(&participation, 0).await?;
+    hub.patients
+        .delete_practice_recipients(&campaign_id, &ods)
+        .await?;
+    tracing::error!(campaign = %campaign_id, ods = %ods, attempts = receive_count, %error, "extraction failed for good");
+    hub.audit(
+        Some(&campaign_id),
+        "hub",
+        "practice_extraction_failed",
+        serde_json::json!({ "ods": ods, "attempts": receive_count, "error": error.to_string() }),
+    )
+    .await?;
+    hub.after_progress(&campaign_id, progress).await
+}

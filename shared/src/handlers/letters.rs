@@ -1,0 +1,92 @@
+//! Postal fallback for patients with no usable mobile.
+
+use super::{Hub, JobError};
+use crate::domain::{
+    CampaignId, CampaignState, ChunkId, ChunkStage, Contact, OutcomeCounts, Personal,
+    RecipientStatus,
+};
+use crate::ports::{LetterRequest, ProviderError, StatusUpdate};
+
+pub async fn send_letters(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+    chunk_id: &ChunkId,
+) -> Result<(), JobError> {
+    let campaign = hub.campaign(campaign_id).await?;
+    if campaign.state == CampaignState::Cancelled || campaign.state.is_final() {
+        return Ok(());
+    }
+    let Some(record) = hub.store.get_chunk(campaign_id, chunk_id).await? else {
+        return Err(JobError::Malformed(format!("no chunk {chunk_id}")));
+    };
+    if record.letters_done {
+        return Ok(());
+    }
+    let recipients = hub.patients.load_chunk(campaign_id, chunk_id).await?;
+    let pending: Vec<u32> = recipients
+        .iter()
+        .filter(|r| !r.is_sms() && r.status == RecipientStatus::Pending)
+        .map(|r| r.index)
+        .collect();
+    let claimed = hub
+        .patients
+        .claim(campaign_id, chunk_id, &pending, hub.now())
+        .await?;
+    let mut updates = Vec::new();
+    let mut retry = false;
+    for recipient in recipients.iter().filter(|r| claimed.contains(&r.index)) {
+        let Contact::Letter { address } = &recipient.contact else {
+            continue;
+        };
+        // Letters go by post and are not personalised beyond the address.
+        let body = campaign.template.render(&crate::domain::Personalisation {
+            first_name: "",
+            last_name: "",
+            practice_name: "",
+        });
+        let request = LetterRequest {
+            address: address.clone(),
+            body: Personal::new(body),
+            reference: recipient.reference(campaign_id),
+        };
+        let status = match hub.letters.send_letter(&request).await {
+            Ok(accepted) => RecipientStatus::LetterSent {
+                provider_id: accepted.provider_id,
+                at: hub.now(),
+            },
+            Err(ProviderError::Rejected(_)) => RecipientStatus::Rejected,
+            Err(error) => {
+                tracing::warn!(campaign = %campaign_id, chunk = %chunk_id, %error, "letter not sent; will retry");
+                retry = true;
+                RecipientStatus::Pending
+            }
+        };
+        updates.push(StatusUpdate {
+            chunk: chunk_id.clone(),
+            index: recipient.index,
+            status,
+        });
+    }
+    hub.patients.set_status(campaign_id, &updates).await?;
+    let stored = hub.patients.load_chunk(campaign_id, chunk_id).await?;
+    let letters: Vec<_> = stored.iter().filter(|r| !r.is_sms()).collect();
+    if retry || letters.iter().any(|r| !r.status.is_final()) {
+        return Err(JobError::Retry(format!("chunk {chunk_id}: letters left to send")));
+    }
+    let mut counts = OutcomeCounts::default();
+    for recipient in letters {
+        match recipient.status {
+            RecipientStatus::LetterSent { .. } => counts.letters += 1,
+            _ => counts.exclude(crate::domain::ExclusionReason::NoPostalAddress),
+        }
+    }
+    tracing::info!(campaign = %campaign_id, chunk = %chunk_id, letters = counts.letters, "letters sent");
+    if let Some((_, progress)) = hub
+        .store
+        .complete_chunk_stage(campaign_id, chunk_id, ChunkStage::Letters, &counts)
+        .await?
+    {
+        hub.after_progress(campaign_id, progress).await?;
+    }
+    Ok(())
+}

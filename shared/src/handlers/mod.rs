@@ -1,0 +1,227 @@
+//! The handlers: one plain async function per Lambda function, taking the
+//! ports in a [`Hub`]. The same code runs on Lambda, in the embedded local
+//! stack and in the tests.
+
+pub mod api;
+pub mod deadline;
+pub mod extract;
+pub mod jobs;
+pub mod letters;
+pub mod notices;
+pub mod optout_token;
+pub mod purge;
+pub mod receipts;
+pub mod report;
+pub mod router;
+pub mod send;
+pub mod writeback;
+
+use crate::domain::{
+    plan::ProviderRate, AuditEvent, Campaign, CampaignId, CampaignState, Progress, TemplateRules,
+};
+use crate::ports::{
+    Clock, EmailProvider, GpConnector, HubStore, JobQueue, LetterProvider, PatientDataStore,
+    QueueError, ScheduledAction, Scheduler, StoreError,
+};
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use router::ProviderRouter;
+
+/// Tunables, read once at start-up.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Recipients per chunk (one send job each).
+    pub chunk_size: usize,
+    /// Recipients claimed and sent per step; cancel is checked between steps.
+    pub send_batch: usize,
+    /// Provider requests in flight per send invocation.
+    pub send_concurrency: usize,
+    /// Attempts at a practice's extraction before it is reported failed
+    /// (the extract queue's `maxReceiveCount` must be larger).
+    pub max_extract_attempts: u32,
+    /// An extraction or a send claim older than this is presumed dead.
+    pub stale_after: chrono::Duration,
+    /// How long delivery receipts are awaited before the purge.
+    pub receipt_window: chrono::Duration,
+    /// TTL on patient data: the safety net, never the plan.
+    pub patient_data_ttl: chrono::Duration,
+    /// Base of the one-click opt-out link in practice notices.
+    pub optout_base_url: String,
+    pub template_rules: TemplateRules,
+    /// Configured SMS providers, for the plan and ETA.
+    pub providers: Vec<ProviderRate>,
+    /// Upper bound on the hub's total send rate (fragments/s), if any.
+    pub rate_cap: Option<f64>,
+    /// Furthest ahead an opt-out deadline may be set.
+    pub max_deadline_ahead: chrono::Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: 250,
+            send_batch: 50,
+            send_concurrency: 32,
+            max_extract_attempts: 3,
+            stale_after: chrono::Duration::minutes(15),
+            receipt_window: chrono::Duration::hours(72),
+            patient_data_ttl: chrono::Duration::days(7),
+            optout_base_url: "https://hub.invalid".into(),
+            template_rules: TemplateRules::default(),
+            providers: Vec::new(),
+            rate_cap: None,
+            max_deadline_ahead: chrono::Duration::days(14),
+        }
+    }
+}
+
+/// Everything a handler needs: the ports and the configuration.
+#[derive(Clone)]
+pub struct Hub {
+    pub store: Arc<dyn HubStore>,
+    pub patients: Arc<dyn PatientDataStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub scheduler: Arc<dyn Scheduler>,
+    pub sms: Arc<ProviderRouter>,
+    pub email: Arc<dyn EmailProvider>,
+    pub letters: Arc<dyn LetterProvider>,
+    pub gp: Arc<dyn GpConnector>,
+    pub clock: Arc<dyn Clock>,
+    pub optout_key: Arc<SecretString>,
+    pub config: Arc<HubConfig>,
+}
+
+/// Why a queued job did not finish. Every variant leaves the message on
+/// the queue to be tried again; after `maxReceiveCount` it goes to the DLQ.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("will retry: {0}")]
+    Retry(String),
+    #[error("message is malformed: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl Hub {
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    pub async fn audit(
+        &self,
+        campaign: Option<&CampaignId>,
+        actor: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.store
+            .append_audit(&AuditEvent {
+                campaign: campaign.cloned(),
+                at: self.now(),
+                actor: actor.to_string(),
+                action: action.to_string(),
+                detail,
+            })
+            .await
+    }
+
+    pub async fn campaign(&self, id: &CampaignId) -> Result<Campaign, StoreError> {
+        self.store
+            .get_campaign(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("campaign {id}")))
+    }
+
+    /// Re-reads the campaign and applies `change` until the compare-and-set
+    /// write wins. `change` returns `false` to leave the record alone.
+    pub async fn update_campaign_with<F>(
+        &self,
+        id: &CampaignId,
+        mut change: F,
+    ) -> Result<(Campaign, bool), StoreError>
+    where
+        F: FnMut(&mut Campaign) -> bool,
+    {
+        for _ in 0..20 {
+            let mut campaign = self.campaign(id).await?;
+            if !change(&mut campaign) {
+                return Ok((campaign, false));
+            }
+            match self.store.update_campaign(&campaign).await {
+                Ok(stored) => return Ok((stored, true)),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "campaign {id} kept changing under an update"
+        )))
+    }
+
+    /// Called after any change of the progress counters: moves the campaign
+    /// on when extraction or sending has finished, and arranges the purge
+    /// at the end of the receipt window.
+    pub async fn after_progress(
+        &self,
+        id: &CampaignId,
+        progress: Progress,
+    ) -> Result<(), JobError> {
+        if progress.practices_pending > 0 {
+            return Ok(());
+        }
+        let now = self.now();
+        let (campaign, changed) = self
+            .update_campaign_with(id, |c| c.advance(now))
+            .await?;
+        if changed {
+            tracing::info!(campaign = %id, state = %campaign.state, "campaign moved on");
+            self.audit(
+                Some(id),
+                "hub",
+                &format!("state_{}", campaign.state),
+                serde_json::json!({ "progress": campaign.progress }),
+            )
+            .await?;
+            if campaign.state == CampaignState::AwaitingReceipts {
+                self.arrange_purge(id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Purge at the end of the receipt window (at once when it is zero).
+    pub async fn arrange_purge(&self, id: &CampaignId) -> Result<(), JobError> {
+        if self.config.receipt_window <= chrono::Duration::zero() {
+            self.queue
+                .send(&[crate::ports::Job::Purge {
+                    campaign: id.clone(),
+                }])
+                .await?;
+        } else {
+            self.scheduler
+                .schedule(
+                    &ScheduledAction::Purge {
+                        campaign: id.clone(),
+                    },
+                    self.now() + self.config.receipt_window,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Exponential backoff with full jitter.
+pub(crate) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    use rand::Rng;
+    let ceiling = base
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(max);
+    let millis = ceiling.as_millis().max(1) as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
+}

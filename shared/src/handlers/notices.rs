@@ -1,0 +1,114 @@
+//! Practice notices: each participating practice is emailed the message,
+//! the target, the deadline and a signed one-click opt-out link.
+
+use super::optout_token::{self, OptOutClaim};
+use super::{Hub, JobError};
+use crate::domain::{plan::human_duration, CampaignId, OdsCode, ParticipationState, Target};
+use crate::ports::{EmailRequest, ProviderError, StoreError};
+
+pub fn describe_target(target: &Target) -> String {
+    if target.is_everyone() {
+        return "all registered patients".into();
+    }
+    let mut parts = Vec::new();
+    if let Some(band) = target.age {
+        parts.push(match (band.min, band.max) {
+            (Some(min), Some(max)) => format!("aged {min} to {max}"),
+            (Some(min), None) => format!("aged {min} and over"),
+            (None, Some(max)) => format!("aged {max} and under"),
+            (None, None) => "of any age".into(),
+        });
+    }
+    if !target.postcodes.is_empty() {
+        let areas: Vec<String> = target.postcodes.iter().cloned().map(String::from).collect();
+        parts.push(format!("living in {}", areas.join(", ")));
+    }
+    if !target.practices.is_empty() {
+        parts.push(format!("at {} selected practices", target.practices.len()));
+    }
+    format!("registered patients {}", parts.join(" and "))
+}
+
+pub async fn send_notice(hub: &Hub, campaign_id: &CampaignId, ods: &OdsCode) -> Result<(), JobError> {
+    let campaign = hub.campaign(campaign_id).await?;
+    let Some(mut participation) = hub.store.get_participation(campaign_id, ods).await? else {
+        return Err(JobError::Malformed(format!("{ods} is not notified of {campaign_id}")));
+    };
+    if participation.notice_sent_at.is_some()
+        || participation.state != ParticipationState::Notified
+        || campaign.state.is_final()
+    {
+        return Ok(());
+    }
+    let practice = hub
+        .store
+        .get_practice(ods)
+        .await?
+        .ok_or_else(|| JobError::Malformed(format!("practice {ods} not in registry")))?;
+    let token = optout_token::issue(
+        &hub.optout_key,
+        &OptOutClaim {
+            campaign: campaign_id.clone(),
+            ods: ods.clone(),
+            expires: campaign.optout_deadline,
+        },
+    );
+    let link = format!(
+        "{}/optout?token={token}",
+        hub.config.optout_base_url.trim_end_matches('/')
+    );
+    let until = campaign.optout_deadline - hub.now();
+    let body = format!(
+        "Dear {practice},\n\n\
+         The regional SMS Engagement Hub will send an emergency text message to {target} \
+         of your practice.\n\n\
+         Campaign: {name}\nReason: {justification}\n\n\
+         The message (as a patient will see it):\n\n{example}\n\n\
+         If your practice does not want its patients to get this message, opt out before \
+         {deadline} (in about {left}) with this link:\n{link}\n\
+         or reply to this email asking to opt out.\n\n\
+         Patients whose record at your practice says no SMS will not be sent it. \
+         Each message sent will be recorded in the patient's record.",
+        practice = practice.name,
+        target = describe_target(&campaign.target),
+        name = campaign.name,
+        justification = campaign.justification,
+        example = campaign.template.example(),
+        deadline = campaign.optout_deadline.format("%H:%M on %d %B %Y (UTC)"),
+        left = human_duration(until.to_std().unwrap_or_default()),
+    );
+    let request = EmailRequest {
+        to: practice.notice_email.clone(),
+        subject: format!("Emergency SMS to your patients: {} — opt-out window", campaign.name),
+        body,
+        reference: format!("notice.{campaign_id}.{ods}"),
+    };
+    match hub.email.send_email(&request).await {
+        Ok(_) => {}
+        Err(ProviderError::Rejected(reason)) => {
+            tracing::error!(campaign = %campaign_id, ods = %ods, reason, "practice notice address rejected");
+            hub.audit(
+                Some(campaign_id),
+                "hub",
+                "practice_notice_rejected",
+                serde_json::json!({ "ods": ods, "reason": reason }),
+            )
+            .await?;
+            return Ok(());
+        }
+        Err(error) => return Err(JobError::Retry(format!("notice to {ods}: {error}"))),
+    }
+    participation.notice_sent_at = Some(hub.now());
+    match hub.store.update_participation(&participation).await {
+        Ok(_) | Err(StoreError::Conflict(_)) => {}
+        Err(other) => return Err(other.into()),
+    }
+    hub.audit(
+        Some(campaign_id),
+        "hub",
+        "practice_notified",
+        serde_json::json!({ "ods": ods }),
+    )
+    .await?;
+    Ok(())
+}

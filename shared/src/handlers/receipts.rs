@@ -1,0 +1,71 @@
+//! Delivery status callbacks from the providers.
+
+use super::Hub;
+use crate::domain::RecipientRef;
+use crate::ports::{DeliveryReceipt, StoreError};
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    Recorded,
+    /// Seen before, or the campaign's patient data is already purged.
+    AlreadyFinal,
+    /// Not one of ours (a reference we did not issue).
+    Unknown,
+}
+
+/// Checks the callback's bearer token in constant time.
+pub fn bearer_matches(header: Option<&str>, expected: &SecretString) -> bool {
+    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    let expected = expected.expose_secret().as_bytes();
+    token.len() == expected.len() && bool::from(token.as_bytes().ct_eq(expected))
+}
+
+pub async fn record_receipt(
+    hub: &Hub,
+    receipt: &DeliveryReceipt,
+) -> Result<ReceiptOutcome, StoreError> {
+    let Some(reference) = RecipientRef::parse(&receipt.reference) else {
+        return Ok(ReceiptOutcome::Unknown);
+    };
+    let recorded = hub
+        .patients
+        .record_delivery(
+            &reference.campaign,
+            &reference.chunk,
+            reference.index,
+            receipt.status,
+        )
+        .await?;
+    if !recorded {
+        return Ok(ReceiptOutcome::AlreadyFinal);
+    }
+    let delivered = u64::from(receipt.status.is_delivered());
+    hub.store
+        .add_chunk_deliveries(
+            &reference.campaign,
+            &reference.chunk,
+            delivered,
+            1 - delivered,
+        )
+        .await?;
+    Ok(ReceiptOutcome::Recorded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_token_must_match_exactly() {
+        let secret = SecretString::from("s3cret-token".to_string());
+        assert!(bearer_matches(Some("Bearer s3cret-token"), &secret));
+        assert!(!bearer_matches(Some("Bearer s3cret-tokem"), &secret));
+        assert!(!bearer_matches(Some("Bearer s3cret"), &secret));
+        assert!(!bearer_matches(Some("s3cret-token"), &secret));
+        assert!(!bearer_matches(None, &secret));
+    }
+}

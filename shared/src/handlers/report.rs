@@ -1,0 +1,183 @@
+//! Views of a campaign for staff: state, progress, ETA, and the delivery
+//! report per practice and per outcome. Counts only, never patient data.
+
+use super::Hub;
+use crate::domain::{
+    plan, Campaign, CampaignId, CampaignOptions, CampaignState, OdsCode, OutcomeCounts,
+    ParticipationState, Progress, Target,
+};
+use crate::ports::StoreError;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignView {
+    pub id: CampaignId,
+    pub name: String,
+    pub state: CampaignState,
+    pub message: String,
+    pub target: Target,
+    pub options: CampaignOptions,
+    pub optout_deadline: DateTime<Utc>,
+    pub justification: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub approved_by: Option<String>,
+    pub cancelled_by: Option<String>,
+    pub progress: Progress,
+    pub purged_at: Option<DateTime<Utc>>,
+    /// Present on a full view (`get`), absent in lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<OutcomeCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+}
+
+pub fn summary(campaign: &Campaign) -> CampaignView {
+    CampaignView {
+        id: campaign.id.clone(),
+        name: campaign.name.clone(),
+        state: campaign.state,
+        message: campaign.template.text().to_string(),
+        target: campaign.target.clone(),
+        options: campaign.options,
+        optout_deadline: campaign.optout_deadline,
+        justification: campaign.justification.clone(),
+        created_by: campaign.created_by.0.clone(),
+        created_at: campaign.created_at,
+        approved_by: campaign.approved_by.as_ref().map(|s| s.0.clone()),
+        cancelled_by: campaign.cancelled_by.as_ref().map(|s| s.0.clone()),
+        progress: campaign.progress,
+        purged_at: campaign.purged_at,
+        totals: None,
+        eta_seconds: None,
+    }
+}
+
+pub async fn view(hub: &Hub, campaign: &Campaign) -> Result<CampaignView, StoreError> {
+    let mut view = summary(campaign);
+    if matches!(
+        campaign.state,
+        CampaignState::PendingApproval | CampaignState::OptOutWindow
+    ) {
+        return Ok(view);
+    }
+    let report = build(hub, campaign).await?;
+    view.eta_seconds = report.eta_seconds;
+    view.totals = Some(report.totals);
+    Ok(view)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PracticeReport {
+    pub ods: OdsCode,
+    pub name: String,
+    pub state: ParticipationState,
+    pub cohort: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub letters: u64,
+    pub excluded: u64,
+    pub written_back: u64,
+    pub chunks: u32,
+    pub chunks_final: u32,
+    pub malformed_records: u64,
+    pub extraction_attempts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignReport {
+    pub campaign: CampaignId,
+    pub name: String,
+    pub state: CampaignState,
+    pub totals: OutcomeCounts,
+    pub practices: Vec<PracticeReport>,
+    pub opted_out_practices: Vec<OdsCode>,
+    pub failed_practices: Vec<OdsCode>,
+    pub patient_data_remaining: u64,
+    pub purged_items: Option<u64>,
+    pub eta_seconds: Option<u64>,
+    pub adds_up: bool,
+}
+
+pub async fn build(hub: &Hub, campaign: &Campaign) -> Result<CampaignReport, StoreError> {
+    let participations = hub.store.list_participations(&campaign.id).await?;
+    let chunks = hub.store.list_chunks(&campaign.id).await?;
+    let names: std::collections::HashMap<OdsCode, String> = hub
+        .store
+        .list_practices()
+        .await?
+        .into_iter()
+        .map(|p| (p.ods, p.name))
+        .collect();
+    let mut totals = OutcomeCounts::default();
+    let mut practices = Vec::with_capacity(participations.len());
+    let mut opted_out = Vec::new();
+    let mut failed = Vec::new();
+    let mut waiting_sms = 0u64;
+    for participation in &participations {
+        match participation.state {
+            ParticipationState::OptedOut => opted_out.push(participation.ods.clone()),
+            ParticipationState::ExtractionFailed => failed.push(participation.ods.clone()),
+            _ => {}
+        }
+        let mut counts = participation.counts.clone();
+        let mut chunk_count = 0;
+        let mut chunks_final = 0;
+        for chunk in chunks.iter().filter(|c| c.ods == participation.ods) {
+            chunk_count += 1;
+            chunks_final += u32::from(chunk.is_final());
+            if !chunk.send_done {
+                waiting_sms += u64::from(chunk.sms_recipients);
+            }
+            counts.add(&chunk.counts);
+        }
+        totals.add(&counts);
+        practices.push(PracticeReport {
+            name: names
+                .get(&participation.ods)
+                .cloned()
+                .unwrap_or_else(|| participation.ods.to_string()),
+            ods: participation.ods.clone(),
+            state: participation.state,
+            cohort: counts.cohort,
+            sent: counts.sent,
+            delivered: counts.delivered,
+            failed: counts.failed,
+            letters: counts.letters,
+            excluded: counts.excluded_total(),
+            written_back: counts.written_back,
+            chunks: chunk_count,
+            chunks_final,
+            malformed_records: participation.malformed_records,
+            extraction_attempts: participation.extraction_attempts,
+            last_error: participation.last_error.clone(),
+        });
+    }
+    practices.sort_by(|a, b| a.ods.cmp(&b.ods));
+    let rate = plan::plan(
+        waiting_sms,
+        campaign.template.measure_example().fragments,
+        &hub.config.providers,
+        hub.config.rate_cap,
+        plan::TARGET,
+    );
+    let eta_seconds = (campaign.state.allows_sending() && rate.messages_per_second > 0.0)
+        .then_some(rate.eta.as_secs());
+    let adds_up = totals.adds_up();
+    Ok(CampaignReport {
+        campaign: campaign.id.clone(),
+        name: campaign.name.clone(),
+        state: campaign.state,
+        totals,
+        practices,
+        opted_out_practices: opted_out,
+        failed_practices: failed,
+        patient_data_remaining: hub.patients.count_campaign(&campaign.id).await?,
+        purged_items: campaign.purged_items,
+        eta_seconds,
+        adds_up,
+    })
+}
