@@ -37,16 +37,18 @@ impl UkMobile {
             }
         }
         // National form: strip the international prefix to leave 0 + 10 digits.
-        let national = if let Some(rest) = digits.strip_prefix("0044") {
-            // "+44 (0)7…" writes a redundant trunk zero.
+        // A bare "44…" is "+44…" with the plus lost (spreadsheets drop it).
+        let international = digits
+            .strip_prefix("0044")
+            .or_else(|| digits.strip_prefix("44"));
+        let national = if let Some(rest) = international {
+            // "+44 (0)7…" (or "44 (0)7…") writes a redundant trunk zero.
             let rest = rest.strip_prefix('0').unwrap_or(rest);
             format!("0{rest}")
         } else if digits.starts_with("00") {
             return Err(MobileError::NotUk);
         } else if digits.starts_with('0') {
             digits
-        } else if let Some(rest) = digits.strip_prefix("44") {
-            format!("0{rest}")
         } else {
             return Err(MobileError::NotUk);
         };

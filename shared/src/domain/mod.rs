@@ -8,6 +8,8 @@ mod outcome;
 mod personal;
 pub mod plan;
 mod postcode;
+#[cfg(test)]
+mod proptests;
 mod recipient;
 mod target;
 mod template;
