@@ -848,9 +848,3 @@ mod tests {
         assert_eq!(template.example(), "((x)) Alex ((");
     }
 }
-
-impl MessageTemplate {
-    pub fn worst_case_length(&self) -> SmsLength {
-        self.measure_example()
-    }
-}
