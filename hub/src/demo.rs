@@ -1,0 +1,196 @@
+//! `hub demo`: progress bars and the printed report around the shared demo.
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use shared::handlers::report::CampaignReport;
+use shared::local::demo::{self, DemoOptions, DemoReport, Progress, Quiet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// GP practices in the synthetic region.
+    #[arg(long, default_value_t = 12)]
+    practices: usize,
+    /// Registered patients across the region.
+    #[arg(long, default_value_t = 30_000)]
+    patients: u64,
+    /// Seed for the synthetic region (same seed, same patients).
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+    /// Simulated SMS providers.
+    #[arg(long, default_value_t = 2)]
+    providers: usize,
+    /// Each simulated provider's rate limit, in fragments per second.
+    #[arg(long, default_value_t = 2_500.0)]
+    rate: f64,
+    /// Only patients at least this old.
+    #[arg(long)]
+    min_age: Option<i64>,
+    /// Only patients at most this old.
+    #[arg(long)]
+    max_age: Option<i64>,
+    /// Only these postcode areas, districts or sectors (repeatable).
+    #[arg(long = "postcode")]
+    postcodes: Vec<String>,
+    /// No postal letters for patients without a usable mobile.
+    #[arg(long)]
+    no_letters: bool,
+    /// One text per mobile number (households).
+    #[arg(long)]
+    one_per_mobile: bool,
+    /// Keep the tables and queues in this SQLite file (default: in memory).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Bars {
+    multi: MultiProgress,
+    stage: ProgressBar,
+    practices: ProgressBar,
+    sent: ProgressBar,
+    delivered: ProgressBar,
+}
+
+impl Bars {
+    fn new() -> Self {
+        let multi = MultiProgress::new();
+        let style = ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let bar = |prefix: &str| {
+            let bar = multi.add(ProgressBar::new(0));
+            bar.set_style(style.clone());
+            bar.set_prefix(prefix.to_string());
+            bar
+        };
+        let stage = multi.add(ProgressBar::new_spinner());
+        stage.enable_steady_tick(Duration::from_millis(120));
+        Self {
+            practices: bar("practices"),
+            sent: bar("texts sent"),
+            delivered: bar("delivered"),
+            stage,
+            multi,
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn stage(&self, stage: &str) {
+        self.stage.set_message(stage.to_string());
+    }
+
+    fn update(&self, report: &CampaignReport, expected_practices: usize) {
+        let extracted = report
+            .practices
+            .iter()
+            .filter(|p| p.chunks > 0 || matches!(p.state.as_str(), "extracted" | "extraction_failed"))
+            .count();
+        self.practices.set_length(expected_practices as u64);
+        self.practices.set_position(extracted as u64);
+        let totals = &report.totals;
+        let expected_sms = totals.cohort.saturating_sub(totals.excluded_total() + totals.letters);
+        self.sent.set_length(expected_sms.max(totals.sent));
+        self.sent.set_position(totals.sent);
+        self.sent.set_message(format!("letters {}", totals.letters));
+        self.delivered.set_length(totals.sent);
+        self.delivered.set_position(totals.delivered + totals.failed);
+        self.delivered.set_message(format!("failed {}", totals.failed));
+        self.stage.set_message(format!("campaign {}", report.state));
+    }
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let options = DemoOptions {
+        practices: args.practices,
+        patients: args.patients,
+        seed: args.seed,
+        providers: args.providers,
+        provider_rate: args.rate,
+        postal_fallback: !args.no_letters,
+        one_message_per_mobile: args.one_per_mobile,
+        min_age: args.min_age,
+        max_age: args.max_age,
+        postcodes: args.postcodes,
+        database: args.db,
+        ..DemoOptions::default()
+    };
+    let report = if args.json {
+        demo::run(&options, &Quiet).await?
+    } else {
+        let bars = Bars::new();
+        let report = demo::run(&options, &bars).await?;
+        bars.stage.finish_and_clear();
+        let _ = bars.multi.clear();
+        report
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    if !report.adds_up || report.duplicate_sends > 0 || report.patient_data_remaining > 0 {
+        anyhow::bail!("the report does not add up; see above");
+    }
+    Ok(())
+}
+
+fn print_report(r: &DemoReport) {
+    println!("Campaign {} — {}", r.campaign, r.state);
+    println!(
+        "Region: {} patients in {} practices ({} without a signed DSA: {})",
+        r.region_patients,
+        r.region_practices,
+        r.practices_without_dsa.len(),
+        r.practices_without_dsa.join(", ")
+    );
+    println!("Opted out: {}", r.opted_out_practices.join(", "));
+    if !r.failed_practices.is_empty() {
+        println!("GP system failed: {}", r.failed_practices.join(", "));
+    }
+    println!();
+    println!("  cohort        {:>10}", r.cohort);
+    println!("  sent          {:>10}", r.sent);
+    println!("    delivered   {:>10}", r.delivered);
+    println!("    failed      {:>10}", r.failed);
+    println!("  letters       {:>10}", r.letters);
+    let excluded: u64 = r.excluded.values().sum();
+    println!("  excluded      {:>10}", excluded);
+    for (reason, count) in &r.excluded {
+        println!("    {:<22}{:>10}", reason, count);
+    }
+    println!("  written back  {:>10}", r.written_back);
+    println!(
+        "  check: cohort = sent + letters + excluded: {}",
+        if r.adds_up { "yes" } else { "NO" }
+    );
+    println!();
+    println!(
+        "{:<8} {:<34} {:<18} {:>8} {:>8} {:>8} {:>8}",
+        "ODS", "practice", "state", "cohort", "sent", "letters", "excluded"
+    );
+    for p in &r.practices {
+        println!(
+            "{:<8} {:<34} {:<18} {:>8} {:>8} {:>8} {:>8}",
+            p.ods,
+            p.name.chars().take(34).collect::<String>(),
+            p.state,
+            p.cohort,
+            p.sent,
+            p.letters,
+            p.excluded
+        );
+    }
+    println!();
+    println!(
+        "Elapsed {:.1}s (deadline to completion {:.1}s), {:.0} messages/s",
+        r.seconds, r.send_seconds, r.messages_per_second
+    );
+    println!(
+        "Duplicate sends: {}. Patient data purged: {} items; remaining in the store: {}.",
+        r.duplicate_sends, r.purged_items, r.patient_data_remaining
+    );
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The project's test command (README: "Run the tests"). Installs what the
+# tests need, then runs formatting, lint and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo nextest run --workspace --all-features --no-fail-fast "$@"

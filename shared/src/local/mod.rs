@@ -1,0 +1,308 @@
+//! The embedded local stack: the same handlers wired to the embedded
+//! adapters in one process, with an event-source harness that polls the
+//! local queues the way Lambda polls SQS (batches, partial batch failure,
+//! visibility timeout, dead-letter queues) and a timer for the schedules.
+
+pub mod demo;
+
+use crate::adapters::embedded::{LocalQueue, LocalScheduler, SqliteStore};
+use crate::adapters::sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
+use crate::handlers::jobs::{handle_batch, Message};
+use crate::handlers::{Hub, HubConfig, ProviderRouter};
+use crate::ports::{
+    DeliveryReceipt, Job, JobQueue, QueueName, ReceiptSink, ScheduledAction, SmsProvider,
+    SystemClock,
+};
+use anyhow::Context;
+use async_trait::async_trait;
+use secrecy::SecretString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How many workers poll each queue and how many messages each takes:
+/// the local equivalent of an event source's batch size and maximum
+/// concurrency.
+#[derive(Debug, Clone, Copy)]
+pub struct Workers {
+    pub count: usize,
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalStackConfig {
+    /// SQLite file for the tables, queues and schedules; `None` keeps them
+    /// in memory.
+    pub database: Option<PathBuf>,
+    pub hub: HubConfig,
+    pub region: RegionSpec,
+    /// One simulated SMS provider per entry.
+    pub sms_gateways: Vec<GatewayConfig>,
+    pub postal_gateway: GatewayConfig,
+    pub visibility_timeout: Duration,
+    pub max_receive_count: u32,
+    pub poll_interval: Duration,
+}
+
+impl LocalStackConfig {
+    pub fn workers(&self, queue: QueueName) -> Workers {
+        match queue {
+            // The send queue's maximum concurrency: each worker owns a chunk.
+            QueueName::Send => Workers { count: 8, batch: 1 },
+            QueueName::Extract => Workers { count: 4, batch: 1 },
+            _ => Workers { count: 2, batch: 10 },
+        }
+    }
+}
+
+/// Delivers simulated receipts to the receipts handler, as the provider's
+/// callback to the receipts function would.
+struct ReceiptsHandler {
+    hub: Mutex<Option<Hub>>,
+}
+
+#[async_trait]
+impl ReceiptSink for ReceiptsHandler {
+    async fn deliver(&self, receipt: DeliveryReceipt) {
+        let hub = self.hub.lock().ok().and_then(|h| h.clone());
+        if let Some(hub) = hub {
+            if let Err(error) = crate::handlers::receipts::record_receipt(&hub, &receipt).await {
+                tracing::warn!(%error, "receipt not recorded");
+            }
+        }
+    }
+}
+
+pub struct LocalStack {
+    pub hub: Hub,
+    pub store: Arc<SqliteStore>,
+    pub queue: Arc<LocalQueue>,
+    pub scheduler: Arc<LocalScheduler>,
+    pub estate: Arc<GpEstate>,
+    pub gateways: Vec<Arc<GatewaySim>>,
+    pub postal: Arc<GatewaySim>,
+    pub config: LocalStackConfig,
+    workers: Mutex<Vec<(QueueName, JoinHandle<()>)>>,
+    timer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LocalStack {
+    pub async fn start(config: LocalStackConfig) -> anyhow::Result<Arc<Self>> {
+        let (store, queue, scheduler) = match &config.database {
+            Some(path) => (
+                SqliteStore::open(path).context("opening the local store")?,
+                LocalQueue::open(&path.with_extension("queue.sqlite"))
+                    .context("opening the local queue")?,
+                LocalScheduler::open(&path.with_extension("schedules.sqlite"))
+                    .context("opening the local scheduler")?,
+            ),
+            None => (
+                SqliteStore::in_memory()?,
+                LocalQueue::in_memory()?,
+                LocalScheduler::in_memory()?,
+            ),
+        };
+        for name in QueueName::ALL {
+            queue.configure(
+                name,
+                crate::adapters::embedded::QueueConfig {
+                    visibility_timeout: config.visibility_timeout,
+                    max_receive_count: config.max_receive_count,
+                },
+            );
+        }
+        let store = Arc::new(store);
+        let queue = Arc::new(queue);
+        let scheduler = Arc::new(scheduler);
+        let estate = Arc::new(GpEstate::generate(config.region.clone()));
+        let sink = Arc::new(ReceiptsHandler {
+            hub: Mutex::new(None),
+        });
+        let gateways: Vec<Arc<GatewaySim>> = config
+            .sms_gateways
+            .iter()
+            .map(|gateway| Arc::new(GatewaySim::new(gateway.clone())))
+            .collect();
+        for gateway in &gateways {
+            gateway.set_receipt_sink(sink.clone());
+        }
+        let postal = Arc::new(GatewaySim::new(config.postal_gateway.clone()));
+        let router = ProviderRouter::new(
+            gateways
+                .iter()
+                .map(|g| (g.clone() as Arc<dyn SmsProvider>, g.config().rate_per_second))
+                .collect(),
+            1,
+        );
+        let mut hub_config = config.hub.clone();
+        hub_config.providers = router.rates();
+        let hub = Hub {
+            store: store.clone(),
+            patients: store.clone(),
+            queue: queue.clone(),
+            scheduler: scheduler.clone(),
+            sms: Arc::new(router),
+            email: postal.clone(),
+            letters: postal.clone(),
+            gp: estate.clone(),
+            clock: Arc::new(SystemClock),
+            optout_key: Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string())),
+            config: Arc::new(hub_config),
+        };
+        if let Ok(mut slot) = sink.hub.lock() {
+            *slot = Some(hub.clone());
+        }
+        for practice in estate.practices() {
+            hub.store.put_practice(&practice).await?;
+        }
+        let stack = Arc::new(Self {
+            hub,
+            store,
+            queue,
+            scheduler,
+            estate,
+            gateways,
+            postal,
+            config,
+            workers: Mutex::new(Vec::new()),
+            timer: Mutex::new(None),
+        });
+        for name in QueueName::ALL {
+            stack.spawn_workers(name);
+        }
+        stack.spawn_timer();
+        Ok(stack)
+    }
+
+    fn spawn_workers(self: &Arc<Self>, name: QueueName) {
+        let workers = self.config.workers(name);
+        let mut handles = Vec::new();
+        for _ in 0..workers.count {
+            let stack = self.clone();
+            handles.push((
+                name,
+                tokio::spawn(async move { stack.poll(name, workers.batch).await }),
+            ));
+        }
+        if let Ok(mut all) = self.workers.lock() {
+            all.extend(handles);
+        }
+    }
+
+    /// One poller: receive a batch, run the handler, delete what succeeded.
+    async fn poll(&self, name: QueueName, batch: usize) {
+        loop {
+            let received = match self.queue.receive(name, batch, chrono::Utc::now()).await {
+                Ok(received) => received,
+                Err(error) => {
+                    tracing::warn!(queue = name.as_str(), %error, "receive failed");
+                    tokio::time::sleep(self.config.poll_interval).await;
+                    continue;
+                }
+            };
+            if received.is_empty() {
+                tokio::time::sleep(self.config.poll_interval).await;
+                continue;
+            }
+            let messages = received
+                .iter()
+                .map(|m| Message {
+                    id: m.receipt_handle.clone(),
+                    body: m.body.clone(),
+                    receive_count: m.receive_count,
+                })
+                .collect();
+            let failed = handle_batch(&self.hub, messages, batch).await;
+            for message in received {
+                if !failed.contains(&message.receipt_handle) {
+                    if let Err(error) = self.queue.delete(name, &message.receipt_handle).await {
+                        tracing::warn!(queue = name.as_str(), %error, "delete failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The scheduler: fires due one-time schedules.
+    fn spawn_timer(self: &Arc<Self>) {
+        let stack = self.clone();
+        let handle = tokio::spawn(async move {
+            loop {
+                match stack.scheduler.due(chrono::Utc::now()).await {
+                    Ok(due) => {
+                        for action in due {
+                            stack.fire(action).await;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "scheduler poll failed"),
+                }
+                tokio::time::sleep(stack.config.poll_interval).await;
+            }
+        });
+        if let Ok(mut timer) = self.timer.lock() {
+            *timer = Some(handle);
+        }
+    }
+
+    async fn fire(&self, action: ScheduledAction) {
+        match action {
+            ScheduledAction::Deadline { campaign } => {
+                if let Err(error) =
+                    crate::handlers::deadline::fire_deadline(&self.hub, &campaign).await
+                {
+                    tracing::error!(campaign = %campaign, %error, "deadline failed; retrying");
+                    // EventBridge retries a failed target; so do we.
+                    let _ = self
+                        .scheduler
+                        .schedule(
+                            &ScheduledAction::Deadline { campaign },
+                            chrono::Utc::now() + chrono::Duration::seconds(1),
+                        )
+                        .await;
+                }
+            }
+            ScheduledAction::Purge { campaign } => {
+                if let Err(error) = self.hub.queue.send(&[Job::Purge { campaign }]).await {
+                    tracing::error!(%error, "could not queue the purge");
+                }
+            }
+        }
+    }
+
+    /// Kills the workers of one queue mid-flight, as a crashed Lambda
+    /// execution environment would, and starts fresh ones. Messages they
+    /// held come back after the visibility timeout.
+    pub fn crash_workers(self: &Arc<Self>, name: QueueName) {
+        if let Ok(mut all) = self.workers.lock() {
+            all.retain(|(queue, handle)| {
+                if *queue == name {
+                    handle.abort();
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.spawn_workers(name);
+    }
+
+    pub fn shutdown(&self) {
+        if let Ok(mut all) = self.workers.lock() {
+            for (_, handle) in all.drain(..) {
+                handle.abort();
+            }
+        }
+        if let Ok(mut timer) = self.timer.lock() {
+            if let Some(handle) = timer.take() {
+                handle.abort();
+            }
+        }
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
