@@ -1,1 +1,9 @@
-//! Simulators: GP estate and SMS/email/letter gateway.
+//! Simulators for the embedded stack and the tests: a synthetic GP estate
+//! ([`GpEstate`], a [`crate::ports::GpConnector`]) and an SMS / email /
+//! letter gateway ([`GatewaySim`]), both with fault injection.
+
+mod gateway;
+mod gp_estate;
+
+pub use gateway::*;
+pub use gp_estate::*;
