@@ -104,7 +104,7 @@ impl LocalStack {
             ),
         };
         for name in QueueName::ALL {
-            queue.configure(
+            queue.set_config(
                 name,
                 crate::adapters::embedded::QueueConfig {
                     visibility_timeout: config.visibility_timeout,
@@ -285,6 +285,32 @@ impl LocalStack {
             });
         }
         self.spawn_workers(name);
+    }
+
+    /// Messages a provider accepted more than once for the same recipient
+    /// (the same reference), within one gateway or across gateways, plus
+    /// repeated letters. Must always be zero.
+    pub fn duplicate_sends(&self) -> u64 {
+        let within: usize = self.gateways.iter().map(|g| g.duplicate_sends()).sum();
+        let mut seen = std::collections::HashSet::new();
+        let mut across = 0;
+        for gateway in &self.gateways {
+            for reference in gateway.accepted_references() {
+                if !seen.insert(reference) {
+                    across += 1;
+                }
+            }
+        }
+        let letters = self
+            .postal
+            .letters_sent()
+            .saturating_sub(self.postal.letter_references().len());
+        (within + across + letters) as u64
+    }
+
+    /// Texts accepted by all the simulated providers.
+    pub fn texts_sent(&self) -> usize {
+        self.gateways.iter().map(|g| g.sent_count()).sum()
     }
 
     pub fn shutdown(&self) {
