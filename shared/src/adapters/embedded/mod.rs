@@ -1,1 +1,11 @@
 //! Embedded adapters: SQLite store, durable local queue, timer scheduler.
+//! Simulators: GP estate and SMS/email/letter gateway.
+
+mod db;
+mod queue;
+mod scheduler;
+mod sqlite;
+
+pub use queue::{LocalQueue, QueueConfig, ReceivedMessage};
+pub use scheduler::LocalScheduler;
+pub use sqlite::SqliteStore;
