@@ -87,18 +87,24 @@ impl Progress for Bars {
         let extracted = report
             .practices
             .iter()
-            .filter(|p| p.chunks > 0 || matches!(p.state.as_str(), "extracted" | "extraction_failed"))
+            .filter(|p| {
+                p.chunks > 0 || matches!(p.state.as_str(), "extracted" | "extraction_failed")
+            })
             .count();
         self.practices.set_length(expected_practices as u64);
         self.practices.set_position(extracted as u64);
         let totals = &report.totals;
-        let expected_sms = totals.cohort.saturating_sub(totals.excluded_total() + totals.letters);
+        let expected_sms = totals
+            .cohort
+            .saturating_sub(totals.excluded_total() + totals.letters);
         self.sent.set_length(expected_sms.max(totals.sent));
         self.sent.set_position(totals.sent);
         self.sent.set_message(format!("letters {}", totals.letters));
         self.delivered.set_length(totals.sent);
-        self.delivered.set_position(totals.delivered + totals.failed);
-        self.delivered.set_message(format!("failed {}", totals.failed));
+        self.delivered
+            .set_position(totals.delivered + totals.failed);
+        self.delivered
+            .set_message(format!("failed {}", totals.failed));
         self.stage.set_message(format!("campaign {}", report.state));
     }
 }

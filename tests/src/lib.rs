@@ -3,8 +3,7 @@
 
 use shared::adapters::sim::{GatewayConfig, RegionSpec};
 use shared::domain::{
-    CampaignId, CampaignState, ContactPreference, NhsNumber, ParticipationState, StaffId,
-    UkMobile,
+    CampaignId, CampaignState, ContactPreference, NhsNumber, ParticipationState, StaffId, UkMobile,
 };
 use shared::handlers::api::{self, CreateCampaignRequest, TargetRequest};
 use shared::handlers::report::CampaignReport;
@@ -23,8 +22,19 @@ pub fn bob() -> StaffId {
     StaffId("arn:aws:iam::000000000000:user/bob".into())
 }
 
+/// Logs to the test's output when `RUST_LOG` is set (for debugging).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A fast configuration: short timeouts so redelivery happens in seconds.
 pub fn config(practices: usize, patients: u64, seed: u64) -> LocalStackConfig {
+    init_logs();
     let gateway = |i: u64| GatewayConfig {
         name: format!("sim-sms-{i}"),
         rate_per_second: 4_000.0,
@@ -113,7 +123,11 @@ pub async fn wait_for_state(
 
 /// The promises of DESIGN.md, checked against the simulators' ground truth.
 pub async fn assert_invariants(stack: &Arc<LocalStack>, report: &CampaignReport) {
-    assert!(report.adds_up, "cohort = sent + letters + excluded: {:?}", report.totals);
+    assert!(
+        report.adds_up,
+        "cohort = sent + letters + excluded: {:?}",
+        report.totals
+    );
     for practice in &report.practices {
         assert_eq!(
             practice.cohort,
@@ -161,7 +175,11 @@ pub async fn assert_invariants(stack: &Arc<LocalStack>, report: &CampaignReport)
     }
     let mut wrongly_texted = 0;
     for mobile in forbidden.difference(&eligible) {
-        wrongly_texted += stack.gateways.iter().map(|g| g.sent_to(mobile)).sum::<usize>();
+        wrongly_texted += stack
+            .gateways
+            .iter()
+            .map(|g| g.sent_to(mobile))
+            .sum::<usize>();
     }
     assert_eq!(
         wrongly_texted, 0,

@@ -6,8 +6,8 @@ use super::report::{self, CampaignReport, CampaignView};
 use super::Hub;
 use crate::domain::{
     plan, AgeBand, Campaign, CampaignId, CampaignOptions, CampaignState, LifecycleError,
-    MessageTemplate, OdsCode, Participation, ParticipationState, PostcodeFilter, Progress,
-    StaffId, Target,
+    MessageTemplate, OdsCode, Participation, ParticipationState, PostcodeFilter, Progress, StaffId,
+    Target,
 };
 use crate::ports::{GpConnection, Job, Practice, QueueError, ScheduledAction, StoreError};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -86,9 +86,9 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(what) => Self::NotFound(what),
-            StoreError::Conflict(what) => {
-                Self::Conflict(format!("changed by someone else; reload and retry ({what})"))
-            }
+            StoreError::Conflict(what) => Self::Conflict(format!(
+                "changed by someone else; reload and retry ({what})"
+            )),
             StoreError::Unavailable(why) => Self::Unavailable(why),
             StoreError::Unexpected(error) => Self::Internal(error),
         }
@@ -167,10 +167,7 @@ pub struct NewCampaign {
 
 const MAX_AGE: i64 = 130;
 
-pub fn validate(
-    request: &CreateCampaignRequest,
-    hub: &Hub,
-) -> Result<NewCampaign, ApiError> {
+pub fn validate(request: &CreateCampaignRequest, hub: &Hub) -> Result<NewCampaign, ApiError> {
     let mut errors = Vec::new();
     let mut fail = |field: &str, message: String| {
         errors.push(FieldError {
@@ -191,13 +188,14 @@ pub fn validate(
             None
         }
     };
-    let age_field = |value: Option<i64>, field: &str, fail: &mut dyn FnMut(&str, String)| match value {
-        Some(age) if !(0..=MAX_AGE).contains(&age) => {
-            fail(field, format!("must be between 0 and {MAX_AGE}"));
-            None
-        }
-        other => other.map(|age| age as u32),
-    };
+    let age_field =
+        |value: Option<i64>, field: &str, fail: &mut dyn FnMut(&str, String)| match value {
+            Some(age) if !(0..=MAX_AGE).contains(&age) => {
+                fail(field, format!("must be between 0 and {MAX_AGE}"));
+                None
+            }
+            other => other.map(|age| age as u32),
+        };
     let min_age = age_field(request.target.min_age, "target.min_age", &mut fail);
     let max_age = age_field(request.target.max_age, "target.max_age", &mut fail);
     if let (Some(min), Some(max)) = (min_age, max_age) {
@@ -426,7 +424,11 @@ async fn load(hub: &Hub, id: &CampaignId) -> Result<Campaign, ApiError> {
 
 /// A second authorised person approves: practices are notified and the
 /// deadline is scheduled.
-pub async fn approve(hub: &Hub, caller: &StaffId, id: &CampaignId) -> Result<CampaignView, ApiError> {
+pub async fn approve(
+    hub: &Hub,
+    caller: &StaffId,
+    id: &CampaignId,
+) -> Result<CampaignView, ApiError> {
     let mut campaign = load(hub, id).await?;
     campaign.approve(caller, hub.now())?;
     let practices: Vec<Practice> = hub
@@ -481,9 +483,19 @@ pub async fn cancel(
     if reason.is_empty() {
         return Err(ApiError::field("reason", "is required"));
     }
-    let mut campaign = load(hub, id).await?;
-    campaign.cancel(caller, reason.to_string(), hub.now())?;
-    let campaign = hub.store.update_campaign(&campaign).await?;
+    let now = hub.now();
+    let mut refusal = None;
+    // Sending bumps the campaign's version constantly; re-read and retry so
+    // a cancel mid-send always lands.
+    let (campaign, cancelled) = hub
+        .update_campaign_with(id, |campaign| {
+            refusal = campaign.cancel(caller, reason.to_string(), now).err();
+            refusal.is_none()
+        })
+        .await?;
+    if let (false, Some(refusal)) = (cancelled, refusal) {
+        return Err(refusal.into());
+    }
     tracing::warn!(campaign = %id, "campaign cancelled");
     hub.audit(
         Some(id),
@@ -526,6 +538,12 @@ pub async fn reschedule_deadline(
         })?
         .with_timezone(&Utc);
     let now = hub.now();
+    // "Now" typed a moment ago is still now.
+    let deadline = if deadline < now && now - deadline <= chrono::Duration::minutes(1) {
+        now
+    } else {
+        deadline
+    };
     if deadline - now > hub.config.max_deadline_ahead {
         return Err(ApiError::field("optout_deadline", "is too far ahead"));
     }
@@ -655,7 +673,12 @@ fn simulated() -> GpConnection {
 pub fn validate_practice(request: &PracticeRequest) -> Result<Practice, ApiError> {
     let mut errors = Vec::new();
     let ods = OdsCode::parse(&request.ods)
-        .map_err(|e| errors.push(FieldError { field: "ods".into(), message: e.to_string() }))
+        .map_err(|e| {
+            errors.push(FieldError {
+                field: "ods".into(),
+                message: e.to_string(),
+            })
+        })
         .ok();
     let name = request.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
@@ -665,9 +688,9 @@ pub fn validate_practice(request: &PracticeRequest) -> Result<Practice, ApiError
         });
     }
     let email = request.notice_email.trim();
-    let valid_email = email
-        .split_once('@')
-        .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !email.contains(' '));
+    let valid_email = email.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty() && domain.contains('.') && !email.contains(' ')
+    });
     if !valid_email {
         errors.push(FieldError {
             field: "notice_email".into(),

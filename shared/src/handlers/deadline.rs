@@ -10,7 +10,9 @@ const EARLY_TOLERANCE_SECONDS: i64 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadlineOutcome {
-    Frozen { practices: usize },
+    Frozen {
+        practices: usize,
+    },
     /// The deadline was moved later; the new schedule will fire.
     NotYet,
     /// Another invocation froze it, or the campaign is past this point.

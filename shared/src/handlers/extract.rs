@@ -229,9 +229,7 @@ impl ChunkBuilder<'_> {
         let mut placements = placed.into_iter();
         let mut result = Vec::with_capacity(kept.len());
         for candidate in kept {
-            if candidate.mobile.is_some()
-                && placements.next() == Some(Placement::HeldElsewhere)
-            {
+            if candidate.mobile.is_some() && placements.next() == Some(Placement::HeldElsewhere) {
                 self.counts.exclude(ExclusionReason::DuplicateMobile);
             } else {
                 result.push(candidate);
@@ -336,9 +334,7 @@ async fn read_practice(
     campaign: &crate::domain::Campaign,
     practice: &Practice,
 ) -> Result<Built, ReadError> {
-    let keep_names = campaign
-        .template
-        .uses(crate::domain::Field::FirstName)
+    let keep_names = campaign.template.uses(crate::domain::Field::FirstName)
         || campaign.template.uses(crate::domain::Field::LastName);
     let mut stream = hub.gp.extract(practice).await.map_err(ReadError::Gp)?;
     let mut builder = ChunkBuilder {
@@ -389,11 +385,7 @@ async fn read_practice(
     })
 }
 
-async fn commit(
-    hub: &Hub,
-    mut participation: Participation,
-    built: Built,
-) -> Result<(), JobError> {
+async fn commit(hub: &Hub, mut participation: Participation, built: Built) -> Result<(), JobError> {
     let campaign_id = participation.campaign.clone();
     hub.store.put_chunks(&built.chunks).await?;
     participation.state = ParticipationState::Extracted;

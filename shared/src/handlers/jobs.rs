@@ -36,7 +36,10 @@ pub struct Message {
 /// Handles a batch and returns the ids of the messages that failed
 /// (`ReportBatchItemFailures`): only those are retried.
 pub async fn handle_batch(hub: &Hub, messages: Vec<Message>, concurrency: usize) -> Vec<String> {
-    futures::stream::iter(messages.into_iter().map(|message| async move {
+    let handlers: Vec<futures::future::BoxFuture<'_, Option<String>>> = messages
+        .into_iter()
+        .map(|message| -> futures::future::BoxFuture<'_, Option<String>> {
+            Box::pin(async move {
         let span = tracing::info_span!("message", id = %message.id, receive_count = message.receive_count);
         let _entered = span.enter();
         drop(_entered);
@@ -55,9 +58,12 @@ pub async fn handle_batch(hub: &Hub, messages: Vec<Message>, concurrency: usize)
                 Some(message.id)
             }
         }
-    }))
-    .buffer_unordered(concurrency.max(1))
-    .filter_map(|failed| async move { failed })
-    .collect()
-    .await
+            })
+        })
+        .collect();
+    futures::stream::iter(handlers)
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|failed| async move { failed })
+        .collect()
+        .await
 }

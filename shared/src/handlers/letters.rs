@@ -71,7 +71,9 @@ pub async fn send_letters(
     let stored = hub.patients.load_chunk(campaign_id, chunk_id).await?;
     let letters: Vec<_> = stored.iter().filter(|r| !r.is_sms()).collect();
     if retry || letters.iter().any(|r| !r.status.is_final()) {
-        return Err(JobError::Retry(format!("chunk {chunk_id}: letters left to send")));
+        return Err(JobError::Retry(format!(
+            "chunk {chunk_id}: letters left to send"
+        )));
     }
     let mut counts = OutcomeCounts::default();
     for recipient in letters {

@@ -175,9 +175,7 @@ impl Hub {
             return Ok(());
         }
         let now = self.now();
-        let (campaign, changed) = self
-            .update_campaign_with(id, |c| c.advance(now))
-            .await?;
+        let (campaign, changed) = self.update_campaign_with(id, |c| c.advance(now)).await?;
         if changed {
             tracing::info!(campaign = %id, state = %campaign.state, "campaign moved on");
             self.audit(

@@ -29,10 +29,16 @@ pub fn describe_target(target: &Target) -> String {
     format!("registered patients {}", parts.join(" and "))
 }
 
-pub async fn send_notice(hub: &Hub, campaign_id: &CampaignId, ods: &OdsCode) -> Result<(), JobError> {
+pub async fn send_notice(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+    ods: &OdsCode,
+) -> Result<(), JobError> {
     let campaign = hub.campaign(campaign_id).await?;
     let Some(mut participation) = hub.store.get_participation(campaign_id, ods).await? else {
-        return Err(JobError::Malformed(format!("{ods} is not notified of {campaign_id}")));
+        return Err(JobError::Malformed(format!(
+            "{ods} is not notified of {campaign_id}"
+        )));
     };
     if participation.notice_sent_at.is_some()
         || participation.state != ParticipationState::Notified
@@ -79,7 +85,10 @@ pub async fn send_notice(hub: &Hub, campaign_id: &CampaignId, ods: &OdsCode) -> 
     );
     let request = EmailRequest {
         to: practice.notice_email.clone(),
-        subject: format!("Emergency SMS to your patients: {} — opt-out window", campaign.name),
+        subject: format!(
+            "Emergency SMS to your patients: {} — opt-out window",
+            campaign.name
+        ),
         body,
         reference: format!("notice.{campaign_id}.{ods}"),
     };

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 /// Consecutive failures that open a provider's circuit.
 const CIRCUIT_THRESHOLD: u32 = 5;
 /// How long an open circuit keeps a provider out.
-const CIRCUIT_COOLDOWN: Duration = Duration::from_secs(30);
+const CIRCUIT_COOLDOWN: Duration = Duration::from_secs(5);
 /// Attempts per message across providers before giving up for now.
 const MAX_ATTEMPTS: u32 = 8;
 
@@ -57,7 +57,9 @@ struct Lane {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these short, arithmetic-only locks leaves
     // consistent data; keep going rather than poison every later send.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Lane {
@@ -111,7 +113,11 @@ impl Lane {
     fn take_out(&self, why: &'static str) {
         let mut health = lock(&self.health);
         if health.out_for_good.is_none() {
-            tracing::error!(provider = self.provider.name(), why, "provider taken out of rotation");
+            tracing::error!(
+                provider = self.provider.name(),
+                why,
+                "provider taken out of rotation"
+            );
         }
         health.out_for_good = Some(why);
     }
@@ -262,12 +268,12 @@ impl ProviderRouter {
                 Err(ProviderError::Unavailable(reason)) => {
                     all_unauthorised = false;
                     last_problem = format!("{}: {reason}", lane.provider.name());
-                    lane.failed(Instant::now());
                     // A timeout may hide an accepted message: ask before
                     // sending it again, so a lost response is not a duplicate.
                     if let Ok(Some(record)) =
                         lane.provider.find_by_reference(&request.reference).await
                     {
+                        lane.succeeded();
                         return Ok((
                             lane.provider.name().to_string(),
                             Accepted {
@@ -275,6 +281,7 @@ impl ProviderRouter {
                             },
                         ));
                     }
+                    lane.failed(Instant::now());
                     tokio::time::sleep(super::backoff(
                         attempt,
                         Duration::from_millis(50),

@@ -38,7 +38,11 @@ async fn still_sending(hub: &Hub, id: &CampaignId) -> Result<bool, JobError> {
     Ok(campaign.state.allows_sending())
 }
 
-pub async fn send_chunk(hub: &Hub, campaign_id: &CampaignId, chunk_id: &ChunkId) -> Result<(), JobError> {
+pub async fn send_chunk(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+    chunk_id: &ChunkId,
+) -> Result<(), JobError> {
     let campaign = hub.campaign(campaign_id).await?;
     if campaign.state == CampaignState::Cancelled || campaign.state.is_final() {
         return Ok(());
@@ -100,7 +104,11 @@ pub async fn send_chunk(hub: &Hub, campaign_id: &CampaignId, chunk_id: &ChunkId)
     Ok(())
 }
 
-async fn queue_writeback(hub: &Hub, campaign: &CampaignId, chunk: &ChunkId) -> Result<(), JobError> {
+async fn queue_writeback(
+    hub: &Hub,
+    campaign: &CampaignId,
+    chunk: &ChunkId,
+) -> Result<(), JobError> {
     hub.queue
         .send(&[Job::Writeback {
             campaign: campaign.clone(),
@@ -183,21 +191,26 @@ async fn send_step(
     }
 
     type Outcome = (u32, Result<(String, crate::ports::Accepted), RouteError>);
-    let results: Vec<Outcome> =
-        futures::stream::iter(to_send.into_iter().map(|recipient| async move {
-            let Contact::Sms { mobile } = &recipient.contact else {
-                unreachable!("only SMS recipients reach the send step");
-            };
-            let body = render_for(campaign, recipient, practice_name);
-            let fragments = crate::domain::measure(&body).fragments;
-            let request = SmsRequest {
-                to: mobile.clone(),
-                body: Personal::new(body),
-                reference: recipient.reference(&campaign.id),
-                fragments,
-            };
-            (recipient.index, hub.sms.send(&request).await)
-        }))
+    let sends: Vec<futures::future::BoxFuture<'_, Outcome>> = to_send
+        .into_iter()
+        .map(|recipient| -> futures::future::BoxFuture<'_, Outcome> {
+            Box::pin(async move {
+                let Contact::Sms { mobile } = &recipient.contact else {
+                    unreachable!("only SMS recipients reach the send step");
+                };
+                let body = render_for(campaign, recipient, practice_name);
+                let fragments = crate::domain::measure(&body).fragments;
+                let request = SmsRequest {
+                    to: mobile.clone(),
+                    body: Personal::new(body),
+                    reference: recipient.reference(&campaign.id),
+                    fragments,
+                };
+                (recipient.index, hub.sms.send(&request).await)
+            })
+        })
+        .collect();
+    let results: Vec<Outcome> = futures::stream::iter(sends)
         .buffer_unordered(hub.config.send_concurrency.max(1))
         .collect()
         .await;

@@ -23,13 +23,14 @@ pub async fn write_back_chunk(
         return Ok(());
     }
     if !record.send_done {
-        return Err(JobError::Retry(format!("chunk {chunk_id} is still sending")));
+        return Err(JobError::Retry(format!(
+            "chunk {chunk_id} is still sending"
+        )));
     }
-    let practice = hub
-        .store
-        .get_practice(&record.ods)
-        .await?
-        .ok_or_else(|| JobError::Malformed(format!("practice {} not in registry", record.ods)))?;
+    let practice =
+        hub.store.get_practice(&record.ods).await?.ok_or_else(|| {
+            JobError::Malformed(format!("practice {} not in registry", record.ods))
+        })?;
     let practice_name = practice_name(hub, chunk_id).await?;
     let recipients = hub.patients.load_chunk(campaign_id, chunk_id).await?;
     let already = recipients.iter().filter(|r| r.written_back).count() as u64;

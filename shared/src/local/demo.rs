@@ -200,7 +200,10 @@ pub async fn drive(
         .map_err(|e| anyhow::anyhow!("approve: {e}"))?;
 
     progress.stage("notifying practices");
-    let notified: Vec<_> = practices.iter().filter(|p| p.dsa_signed.is_some()).collect();
+    let notified: Vec<_> = practices
+        .iter()
+        .filter(|p| p.dsa_signed.is_some())
+        .collect();
     wait_until(Duration::from_secs(60), || async {
         let participations = hub.store.list_participations(&id).await?;
         Ok(participations.iter().all(|p| p.notice_sent_at.is_some()))

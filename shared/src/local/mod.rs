@@ -10,7 +10,7 @@ use crate::adapters::sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
 use crate::handlers::jobs::{handle_batch, Message};
 use crate::handlers::{Hub, HubConfig, ProviderRouter};
 use crate::ports::{
-    DeliveryReceipt, Job, JobQueue, QueueName, ReceiptSink, ScheduledAction, SmsProvider,
+    DeliveryReceipt, Job, QueueName, ReceiptSink, ScheduledAction, Scheduler, SmsProvider,
     SystemClock,
 };
 use anyhow::Context;
@@ -51,7 +51,10 @@ impl LocalStackConfig {
             // The send queue's maximum concurrency: each worker owns a chunk.
             QueueName::Send => Workers { count: 8, batch: 1 },
             QueueName::Extract => Workers { count: 4, batch: 1 },
-            _ => Workers { count: 2, batch: 10 },
+            _ => Workers {
+                count: 2,
+                batch: 10,
+            },
         }
     }
 }
@@ -131,7 +134,12 @@ impl LocalStack {
         let router = ProviderRouter::new(
             gateways
                 .iter()
-                .map(|g| (g.clone() as Arc<dyn SmsProvider>, g.config().rate_per_second))
+                .map(|g| {
+                    (
+                        g.clone() as Arc<dyn SmsProvider>,
+                        g.config().rate_per_second,
+                    )
+                })
                 .collect(),
             1,
         );
