@@ -166,7 +166,12 @@ async fn cancel_mid_send_stops_sending_within_seconds() {
             && stack.hub.campaign(&id).await?.purged_at.is_some())
     })
     .await
-    .expect("patient data purged after cancel");
+    .unwrap_or_else(|_| {
+        panic!(
+            "patient data purged after cancel: {}",
+            futures_diagnosis(&stack, &id)
+        )
+    });
     assert_eq!(stack.duplicate_sends(), 0);
 }
 
@@ -202,6 +207,11 @@ async fn one_message_per_mobile_and_age_band_targeting() {
                 .is_some_and(|dob| shared::domain::age_on(dob, today) >= 65)
         })
         .count() as u64;
+    let throttled: u64 = stack.gateways.iter().map(|g| g.rate_limited_count()).sum();
+    assert_eq!(
+        throttled, 0,
+        "the hub paces itself under each provider's rate"
+    );
     assert!(report.totals.cohort <= over_65);
     assert!(report.totals.cohort > over_65 / 2);
 }
@@ -352,4 +362,25 @@ async fn daily_limit_moves_traffic_to_the_other_provider() {
         !status[0].in_rotation,
         "the exhausted provider is out of rotation"
     );
+}
+
+fn futures_diagnosis(stack: &LocalStack, id: &shared::domain::CampaignId) -> String {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        runtime.block_on(async {
+            let campaign = stack.hub.campaign(id).await.expect("campaign");
+            format!(
+                "state {}, purged_at {:?}, remaining {}, purge dead letters {:?}, purge depth {:?}",
+                campaign.state,
+                campaign.purged_at,
+                stack.hub.patients.count_all().await.unwrap_or(0),
+                stack
+                    .queue
+                    .dead_letters(QueueName::Purge)
+                    .await
+                    .map(|d| d.len()),
+                stack.queue.depth(QueueName::Purge).await.ok(),
+            )
+        })
+    })
 }

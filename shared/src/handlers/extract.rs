@@ -297,7 +297,10 @@ pub async fn extract_practice(
 
     match read_practice(hub, &campaign, &practice).await {
         Ok(built) => commit(hub, participation, built).await,
-        Err(ReadError::Cancelled) => Ok(()),
+        Err(ReadError::Cancelled) => {
+            hub.patients.purge_campaign(campaign_id).await?;
+            Ok(())
+        }
         Err(ReadError::Job(error)) => Err(error),
         Err(ReadError::Gp(error)) => {
             give_up_or_retry(hub, participation, &error, receive_count).await
@@ -387,6 +390,12 @@ async fn read_practice(
 
 async fn commit(hub: &Hub, mut participation: Participation, built: Built) -> Result<(), JobError> {
     let campaign_id = participation.campaign.clone();
+    // A cancel during extraction: commit nothing, and delete what the
+    // campaign holds (the purge may already have run).
+    if hub.campaign(&campaign_id).await?.state == CampaignState::Cancelled {
+        hub.patients.purge_campaign(&campaign_id).await?;
+        return Ok(());
+    }
     hub.store.put_chunks(&built.chunks).await?;
     participation.state = ParticipationState::Extracted;
     participation.chunks = built.chunks.len() as u32;

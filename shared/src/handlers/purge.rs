@@ -15,8 +15,20 @@ pub async fn purge_campaign(hub: &Hub, campaign_id: &CampaignId) -> Result<(), J
             campaign.state
         )));
     }
-    let deleted = hub.patients.purge_campaign(campaign_id).await?;
-    let remaining = hub.patients.count_campaign(campaign_id).await?;
+    // Workers still finishing a step when a campaign is cancelled may write
+    // a little after the first pass: sweep again before giving up.
+    let mut deleted = 0;
+    let mut remaining = 0;
+    for pass in 0..3 {
+        if pass > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        deleted += hub.patients.purge_campaign(campaign_id).await?;
+        remaining = hub.patients.count_campaign(campaign_id).await?;
+        if remaining == 0 {
+            break;
+        }
+    }
     let now = hub.now();
     let (campaign, _) = hub
         .update_campaign_with(campaign_id, |c| c.record_purge(deleted, now).is_ok())

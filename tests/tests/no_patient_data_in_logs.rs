@@ -1,0 +1,101 @@
+//! Patient data never reaches a log line: a whole demo run is logged at the
+//! most verbose level and searched for every NHS number, mobile number and
+//! surname in the region.
+
+use shared::domain::{NhsNumber, UkMobile};
+use shared::local::demo::{self, DemoOptions, Quiet};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whole_demo_logs_no_patient_data() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let options = DemoOptions {
+        practices: 5,
+        patients: 4_000,
+        seed: 99,
+        ..DemoOptions::default()
+    };
+    let mut config = options.stack_config();
+    config.visibility_timeout = std::time::Duration::from_secs(2);
+    let stack = shared::local::LocalStack::start(config)
+        .await
+        .expect("stack");
+    // Faults make the error paths log too.
+    stack.gateways[0].inject_server_errors(30);
+    stack.gateways[1].inject_rate_limit_burst(30);
+    let down = stack.estate.practices()[2].ods.clone();
+    stack.estate.set_down(&down, Some(1));
+    let report = demo::drive(&stack, &options, &Quiet, std::time::Instant::now())
+        .await
+        .expect("demo");
+    assert!(report.sent > 1_000);
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).expect("utf-8 log");
+    assert!(log.lines().count() > 40, "the run was logged");
+    assert!(log.contains("will retry"), "the fault paths were logged");
+
+    let mut leaks = Vec::new();
+    for patient in stack.estate.all_patients() {
+        let nhs = patient.nhs_number.expose();
+        if nhs.len() >= 9 && log.contains(nhs.as_str()) {
+            leaks.push("an NHS number");
+        }
+        if let Ok(valid) = NhsNumber::parse(nhs) {
+            if log.contains(&valid.formatted()) {
+                leaks.push("a formatted NHS number");
+            }
+        }
+        if let Some(raw) = patient.mobile.expose() {
+            if raw.len() >= 10 && log.contains(raw.as_str()) {
+                leaks.push("a mobile as recorded");
+            }
+            if let Ok(mobile) = UkMobile::parse(raw) {
+                if log.contains(mobile.e164()) || log.contains(&mobile.national()) {
+                    leaks.push("a mobile number");
+                }
+            }
+        }
+        let surname = patient.family_name.expose();
+        // Whole words only, so a surname like "Hill" is not found inside "Hillside".
+        let found = log
+            .split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '-')
+            .any(|word| !surname.is_empty() && word == surname);
+        if found {
+            leaks.push("a surname");
+        }
+        if let Some(postcode) = patient.postcode.expose().get(..) {
+            if postcode.len() >= 6 && log.contains(postcode) {
+                leaks.push("a postcode");
+            }
+        }
+    }
+    leaks.sort();
+    leaks.dedup();
+    assert!(
+        leaks.is_empty(),
+        "patient data found in the logs: {leaks:?}"
+    );
+}
