@@ -4,5 +4,7 @@
 pub mod adapters;
 pub mod domain;
 pub mod handlers;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod local;
 pub mod ports;

@@ -1,0 +1,68 @@
+//! The Lambda glue, driven with JSON event fixtures as Lambda delivers them.
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use hub_tests::config;
+use shared::lambda::{handle_sqs, sqs_messages};
+use shared::local::LocalStack;
+
+fn fixture() -> SqsEvent {
+    serde_json::from_str(include_str!("../data/sqs_event.json")).expect("fixture parses")
+}
+
+#[test]
+fn sqs_records_become_messages_with_their_receive_count() {
+    let messages = sqs_messages(fixture()).expect("messages");
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[0].id, "11d6ee51-4cc7-4302-9e22-7cd8afdaadf5");
+    assert_eq!(messages[0].receive_count, 3);
+    assert_eq!(messages[1].receive_count, 1);
+}
+
+#[test]
+fn a_record_without_an_id_fails_the_whole_batch() {
+    let mut event = fixture();
+    event.records[1].message_id = None;
+    assert!(sqs_messages(event).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_failed_message_ids_are_reported() {
+    // GIVEN a batch with a purge of an unknown campaign and an unparseable body
+    let stack = LocalStack::start(config(2, 100, 5)).await.expect("stack");
+    let response = handle_sqs(&stack.hub, fixture(), 4).await.expect("handled");
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    // THEN both are failures (unknown campaign, unknown job) and nothing is skipped
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    let json = serde_json::to_value(&response).expect("serialises");
+    assert!(json["batchItemFailures"][0]["itemIdentifier"].is_string());
+
+    // AND a batch of one good message reports nothing
+    let created = shared::handlers::api::create_campaign(
+        &stack.hub,
+        &hub_tests::alice(),
+        &hub_tests::request("Stay safe: www.nhs.uk"),
+    )
+    .await
+    .expect("campaign");
+    shared::handlers::api::cancel(&stack.hub, &hub_tests::bob(), &created.campaign.id, "test")
+        .await
+        .expect("cancelled");
+    let mut event = fixture();
+    event.records.truncate(1);
+    event.records[0].body = Some(format!(
+        "{{\"job\":\"purge\",\"campaign\":\"{}\"}}",
+        created.campaign.id
+    ));
+    let response = handle_sqs(&stack.hub, event, 4).await.expect("handled");
+    assert!(response.batch_item_failures.is_empty());
+    let campaign = stack
+        .hub
+        .campaign(&created.campaign.id)
+        .await
+        .expect("campaign");
+    assert!(campaign.purged_at.is_some(), "the purge ran");
+}
