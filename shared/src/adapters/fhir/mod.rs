@@ -286,7 +286,9 @@ impl FhirGpConnector {
             .await;
     }
 
-    fn search(
+    /// Fetches the first page before returning, so an outage is an error
+    /// of the call (nothing read) rather than of the stream.
+    async fn search(
         &self,
         practice: &Practice,
         server: Server,
@@ -296,17 +298,18 @@ impl FhirGpConnector {
             .query_pairs_mut()
             .append_pair("general-practitioner", practice.ods.as_str())
             .append_pair("_count", &self.config.page_size.to_string());
-        let reader = SearchReader {
+        let mut reader = SearchReader {
             http: self.http.clone(),
             timeout: self.config.request_timeout,
             base: server.base,
             token: server.token,
             ods: practice.ods.to_string(),
-            next: Some(first),
+            next: None,
             page: VecDeque::new(),
             pages: 0,
             read: 0,
         };
+        reader.fetch(first).await?;
         Ok(stream::unfold(reader, |mut reader| async move {
             let item = reader.next().await?;
             Some((item, reader))
@@ -376,7 +379,7 @@ impl GpConnector for FhirGpConnector {
         if server.bulk_export {
             self.export(practice, server).await
         } else {
-            self.search(practice, server)
+            self.search(practice, server).await
         }
     }
 
