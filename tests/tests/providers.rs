@@ -404,8 +404,11 @@ async fn lookups_report_delivery_status() {
     assert_eq!(record.status, None, "still sending");
 }
 
+/// A callback as received: whether its bearer token matched, and the body.
+type Callback = (bool, Vec<u8>);
+
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(bool, Vec<u8>)>>>);
+struct Received(Arc<Mutex<Vec<Callback>>>);
 
 /// A receipts endpoint: checks the bearer token as the receipts function
 /// does and keeps the raw bodies.

@@ -557,7 +557,7 @@ impl ExportReader {
                 }
                 (Some(Ok(Line::Text(text))), FileKind::Patients) => {
                     self.read += 1;
-                    if self.read % YIELD_EVERY == 0 {
+                    if self.read.is_multiple_of(YIELD_EVERY) {
                         tokio::task::yield_now().await;
                     }
                     return Some(
@@ -628,7 +628,7 @@ impl SearchReader {
         loop {
             if let Some(item) = self.page.pop_front() {
                 self.read += 1;
-                if self.read % YIELD_EVERY == 0 {
+                if self.read.is_multiple_of(YIELD_EVERY) {
                     tokio::task::yield_now().await;
                 }
                 return Some(item);

@@ -362,8 +362,7 @@ impl SmsProvider for NotifyClient {
         Ok(list
             .notifications
             .into_iter()
-            .filter(|n| n.reference.as_deref().is_none_or(|r| r == reference))
-            .next_back()
+            .rfind(|n| n.reference.as_deref().is_none_or(|r| r == reference))
             .map(|n| ProviderRecord {
                 status: map_status(&n.status),
                 provider_id: n.id,

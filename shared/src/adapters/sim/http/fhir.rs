@@ -515,7 +515,7 @@ impl Rows {
                 );
                 buffer.push(b'\n');
             }
-            if let Some(every) = self.every.filter(|e| (row + 1) % e == 0) {
+            if let Some(every) = self.every.filter(|e| (row + 1).is_multiple_of(*e)) {
                 buffer.extend_from_slice(malformed_line((row + 1) / every).as_bytes());
                 buffer.push(b'\n');
             }
@@ -612,7 +612,7 @@ async fn search(
 /// real records vary.
 pub fn patient_resource(patient: &GpPatient, ods: &OdsCode, row: u64) -> Value {
     let mut identifier = Vec::new();
-    if row % 13 == 0 {
+    if row.is_multiple_of(13) {
         identifier.push(json!({ "system": "https://fhir.example-gp-system.invalid/Id/local", "value": format!("L{row}") }));
     }
     if !patient.nhs_number.expose().is_empty() {
@@ -623,31 +623,31 @@ pub fn patient_resource(patient: &GpPatient, ods: &OdsCode, row: u64) -> Value {
     let official =
         json!({ "use": "official", "family": patient.family_name.expose(), "given": given });
     let mut name = Vec::new();
-    if row % 4 == 0 {
+    if row.is_multiple_of(4) {
         name.push(json!({ "use": "usual", "given": [format!("{}y", given.first().copied().unwrap_or("X"))] }));
     }
-    if row % 9 == 0 {
+    if row.is_multiple_of(9) {
         name.push(
             json!({ "use": "maiden", "family": "Formerly", "period": { "end": "2001-06-30" } }),
         );
     }
     name.push(official);
     let mut telecom = Vec::new();
-    if row % 3 == 0 {
+    if row.is_multiple_of(3) {
         telecom.push(json!({ "system": "phone", "use": "home", "value": "020 7946 0018" }));
     }
     if let Some(mobile) = patient.mobile.expose() {
-        if row % 5 == 0 {
+        if row.is_multiple_of(5) {
             telecom.push(json!({ "system": "phone", "use": "mobile", "value": "07700 900555", "rank": 1, "period": { "start": "2015-01-01", "end": "2020-01-01" } }));
         }
         telecom.push(json!({ "system": "phone", "use": "mobile", "value": mobile }));
     }
-    if row % 17 == 0 {
+    if row.is_multiple_of(17) {
         telecom
             .push(json!({ "system": "email", "use": "home", "value": "patient@example.invalid" }));
     }
     let mut address = Vec::new();
-    if row % 6 == 0 {
+    if row.is_multiple_of(6) {
         address.push(json!({ "use": "old", "line": ["1 Former Road"], "postalCode": "SE1 1AA", "period": { "end": "2019-05-01" } }));
     }
     address.push(json!({
@@ -657,7 +657,7 @@ pub fn patient_resource(patient: &GpPatient, ods: &OdsCode, row: u64) -> Value {
         "postalCode": patient.postcode.expose()
     }));
     let mut extension = Vec::new();
-    if row % 11 == 0 {
+    if row.is_multiple_of(11) {
         extension.push(json!({
             "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
             "valueCodeableConcept": { "coding": [{ "system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-EthnicCategory", "code": "A" }] }
@@ -695,12 +695,12 @@ pub fn patient_resource(patient: &GpPatient, ods: &OdsCode, row: u64) -> Value {
         resource["birthDate"] = born.format("%Y-%m-%d").to_string().into();
     }
     if patient.deceased {
-        if row % 2 == 0 {
+        if row.is_multiple_of(2) {
             resource["deceasedBoolean"] = true.into();
         } else {
             resource["deceasedDateTime"] = "2024-01-01T10:00:00Z".into();
         }
-    } else if row % 10 == 0 {
+    } else if row.is_multiple_of(10) {
         resource["deceasedBoolean"] = false.into();
     }
     resource
