@@ -1002,3 +1002,91 @@ async fn write_back_is_a_transaction_of_conditional_creates() {
         Err(GpError::Unavailable(_))
     ));
 }
+
+/// Checks FHIR JSON with an independent validator, the `fhir.resources`
+/// Python models (R4B: Bundle, Communication and Patient are as in R4):
+/// element names, cardinality and primitive formats. Value sets are
+/// checked by the adapter's own unit test. Skipped where the package is
+/// not installed, unless `HUB_REQUIRE_FHIR_VALIDATOR` is set.
+fn validate_with_fhir_resources(resources: &[Value]) -> Option<Vec<String>> {
+    use std::io::Write;
+    let script = r#"
+import sys, json
+from fhir.resources.R4B import get_fhir_model_class
+out = []
+for r in json.load(sys.stdin):
+    try:
+        get_fhir_model_class(r["resourceType"]).model_validate(r)
+        out.append("ok")
+    except Exception as e:
+        out.append(type(e).__name__ + ": " + str(e).splitlines()[0])
+print(json.dumps(out))
+"#;
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import fhir.resources.R4B"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("HUB_REQUIRE_FHIR_VALIDATOR").is_none(),
+            "python3 with fhir.resources is required"
+        );
+        eprintln!("fhir.resources not installed: independent FHIR validation skipped");
+        return None;
+    }
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(resources).unwrap().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    Some(serde_json::from_slice(&output.stdout).unwrap())
+}
+
+#[test]
+fn emitted_fhir_passes_an_independent_r4_validator() {
+    let estate = estate(300, 1, 28);
+    let ods = first_ods(&estate);
+    let numbers: Vec<String> = estate
+        .patients(&ods)
+        .map(|p| p.nhs_number.into_inner())
+        .filter(|n| NhsNumber::parse(n).is_ok())
+        .take(2)
+        .collect();
+    let bundle = shared::adapters::fhir::writeback_bundle(
+        &[
+            writeback_entry(&numbers[0], "c.G85001-0000.0"),
+            writeback_entry(&numbers[1], "c.G85001-0000.1"),
+        ],
+        shared::adapters::fhir::DEFAULT_REFERENCE_SYSTEM,
+    );
+    let mut resources = vec![bundle.clone()];
+    // The simulator's UK Core Patients, every variation of shape included.
+    for (row, patient) in estate.patients(&ods).enumerate().take(300) {
+        resources.push(shared::adapters::sim::http::patient_resource(
+            &patient, &ods, row as u64,
+        ));
+    }
+    // And a broken one, to show the validator has teeth.
+    let mut broken = bundle;
+    broken["entry"][0]["resource"]["payload"][0] = serde_json::json!({ "contentStrin": "x" });
+    resources.push(broken);
+
+    let Some(verdicts) = validate_with_fhir_resources(&resources) else {
+        return;
+    };
+
+    let (last, valid) = verdicts.split_last().unwrap();
+    for (n, verdict) in valid.iter().enumerate() {
+        assert_eq!(verdict, "ok", "resource {n}");
+    }
+    assert_ne!(last, "ok", "a misspelt element is caught");
+}

@@ -30,6 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// Bearer tokens kept for inspection.
+const MAX_TOKENS_KEPT: usize = 1_000;
+
 /// Where the simulated Notify sends delivery callbacks.
 #[derive(Clone)]
 pub struct CallbackTarget {
@@ -190,7 +193,8 @@ impl NotifyServer {
         faults.stall_for = delay;
     }
 
-    /// Every bearer token presented, valid or not (for independent checks).
+    /// The bearer tokens presented (the last 1,000), valid or not, for
+    /// independent checks.
     pub fn tokens_seen(&self) -> Vec<String> {
         lock(&self.state.tokens).clone()
     }
@@ -291,7 +295,14 @@ fn authorise(state: &ServerState, headers: &HeaderMap) -> Result<(), Response> {
             "Unauthorized: authentication token must be provided",
         );
     };
-    lock(&state.tokens).push(token.to_string());
+    {
+        // The most recent ones are enough for a test; a long demo must not grow.
+        let mut tokens = lock(&state.tokens);
+        if tokens.len() >= MAX_TOKENS_KEPT {
+            tokens.remove(0);
+        }
+        tokens.push(token.to_string());
+    }
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
