@@ -1090,3 +1090,111 @@ fn emitted_fhir_passes_an_independent_r4_validator() {
     }
     assert_ne!(last, "ok", "a misspelt element is caught");
 }
+
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything above, logged at TRACE (HTTP stacks included), searched for
+/// every NHS number, mobile, surname and message body that went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adapters_log_no_patient_data_even_at_trace() {
+    let captured = CapturedLogs::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Global, so the server and connection tasks on other threads log too.
+    tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+
+    // Texts, a lost response, a lookup, a letter.
+    let (server, client) = notify().await;
+    let body = "Dear Thistlewaite, please book your booster";
+    for n in 0..5 {
+        let mut request = sms(100 + n, &format!("c.G85001-0003.{n}"));
+        request.body = Personal::new(body.into());
+        client.send_sms(&request).await.unwrap();
+    }
+    server.drop_next_connections(1);
+    let _ = client.send_sms(&sms(120, "c.G85001-0003.9")).await;
+    client.find_by_reference("c.G85001-0003.9").await.unwrap();
+    // Extraction (both styles, malformed lines) and write-back.
+    let estate = estate(600, 1, 29);
+    let ods = first_ods(&estate);
+    let fhir_server = fhir(
+        estate.clone(),
+        FhirServerConfig {
+            polls_before_ready: 1,
+            retry_after_secs: 0,
+            ..FhirServerConfig::default()
+        },
+    )
+    .await;
+    fhir_server.inject_malformed(&ods, 50);
+    let connector = fast_connector();
+    for bulk in [true, false] {
+        let practice = fhir_server.practice(&ods, bulk, None).unwrap();
+        let (patients, errors) = read_all(&connector, &practice).await;
+        assert_eq!((patients.len(), errors.len()), (600, 12));
+        for error in errors {
+            tracing::warn!(%error, "malformed record");
+        }
+    }
+    let practice = fhir_server.practice(&ods, false, None).unwrap();
+    let entries: Vec<WritebackEntry> = estate
+        .patients(&ods)
+        .filter(|p| NhsNumber::parse(p.nhs_number.expose()).is_ok())
+        .take(5)
+        .enumerate()
+        .map(|(n, p)| writeback_entry(p.nhs_number.expose(), &format!("c.G85001-0003.{n}")))
+        .collect();
+    connector.write_back(&practice, &entries).await.unwrap();
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.len() > 1_000, "the run was logged");
+    let mut secrets: Vec<String> = vec!["Thistlewaite".into(), body.into()];
+    for n in (100..105).chain([120]) {
+        let mobile = mobile(n);
+        secrets.push(mobile.e164().to_string());
+        secrets.push(mobile.national());
+    }
+    for patient in estate.patients(&ods) {
+        let number = patient.nhs_number.into_inner();
+        if number.len() == 10 {
+            secrets.push(number);
+        }
+        let family = patient.family_name.into_inner();
+        if family.len() >= 5 {
+            secrets.push(family);
+        }
+        if let Some(mobile) = patient.mobile.into_inner() {
+            if mobile.len() >= 10 {
+                secrets.push(mobile);
+            }
+        }
+    }
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a log line holds patient data"
+        );
+    }
+    assert!(
+        !logs.contains(server.api_key().expose_secret()),
+        "the API key is never logged"
+    );
+}
