@@ -9,6 +9,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# An independent FHIR validator for the FHIR adapter's tests.
+if ! python3 -c "import fhir.resources.R4B" >/dev/null 2>&1; then
+  echo "installing fhir.resources"
+  python3 -m pip install --quiet "fhir.resources==8.3.0"
+fi
+export HUB_REQUIRE_FHIR_VALIDATOR=1
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo nextest run --workspace --all-features --no-fail-fast "$@"

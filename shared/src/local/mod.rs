@@ -118,7 +118,7 @@ impl LocalStack {
         let store = Arc::new(store);
         let queue = Arc::new(queue);
         let scheduler = Arc::new(scheduler);
-        let estate = Arc::new(GpEstate::generate(config.region.clone()));
+        let estate = Arc::new(GpEstate::generate(config.region));
         let sink = Arc::new(ReceiptsHandler {
             hub: Mutex::new(None),
         });

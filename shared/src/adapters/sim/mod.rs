@@ -4,6 +4,7 @@
 
 mod gateway;
 mod gp_estate;
+pub mod http;
 
 pub use gateway::*;
 pub use gp_estate::*;
