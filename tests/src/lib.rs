@@ -46,12 +46,14 @@ pub fn config(practices: usize, patients: u64, seed: u64) -> LocalStackConfig {
         seed: seed + i,
     };
     LocalStackConfig {
+        transport: shared::local::Transport::Http,
         database: None,
         hub: HubConfig {
             chunk_size: 100,
             send_batch: 20,
             receipt_window: chrono::Duration::milliseconds(500),
-            stale_after: chrono::Duration::seconds(2),
+            stale_after: chrono::Duration::seconds(5),
+            send_deadline: Duration::from_secs(2),
             ..HubConfig::default()
         },
         region: RegionSpec {

@@ -27,8 +27,12 @@ impl Write for Captured {
 async fn a_whole_demo_logs_no_patient_data() {
     let captured = Captured::default();
     let writer = captured.clone();
+    // Everything of ours at the most verbose level; libraries at info, as in
+    // production.
     tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "info,shared=trace,hub_tests=trace",
+        ))
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();

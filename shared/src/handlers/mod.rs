@@ -41,8 +41,11 @@ pub struct HubConfig {
     /// Attempts at a practice's extraction before it is reported failed
     /// (the extract queue's `maxReceiveCount` must be larger).
     pub max_extract_attempts: u32,
-    /// An extraction or a send claim older than this is presumed dead.
+    /// An extraction or a send claim older than this is presumed dead. Must
+    /// be longer than the functions' timeout and than `send_deadline`.
     pub stale_after: chrono::Duration,
+    /// The longest one message may spend with the providers, retries included.
+    pub send_deadline: Duration,
     /// How long delivery receipts are awaited before the purge.
     pub receipt_window: chrono::Duration,
     /// TTL on patient data: the safety net, never the plan.
@@ -58,6 +61,23 @@ pub struct HubConfig {
     pub max_deadline_ahead: chrono::Duration,
 }
 
+impl HubConfig {
+    /// Refuses settings under which a live sender could be overtaken.
+    pub fn validate(&self) -> Result<(), String> {
+        let stale = self.stale_after.to_std().unwrap_or_default();
+        if stale <= self.send_deadline * 2 {
+            return Err(format!(
+                "stale_after ({stale:?}) must be more than twice send_deadline ({:?})",
+                self.send_deadline
+            ));
+        }
+        if self.chunk_size == 0 || self.send_batch == 0 {
+            return Err("chunk_size and send_batch must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
@@ -65,7 +85,10 @@ impl Default for HubConfig {
             send_batch: 50,
             send_concurrency: 32,
             max_extract_attempts: 3,
-            stale_after: chrono::Duration::minutes(15),
+            // Longer than the extract and send functions' 15-minute timeout,
+            // so a live worker is never taken for a dead one.
+            stale_after: chrono::Duration::minutes(20),
+            send_deadline: router::DEFAULT_SEND_DEADLINE,
             receipt_window: chrono::Duration::hours(72),
             patient_data_ttl: chrono::Duration::days(7),
             optout_base_url: "https://hub.invalid".into(),

@@ -55,6 +55,38 @@ pub async fn record_receipt(
     Ok(ReceiptOutcome::Recorded)
 }
 
+/// The receipts endpoint, independent of HTTP framework: checks the
+/// provider's bearer token, parses a GOV.UK Notify delivery callback and
+/// records it. Returns the HTTP status to answer with.
+pub async fn handle_notify_callback(
+    hub: &Hub,
+    authorization: Option<&str>,
+    body: &[u8],
+    token: &SecretString,
+) -> u16 {
+    if !bearer_matches(authorization, token) {
+        return 401;
+    }
+    let receipt = match crate::adapters::notify::parse_callback(body) {
+        Ok(receipt) => receipt,
+        Err(error) => {
+            tracing::warn!(%error, "delivery callback not understood");
+            return 400;
+        }
+    };
+    match record_receipt(hub, &receipt).await {
+        Ok(outcome) => {
+            tracing::debug!(?outcome, "delivery callback");
+            204
+        }
+        // The provider retries a callback that fails, for up to 72 hours.
+        Err(error) => {
+            tracing::warn!(%error, "delivery callback not recorded; the provider will retry");
+            503
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,7 +135,14 @@ pub struct LaneStatus {
 
 pub struct ProviderRouter {
     lanes: Vec<Lane>,
+    /// The longest one message may spend in `send`, retries included. A
+    /// claim is only presumed dead after `HubConfig::stale_after`, which
+    /// must be longer, so a live sender is never overtaken by a re-send.
+    deadline: Duration,
 }
+
+/// Default for [`ProviderRouter::with_deadline`].
+pub const DEFAULT_SEND_DEADLINE: Duration = Duration::from_secs(60);
 
 impl ProviderRouter {
     /// `share` divides each provider's rate: on Lambda it is the send
@@ -163,7 +170,19 @@ impl ProviderRouter {
                 }
             })
             .collect();
-        Self { lanes }
+        Self {
+            lanes,
+            deadline: DEFAULT_SEND_DEADLINE,
+        }
+    }
+
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     pub fn rates(&self) -> Vec<ProviderRate> {
@@ -204,8 +223,13 @@ impl ProviderRouter {
         let cost = f64::from(request.fragments.max(1));
         let mut last_problem = String::from("no provider in rotation");
         let mut all_unauthorised = !self.lanes.is_empty();
+        let started = Instant::now();
         for attempt in 0..MAX_ATTEMPTS {
             let now = Instant::now();
+            let remaining = self.deadline.saturating_sub(now - started);
+            if remaining.is_zero() {
+                break;
+            }
             let Some(lane) = self.pick(cost, now) else {
                 // Every circuit is open: wait for the soonest to close.
                 let soonest = self
@@ -222,7 +246,7 @@ impl ProviderRouter {
                     .min();
                 match soonest {
                     Some(until) => {
-                        tokio::time::sleep_until(until).await;
+                        tokio::time::sleep_until(until.min(now + remaining)).await;
                         continue;
                     }
                     None if all_unauthorised => return Err(RouteError::Unauthorised),
@@ -230,10 +254,17 @@ impl ProviderRouter {
                 }
             };
             let wait = lane.reserve(cost, now);
+            if wait >= remaining {
+                break;
+            }
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
-            match lane.provider.send_sms(request).await {
+            let left = self.deadline.saturating_sub(started.elapsed());
+            let outcome = tokio::time::timeout(left, lane.provider.send_sms(request))
+                .await
+                .unwrap_or_else(|_| Err(ProviderError::Unavailable("timed out".into())));
+            match outcome {
                 Ok(accepted) => {
                     lane.succeeded();
                     return Ok((lane.provider.name().to_string(), accepted));
@@ -253,7 +284,8 @@ impl ProviderRouter {
                     let pause = retry_after.unwrap_or_else(|| {
                         super::backoff(attempt, Duration::from_millis(100), Duration::from_secs(5))
                     });
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(pause.min(self.deadline.saturating_sub(started.elapsed())))
+                        .await;
                 }
                 Err(ProviderError::DailyLimit) => {
                     all_unauthorised = false;
@@ -282,12 +314,10 @@ impl ProviderRouter {
                         ));
                     }
                     lane.failed(Instant::now());
-                    tokio::time::sleep(super::backoff(
-                        attempt,
-                        Duration::from_millis(50),
-                        Duration::from_secs(5),
-                    ))
-                    .await;
+                    let pause =
+                        super::backoff(attempt, Duration::from_millis(50), Duration::from_secs(5));
+                    tokio::time::sleep(pause.min(self.deadline.saturating_sub(started.elapsed())))
+                        .await;
                 }
             }
         }

@@ -227,8 +227,10 @@ async fn send_step(
             Err(error) => {
                 unauthorised |= matches!(error, RouteError::Unauthorised);
                 unfinished = true;
-                // Release the claim: nothing was accepted for it.
-                RecipientStatus::Pending
+                // A timeout or 5xx may hide an accepted message: keep the
+                // claim, so the redelivery reconciles it with the providers
+                // before anything is sent again.
+                continue;
             }
         };
         updates.push(StatusUpdate {

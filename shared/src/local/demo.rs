@@ -32,6 +32,7 @@ pub struct DemoOptions {
     pub postcodes: Vec<String>,
     pub database: Option<PathBuf>,
     pub timeout: Duration,
+    pub transport: super::Transport,
 }
 
 impl Default for DemoOptions {
@@ -53,6 +54,7 @@ impl Default for DemoOptions {
             postcodes: Vec::new(),
             database: None,
             timeout: Duration::from_secs(3600),
+            transport: super::Transport::Http,
         }
     }
 }
@@ -61,7 +63,8 @@ impl DemoOptions {
     pub fn stack_config(&self) -> LocalStackConfig {
         let hub = HubConfig {
             receipt_window: chrono::Duration::seconds(1),
-            stale_after: chrono::Duration::seconds(10),
+            stale_after: chrono::Duration::seconds(30),
+            send_deadline: Duration::from_secs(10),
             ..HubConfig::default()
         };
         let sms_gateways = (0..self.providers)
@@ -77,6 +80,7 @@ impl DemoOptions {
             })
             .collect();
         LocalStackConfig {
+            transport: self.transport,
             database: self.database.clone(),
             hub,
             region: RegionSpec {

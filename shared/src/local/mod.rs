@@ -6,6 +6,12 @@
 pub mod demo;
 
 use crate::adapters::embedded::{LocalQueue, LocalScheduler, SqliteStore};
+use crate::adapters::fhir::{FhirConfig, FhirGpConnector};
+use crate::adapters::notify::{NotifyClient, NotifyTemplates};
+use crate::adapters::sim::http::{
+    start_fhir, start_notify, CallbackTarget, FhirServer, FhirServerConfig, NotifyServer,
+    NotifyServerConfig,
+};
 use crate::adapters::sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
 use crate::handlers::jobs::{handle_batch, Message};
 use crate::handlers::{Hub, HubConfig, ProviderRouter};
@@ -13,9 +19,10 @@ use crate::ports::{
     DeliveryReceipt, Job, QueueName, ReceiptSink, ScheduledAction, Scheduler, SmsProvider,
     SystemClock,
 };
+use crate::ports::{EmailProvider, GpConnector, LetterProvider};
 use anyhow::Context;
 use async_trait::async_trait;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,8 +37,20 @@ pub struct Workers {
     pub batch: usize,
 }
 
+/// How the hub reaches the simulated providers and GP estate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Over HTTP, through the real GOV.UK Notify and FHIR adapters, to
+    /// simulators that speak those APIs (the default).
+    #[default]
+    Http,
+    /// Direct calls to the simulators: no HTTP, for raw hub throughput.
+    InProcess,
+}
+
 #[derive(Debug, Clone)]
 pub struct LocalStackConfig {
+    pub transport: Transport,
     /// SQLite file for the tables, queues and schedules; `None` keeps them
     /// in memory.
     pub database: Option<PathBuf>,
@@ -77,8 +96,18 @@ impl ReceiptSink for ReceiptsHandler {
     }
 }
 
+/// The HTTP simulators and receipts endpoint of an HTTP stack.
+pub struct HttpServers {
+    pub notify: Vec<NotifyServer>,
+    pub postal: NotifyServer,
+    pub fhir: FhirServer,
+    pub receipts_url: String,
+    _receipts: tokio::task::JoinHandle<()>,
+}
+
 pub struct LocalStack {
     pub hub: Hub,
+    pub http: Option<HttpServers>,
     pub store: Arc<SqliteStore>,
     pub queue: Arc<LocalQueue>,
     pub scheduler: Arc<LocalScheduler>,
@@ -127,22 +156,97 @@ impl LocalStack {
             .iter()
             .map(|gateway| Arc::new(GatewaySim::new(gateway.clone())))
             .collect();
-        for gateway in &gateways {
-            gateway.set_receipt_sink(sink.clone());
-        }
         let postal = Arc::new(GatewaySim::new(config.postal_gateway.clone()));
-        let router = ProviderRouter::new(
-            gateways
-                .iter()
-                .map(|g| {
-                    (
-                        g.clone() as Arc<dyn SmsProvider>,
-                        g.config().rate_per_second,
+        let callback_token = Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string()));
+        let mut practices = estate.practices();
+        let wiring = match config.transport {
+            Transport::InProcess => {
+                for gateway in &gateways {
+                    gateway.set_receipt_sink(sink.clone());
+                }
+                let providers = gateways
+                    .iter()
+                    .map(|g| {
+                        (
+                            g.clone() as Arc<dyn SmsProvider>,
+                            g.config().rate_per_second,
+                        )
+                    })
+                    .collect();
+                Wiring {
+                    providers,
+                    email: postal.clone(),
+                    letters: postal.clone(),
+                    gp: estate.clone(),
+                    http: None,
+                }
+            }
+            Transport::Http => {
+                let receipts = start_receipts(sink.clone(), callback_token.clone()).await?;
+                let target = CallbackTarget {
+                    url: receipts.0.clone(),
+                    bearer: SecretString::from(callback_token.expose_secret().to_string()),
+                };
+                let templates = NotifyTemplates {
+                    sms: uuid::Uuid::new_v4().to_string(),
+                    email: Some(uuid::Uuid::new_v4().to_string()),
+                    letter: Some(uuid::Uuid::new_v4().to_string()),
+                };
+                let mut notify = Vec::new();
+                let mut providers: Vec<(Arc<dyn SmsProvider>, f64)> = Vec::new();
+                for gateway in &gateways {
+                    let (_, server) = start_notify(
+                        (**gateway).clone(),
+                        NotifyServerConfig {
+                            callback: Some(target.clone()),
+                            ..NotifyServerConfig::default()
+                        },
                     )
-                })
-                .collect(),
-            1,
-        );
+                    .await?;
+                    let mut client_config = crate::adapters::notify::NotifyConfig::new(
+                        server.base_url(),
+                        server.api_key(),
+                        templates.clone(),
+                    );
+                    client_config.name = gateway.config().name.clone();
+                    providers.push((
+                        Arc::new(NotifyClient::new(client_config)?),
+                        gateway.config().rate_per_second,
+                    ));
+                    notify.push(server);
+                }
+                let (_, postal_server) =
+                    start_notify((*postal).clone(), NotifyServerConfig::default()).await?;
+                let postal_client = Arc::new(NotifyClient::from_key(
+                    &postal_server.base_url(),
+                    postal_server.api_key(),
+                    templates.clone(),
+                )?);
+                let (_, fhir) = start_fhir((*estate).clone(), FhirServerConfig::default()).await?;
+                // Half the practices export in bulk, half answer paged search.
+                for (i, practice) in practices.iter_mut().enumerate() {
+                    if let Some(connected) = fhir.practice(&practice.ods, i % 2 == 0, None) {
+                        *practice = connected;
+                    }
+                }
+                Wiring {
+                    providers,
+                    email: postal_client.clone(),
+                    letters: postal_client,
+                    gp: Arc::new(FhirGpConnector::new(FhirConfig::default())?),
+                    http: Some(HttpServers {
+                        notify,
+                        postal: postal_server,
+                        fhir,
+                        receipts_url: receipts.0,
+                        _receipts: receipts.1,
+                    }),
+                }
+            }
+        };
+        config.hub.validate().map_err(anyhow::Error::msg)?;
+        let router =
+            ProviderRouter::new(wiring.providers, 1).with_deadline(config.hub.send_deadline);
         let mut hub_config = config.hub.clone();
         hub_config.providers = router.rates();
         let hub = Hub {
@@ -151,9 +255,9 @@ impl LocalStack {
             queue: queue.clone(),
             scheduler: scheduler.clone(),
             sms: Arc::new(router),
-            email: postal.clone(),
-            letters: postal.clone(),
-            gp: estate.clone(),
+            email: wiring.email,
+            letters: wiring.letters,
+            gp: wiring.gp,
             clock: Arc::new(SystemClock),
             optout_key: Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string())),
             config: Arc::new(hub_config),
@@ -161,11 +265,12 @@ impl LocalStack {
         if let Ok(mut slot) = sink.hub.lock() {
             *slot = Some(hub.clone());
         }
-        for practice in estate.practices() {
-            hub.store.put_practice(&practice).await?;
+        for practice in &practices {
+            hub.store.put_practice(practice).await?;
         }
         let stack = Arc::new(Self {
             hub,
+            http: wiring.http,
             store,
             queue,
             scheduler,
@@ -221,7 +326,30 @@ impl LocalStack {
                     receive_count: m.receive_count,
                 })
                 .collect();
-            let failed = handle_batch(&self.hub, messages, batch).await;
+            // Lambda never sees its message redelivered while it runs (the
+            // visibility timeout is set above the function timeout); here the
+            // harness keeps extending it instead, so only a crashed worker's
+            // messages come back.
+            let handling = handle_batch(&self.hub, messages, batch);
+            tokio::pin!(handling);
+            let mut heartbeat = tokio::time::interval(self.config.visibility_timeout / 3);
+            heartbeat.tick().await;
+            let failed = loop {
+                tokio::select! {
+                    failed = &mut handling => break failed,
+                    _ = heartbeat.tick() => {
+                        let until = chrono::Utc::now()
+                            + chrono::Duration::from_std(self.config.visibility_timeout)
+                                .unwrap_or_else(|_| chrono::Duration::seconds(30));
+                        for message in &received {
+                            let _ = self
+                                .queue
+                                .change_visibility(name, &message.receipt_handle, until)
+                                .await;
+                        }
+                    }
+                }
+            };
             for message in received {
                 if !failed.contains(&message.receipt_handle) {
                     if let Err(error) = self.queue.delete(name, &message.receipt_handle).await {
@@ -333,6 +461,55 @@ impl LocalStack {
             }
         }
     }
+}
+
+struct Wiring {
+    providers: Vec<(Arc<dyn SmsProvider>, f64)>,
+    email: Arc<dyn EmailProvider>,
+    letters: Arc<dyn LetterProvider>,
+    gp: Arc<dyn GpConnector>,
+    http: Option<HttpServers>,
+}
+
+/// The local receipts endpoint: what API Gateway and the receipts function
+/// are on AWS. Returns its URL and its server task.
+async fn start_receipts(
+    sink: Arc<ReceiptsHandler>,
+    token: Arc<SecretString>,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    use axum::http::{HeaderMap, StatusCode};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/receipts", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/receipts",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let sink = sink.clone();
+            let token = token.clone();
+            async move {
+                let hub = sink.hub.lock().ok().and_then(|h| h.clone());
+                let Some(hub) = hub else {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                };
+                let authorization = headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                let status = crate::handlers::receipts::handle_notify_callback(
+                    &hub,
+                    authorization,
+                    &body,
+                    &token,
+                )
+                .await;
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "receipts endpoint stopped");
+        }
+    });
+    Ok((url, task))
 }
 
 impl Drop for LocalStack {
