@@ -1,4 +1,6 @@
 //! Implementations of the ports.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod embedded;
 pub mod sim;
