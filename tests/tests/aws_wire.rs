@@ -1013,6 +1013,48 @@ async fn purge_deletes_a_campaign_to_zero() {
     assert_eq!(patients.count_all().await.unwrap(), 0, "the store is empty");
 }
 
+#[tokio::test]
+async fn reads_follow_pagination_past_one_megabyte() {
+    // DynamoDB (and moto) return at most 1 MB per query page.
+    let stack = stack().await;
+    let (hub, patients) = stores(&stack).await;
+    let c = CampaignId::new();
+    let chunk = ChunkId::new(&ods(6), 0);
+    let padding = "x".repeat(5_000);
+    let big: Vec<Recipient> = (0..300)
+        .map(|i| {
+            let mut r = recipient(&chunk, i);
+            r.last_name = Personal::new(padding.clone());
+            r
+        })
+        .collect();
+    patients.put_recipients(&c, &big, later()).await.unwrap();
+    let loaded = patients.load_chunk(&c, &chunk).await.unwrap();
+    assert_eq!(
+        loaded.iter().map(|r| r.index).collect::<Vec<_>>(),
+        (0..300).collect::<Vec<_>>()
+    );
+    assert_eq!(patients.count_campaign(&c).await.unwrap(), 300);
+    assert_eq!(patients.purge_campaign(&c).await.unwrap(), 300);
+    assert_eq!(patients.count_campaign(&c).await.unwrap(), 0);
+
+    let detail = serde_json::json!({ "note": "y".repeat(20_000) });
+    for minute in 0..80 {
+        hub.append_audit(&AuditEvent {
+            campaign: Some(c.clone()),
+            at: Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap() + Duration::minutes(minute),
+            actor: "hub".into(),
+            action: format!("step_{minute:02}"),
+            detail: detail.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    let listed = hub.list_audit(&c).await.unwrap();
+    assert_eq!(listed.len(), 80);
+    assert_eq!(listed[79].action, "step_79");
+}
+
 // ------------------------------------------------------------------ errors
 
 #[tokio::test]

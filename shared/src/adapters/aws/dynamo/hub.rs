@@ -276,7 +276,7 @@ impl DynamoHubStore {
         expected: u64,
         what: String,
     ) -> Result<(), StoreError> {
-        let result = self
+        let request = self
             .table
             .client
             .put_item()
@@ -284,13 +284,10 @@ impl DynamoHubStore {
             .set_item(Some(item))
             .condition_expression("version = :v")
             .expression_attribute_values(":v", n(expected))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match self.table.call("PutItem", || request.clone().send()).await {
             Ok(_) => Ok(()),
-            Err(err) => {
-                let fault = self.table.fault("PutItem", &err);
+            Err((fault, err)) => {
                 if fault.kind != FaultKind::Condition {
                     return Err(fault.into());
                 }
@@ -316,19 +313,16 @@ impl DynamoHubStore {
 
     /// `PutItem` only if the key is new; returns whether it was written.
     async fn put_if_absent(&self, item: Item) -> Result<bool, StoreError> {
-        let result = self
+        let request = self
             .table
             .client
             .put_item()
             .table_name(&self.table.name)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
+            .condition_expression("attribute_not_exists(pk)");
+        match self.table.call("PutItem", || request.clone().send()).await {
             Ok(_) => Ok(true),
-            Err(err) => {
-                let fault = self.table.fault("PutItem", &err);
+            Err((fault, _)) => {
                 if fault.kind == FaultKind::Condition {
                     Ok(false)
                 } else {
@@ -482,14 +476,16 @@ impl HubStore for DynamoHubStore {
             ("gsi1pk".into(), s(PRACTICES)),
             ("gsi1sk".into(), s(practice.ods.as_str())),
         ]);
-        self.table
+        let request = self
+            .table
             .client
             .put_item()
             .table_name(&self.table.name)
-            .set_item(Some(item))
-            .send()
+            .set_item(Some(item));
+        self.table
+            .call("PutItem", || request.clone().send())
             .await
-            .map_err(|e| self.table.fault("PutItem", &e))?;
+            .map_err(|(fault, _)| fault)?;
         Ok(())
     }
 
@@ -543,7 +539,7 @@ impl HubStore for DynamoHubStore {
         let next = campaign.version + 1;
         let mut record = campaign.clone();
         record.version = next;
-        let result = self
+        let request = self
             .table
             .client
             .update_item()
@@ -558,16 +554,17 @@ impl HubStore for DynamoHubStore {
             .expression_attribute_values(":state", s(campaign.state.as_str()))
             .expression_attribute_values(":v", n(campaign.version))
             .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match self
+            .table
+            .call("UpdateItem", || request.clone().send())
+            .await
+        {
             Ok(out) => {
                 let item = out.attributes.unwrap_or_default();
                 Self::read_campaign(&item).map_err(decode(format!("campaign {}", campaign.id)))
             }
-            Err(err) => {
-                let fault = self.table.fault("UpdateItem", &err);
+            Err((fault, err)) => {
                 if fault.kind != FaultKind::Condition {
                     return Err(fault.into());
                 }
@@ -831,6 +828,8 @@ impl HubStore for DynamoHubStore {
         delivered: u64,
         failed: u64,
     ) -> Result<(), StoreError> {
+        // `ADD` is not idempotent: no retries beyond the SDK's own, so a
+        // lost response is not counted twice by this adapter.
         let result = self
             .table
             .client

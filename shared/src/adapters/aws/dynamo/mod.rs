@@ -29,6 +29,11 @@ pub(crate) const BATCH_WRITE_MAX: usize = 25;
 pub(crate) const TRANSACT_MAX: usize = 100;
 /// Retries of `UnprocessedItems` (and of throttled batches) before giving up.
 const BATCH_RETRIES: u32 = 8;
+/// Retries of a throttled or failed single-item call, on top of the SDK's
+/// own attempts: a new on-demand table throttles bursts above ~4,000
+/// writes/s, and failing a whole extraction or send job over one throttled
+/// write would cost far more than waiting.
+const CALL_RETRIES: u32 = 5;
 const BACKOFF_BASE: Duration = Duration::from_millis(25);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
@@ -146,21 +151,50 @@ impl Table {
         Fault::from_sdk(operation, err, self.keep_messages)
     }
 
+    /// Makes an SDK call, retrying transient faults (throttling, 5xx,
+    /// timeouts) with exponential backoff and jitter. On failure returns
+    /// the classified fault and the SDK error (for callers that inspect it).
+    pub async fn call<T, E, Fut>(
+        &self,
+        operation: &'static str,
+        mut send: impl FnMut() -> Fut,
+    ) -> Result<T, (Fault, aws_sdk_dynamodb::error::SdkError<E>)>
+    where
+        E: ProvideErrorMetadata,
+        Fut: std::future::Future<Output = Result<T, aws_sdk_dynamodb::error::SdkError<E>>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match send().await {
+                Ok(out) => return Ok(out),
+                Err(err) => {
+                    let fault = self.fault(operation, &err);
+                    if !fault.is_transient() || attempt >= CALL_RETRIES {
+                        return Err((fault, err));
+                    }
+                }
+            }
+            tokio::time::sleep(backoff(attempt, BACKOFF_BASE, BACKOFF_CAP)).await;
+            attempt += 1;
+        }
+    }
+
     pub fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
         HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))])
     }
 
     /// Strongly consistent `GetItem`.
     pub async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, Fault> {
-        let out = self
+        let request = self
             .client
             .get_item()
             .table_name(&self.name)
             .set_key(Some(Self::key(pk, sk)))
-            .consistent_read(true)
-            .send()
+            .consistent_read(true);
+        let out = self
+            .call("GetItem", || request.clone().send())
             .await
-            .map_err(|e| self.fault("GetItem", &e))?;
+            .map_err(|(fault, _)| fault)?;
         Ok(out.item)
     }
 
@@ -170,11 +204,12 @@ impl Table {
         build: &(dyn Fn(QueryFluentBuilder) -> QueryFluentBuilder + Sync),
         start: Option<Item>,
     ) -> Result<(Vec<Item>, Option<Item>), Fault> {
-        let out = build(self.client.query().table_name(&self.name))
-            .set_exclusive_start_key(start)
-            .send()
+        let request =
+            build(self.client.query().table_name(&self.name)).set_exclusive_start_key(start);
+        let out = self
+            .call("Query", || request.clone().send())
             .await
-            .map_err(|e| self.fault("Query", &e))?;
+            .map_err(|(fault, _)| fault)?;
         let next = out.last_evaluated_key.filter(|key| !key.is_empty());
         Ok((out.items.unwrap_or_default(), next))
     }
@@ -204,12 +239,13 @@ impl Table {
         let mut total = 0u64;
         let mut start = None;
         loop {
-            let out = build(self.client.query().table_name(&self.name))
+            let request = build(self.client.query().table_name(&self.name))
                 .select(Select::Count)
-                .set_exclusive_start_key(start)
-                .send()
+                .set_exclusive_start_key(start);
+            let out = self
+                .call("Query", || request.clone().send())
                 .await
-                .map_err(|e| self.fault("Query", &e))?;
+                .map_err(|(fault, _)| fault)?;
             total += u64::try_from(out.count).unwrap_or(0);
             match out.last_evaluated_key.filter(|key| !key.is_empty()) {
                 Some(key) => start = Some(key),
@@ -223,16 +259,17 @@ impl Table {
         let mut total = 0u64;
         let mut start = None;
         loop {
-            let out = self
+            let request = self
                 .client
                 .scan()
                 .table_name(&self.name)
                 .select(Select::Count)
                 .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
+                .set_exclusive_start_key(start);
+            let out = self
+                .call("Scan", || request.clone().send())
                 .await
-                .map_err(|e| self.fault("Scan", &e))?;
+                .map_err(|(fault, _)| fault)?;
             total += u64::try_from(out.count).unwrap_or(0);
             match out.last_evaluated_key.filter(|key| !key.is_empty()) {
                 Some(key) => start = Some(key),
@@ -302,10 +339,31 @@ impl Table {
     /// condition failed. Transaction conflicts and throttling are transient.
     pub async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<(), TxError> {
         debug_assert!(actions.len() <= TRANSACT_MAX);
+        // One idempotency token for every attempt: a retry after a lost
+        // response is recognised by DynamoDB (for 10 minutes) as done.
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut attempt = 0u32;
+        loop {
+            match self.transact_once(actions.clone(), &token).await {
+                Err(TxError::Fault(fault)) if fault.is_transient() && attempt < CALL_RETRIES => {
+                    tokio::time::sleep(backoff(attempt, BACKOFF_BASE, BACKOFF_CAP)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn transact_once(
+        &self,
+        actions: Vec<TransactWriteItem>,
+        token: &str,
+    ) -> Result<(), TxError> {
         let result = self
             .client
             .transact_write_items()
             .set_transact_items(Some(actions))
+            .client_request_token(token)
             .send()
             .await;
         let err = match result {

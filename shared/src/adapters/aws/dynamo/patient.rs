@@ -185,10 +185,13 @@ impl DynamoPatientStore {
         for (name, value) in values {
             request = request.expression_attribute_values(name, value);
         }
-        match request.send().await {
+        match self
+            .table
+            .call("UpdateItem", || request.clone().send())
+            .await
+        {
             Ok(_) => Ok(true),
-            Err(err) => {
-                let fault = self.table.fault("UpdateItem", &err);
+            Err((fault, _)) => {
                 if fault.kind == FaultKind::Condition {
                     Ok(false)
                 } else {
@@ -270,20 +273,17 @@ impl PatientDataStore for DynamoPatientStore {
                     ("expires_at".into(), n(expires_at.timestamp())),
                 ]);
                 async move {
-                    let result = self
+                    let request = self
                         .table
                         .client
                         .put_item()
                         .table_name(&self.table.name)
                         .set_item(Some(item))
                         .condition_expression("attribute_not_exists(pk) OR ods = :ods")
-                        .expression_attribute_values(":ods", s(ods.as_str()))
-                        .send()
-                        .await;
-                    match result {
+                        .expression_attribute_values(":ods", s(ods.as_str()));
+                    match self.table.call("PutItem", || request.clone().send()).await {
                         Ok(_) => Ok(Placement::Placed),
-                        Err(err) => {
-                            let fault = self.table.fault("PutItem", &err);
+                        Err((fault, _)) => {
                             if fault.kind == FaultKind::Condition {
                                 Ok(Placement::HeldElsewhere)
                             } else {
