@@ -24,14 +24,23 @@ logfile=$state/moto.log
 MOTO_VERSION=5.2.5
 CFN_LINT_VERSION=1.58.0
 
+installed() {
+    [[ -x $venv/bin/moto_server && -x $venv/bin/cfn-lint ]]
+}
+
 install() {
-    if [[ -x $venv/bin/moto_server && -x $venv/bin/cfn-lint ]]; then
-        return
+    installed && return
+    # Test processes may ask at the same time: one installs, the rest wait.
+    mkdir -p "$(dirname "$venv")"
+    exec 9>"$venv.lock"
+    flock 9
+    if ! installed; then
+        echo "creating $venv (moto $MOTO_VERSION, cfn-lint $CFN_LINT_VERSION)" >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check \
+            "moto[server]==$MOTO_VERSION" "cfn-lint==$CFN_LINT_VERSION" >&2
     fi
-    echo "creating $venv (moto $MOTO_VERSION, cfn-lint $CFN_LINT_VERSION)" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        "moto[server]==$MOTO_VERSION" "cfn-lint==$CFN_LINT_VERSION" >&2
+    flock -u 9
 }
 
 running() {

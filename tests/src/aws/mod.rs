@@ -4,8 +4,9 @@
 //!
 //! The emulator is `HUB_MOTO_ENDPOINT` when set (e.g. from
 //! `infra/moto.sh start`); otherwise one is started for this test process
-//! with the Python of `HUB_VENV` (default `<repo>/.venv-aws`) on 127.0.0.1
-//! and a free port, and stops when the process ends.
+//! with the Python of `HUB_VENV` (default `<repo>/.venv-aws`, installed by
+//! `infra/moto.sh install` on first use) on 127.0.0.1 and a free port, and
+//! stops when the process ends.
 
 pub mod template;
 
@@ -69,12 +70,21 @@ fn start_emulator() -> Result<Emulator> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".venv-aws"));
     let python = venv.join("bin").join("python");
-    if !python.exists() {
-        bail!(
-            "no emulator: set HUB_MOTO_ENDPOINT (see infra/moto.sh) or HUB_VENV to a venv \
-             with moto[server] installed (looked for {})",
-            python.display()
-        );
+    if !venv.join("bin").join("moto_server").exists() {
+        // First use on this machine: the project's script installs moto.
+        let status = Command::new("bash")
+            .arg(repo_root().join("infra").join("moto.sh"))
+            .arg("install")
+            .env("HUB_VENV", &venv)
+            .status()
+            .context("running infra/moto.sh install")?;
+        if !status.success() {
+            bail!(
+                "no emulator: set HUB_MOTO_ENDPOINT (see infra/moto.sh), or HUB_VENV to a venv \
+                 with moto[server]; `infra/moto.sh install` into {} failed",
+                venv.display()
+            );
+        }
     }
     let mut child = Command::new(&python)
         .arg("-c")
