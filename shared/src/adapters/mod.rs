@@ -1,5 +1,7 @@
 //! Implementations of the ports.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod embedded;
 #[cfg(feature = "eum")]
 pub mod eum;
