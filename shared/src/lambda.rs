@@ -77,3 +77,20 @@ pub async fn handle_sqs(
     tracing::info!(messages = count, failed = failed.len(), "batch handled");
     Ok(batch_response(failed))
 }
+
+/// The whole `main` of an SQS-triggered function: wire the hub from the
+/// environment once, then hand each batch to the handlers.
+#[cfg(feature = "aws")]
+pub async fn run_sqs_function(concurrency: usize) -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let wired = crate::wiring::hub_from_env().await?;
+    let hub = &wired.hub;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
+            handle_sqs(hub, event.payload, concurrency)
+                .await
+                .map_err(lambda_runtime::Error::from)
+        },
+    ))
+    .await
+}

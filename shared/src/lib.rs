@@ -8,3 +8,5 @@ pub mod handlers;
 pub mod lambda;
 pub mod local;
 pub mod ports;
+#[cfg(all(feature = "aws", feature = "lambda"))]
+pub mod wiring;
