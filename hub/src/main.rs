@@ -1,6 +1,15 @@
 //! `hub`: the staff command-line tool and the embedded local stack.
+//!
+//! Exit codes: 0 done, 1 declined at the prompt, 2 usage or configuration,
+//! 3 refused by the hub (4xx), 4 failure (5xx or network).
 
+mod client;
 mod demo;
+mod serve;
+mod sigv4;
+mod staff;
+mod views;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -14,12 +23,33 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: client::Connection,
+    /// Print the hub's answer as JSON.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run a whole campaign on a synthetic region on the embedded stack.
     Demo(demo::DemoArgs),
+    /// Campaigns: create, approve, cancel, watch, report, ...
+    #[command(subcommand)]
+    Campaign(staff::CampaignCommand),
+    /// The practice registry.
+    #[command(subcommand)]
+    Practices(staff::PracticesCommand),
+    /// The embedded local stack.
+    #[command(subcommand)]
+    Local(LocalCommand),
+}
+
+#[derive(Subcommand)]
+enum LocalCommand {
+    /// Serve the staff API over HTTP on the embedded stack, checking SigV4
+    /// signatures against local credentials.
+    Serve(serve::ServeArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -47,14 +77,34 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => {
             init_tracing("warn");
-            runtime.block_on(demo::run(args))
+            runtime
+                .block_on(demo::run(args))
+                .map_err(client::CliError::Other)
+        }
+        Command::Local(LocalCommand::Serve(args)) => {
+            init_tracing("info");
+            runtime.block_on(serve::run(args, cli.connection.region.clone()))
+        }
+        Command::Campaign(command) => {
+            init_tracing("warn");
+            runtime.block_on(async {
+                let cx = staff::Context::new(&cli.connection, cli.json).await?;
+                staff::campaign(command, &cx).await
+            })
+        }
+        Command::Practices(command) => {
+            init_tracing("warn");
+            runtime.block_on(async {
+                let cx = staff::Context::new(&cli.connection, cli.json).await?;
+                staff::practices(command, &cx).await
+            })
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("hub: {error:#}");
-            ExitCode::from(1)
+            eprintln!("hub: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod domain;
 pub mod handlers;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod http;
 pub mod local;
 pub mod ports;
 #[cfg(all(feature = "aws", feature = "lambda"))]

@@ -1,0 +1,298 @@
+//! The staff API client: settings from flags, environment and config file,
+//! credentials from the standard AWS chain (environment, profiles, SSO,
+//! ...), every request SigV4-signed for `execute-api`.
+
+use aws_config::BehaviorVersion;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// What went wrong, and so the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line, a local file or the configuration is wrong (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The hub refused the request: a 4xx (exit 3).
+    #[error("{0}")]
+    Refused(Refusal),
+    /// The hub failed or could not be reached: a 5xx or a network error (exit 4).
+    #[error("{0:#}")]
+    Failure(anyhow::Error),
+    /// The user answered no (exit 1).
+    #[error("{0}")]
+    Declined(String),
+    /// Anything else, e.g. a demo whose report does not add up (exit 1).
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Declined(_) | Self::Other(_) => 1,
+            Self::Usage(_) => 2,
+            Self::Refused(_) => 3,
+            Self::Failure(_) => 4,
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::Usage(message.into())
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Failure(error)
+    }
+}
+
+/// A 4xx answer, with the hub's error body made readable.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = self.body["message"].as_str().unwrap_or("refused");
+        let code = self.body["code"].as_str().unwrap_or("error");
+        write!(
+            f,
+            "the hub refused the request ({} {code}): {message}",
+            self.status
+        )?;
+        if let Some(errors) = self.body["errors"].as_array() {
+            for error in errors {
+                write!(
+                    f,
+                    "\n  {}: {}",
+                    error["field"].as_str().unwrap_or("?"),
+                    error["message"].as_str().unwrap_or("")
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Global options shared by every staff command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Connection {
+    /// Base URL of the staff API (API Gateway stage URL, or
+    /// http://127.0.0.1:PORT for `hub local serve`).
+    #[arg(long, env = "HUB_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
+    /// AWS region the API is in (default: the AWS chain's, else eu-west-2).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// AWS profile for credentials (default: the AWS chain's).
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// Config file (default: $HUB_CONFIG, else ~/.config/hub/config.toml).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Seconds to wait for the hub before giving up.
+    #[arg(long, default_value_t = 30, global = true)]
+    pub timeout: u64,
+}
+
+/// `~/.config/hub/config.toml`: defaults for the options above.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    /// Price of one SMS fragment, for cost estimates.
+    pub price_per_fragment: Option<f64>,
+    /// Currency symbol for cost estimates (default £).
+    pub currency: Option<String>,
+}
+
+impl ConfigFile {
+    pub fn load(explicit: Option<&PathBuf>) -> Result<Self, CliError> {
+        let path = match explicit {
+            Some(path) => Some(path.clone()),
+            None => std::env::var_os("HUB_CONFIG")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    let base = std::env::var_os("XDG_CONFIG_HOME")
+                        .map(PathBuf::from)
+                        .or_else(|| {
+                            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config"))
+                        })?;
+                    let path = base.join("hub").join("config.toml");
+                    path.exists().then_some(path)
+                }),
+        };
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: String,
+    region: String,
+    credentials: SharedCredentialsProvider,
+}
+
+impl Client {
+    pub async fn connect(connection: &Connection, file: &ConfigFile) -> Result<Self, CliError> {
+        let endpoint = connection
+            .endpoint
+            .clone()
+            .or_else(|| file.endpoint.clone())
+            .ok_or_else(|| {
+                CliError::usage(
+                    "no hub endpoint: pass --endpoint URL, set HUB_ENDPOINT, \
+                     or put endpoint = \"...\" in ~/.config/hub/config.toml",
+                )
+            })?;
+        let endpoint = endpoint.trim().trim_end_matches('/').to_string();
+        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+            return Err(CliError::usage(format!(
+                "the endpoint must be an http(s) URL, not {endpoint:?}"
+            )));
+        }
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(profile) = connection.profile.as_ref().or(file.profile.as_ref()) {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = connection.region.as_ref().or(file.region.as_ref()) {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let sdk = loader.load().await;
+        let region = sdk
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "eu-west-2".to_string());
+        let credentials = sdk.credentials_provider().ok_or_else(|| {
+            CliError::usage("no AWS credentials provider is configured (see `aws configure`)")
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(connection.timeout.max(1)))
+            .build()
+            .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            endpoint,
+            region,
+            credentials,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.send("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.send("POST", path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.send("PUT", path, Some(body)).await
+    }
+
+    /// One signed request; the JSON answer on 2xx, else the error to report.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.endpoint);
+        let body = body.map(Value::to_string).unwrap_or_default().into_bytes();
+        let request = self.signed(method, &url, body).await?;
+        let response = self.http.execute(request).await.map_err(|e| {
+            CliError::Failure(anyhow::anyhow!(
+                "cannot reach the hub at {}: {e}",
+                self.endpoint
+            ))
+        })?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CliError::Failure(anyhow::anyhow!("the hub's answer was cut off: {e}")))?;
+        let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+        match (status, json) {
+            (200..=299, Some(json)) => Ok(json),
+            (200..=299, None) => Err(CliError::Failure(anyhow::anyhow!(
+                "the hub answered {status} without JSON"
+            ))),
+            (400..=499, json) => Err(CliError::Refused(Refusal {
+                status,
+                body: json.unwrap_or_else(|| {
+                    serde_json::json!({
+                        "code": "refused",
+                        "message": String::from_utf8_lossy(&bytes).chars().take(300).collect::<String>(),
+                    })
+                }),
+            })),
+            (_, json) => {
+                let message = json
+                    .as_ref()
+                    .and_then(|j| j["message"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+                Err(CliError::Failure(anyhow::anyhow!(
+                    "the hub failed ({status}): {message}"
+                )))
+            }
+        }
+    }
+
+    async fn signed(
+        &self,
+        method: &str,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Request, CliError> {
+        let credentials = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| CliError::usage(format!("no AWS credentials: {e}")))?;
+        let identity = credentials.into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name(crate::sigv4::SERVICE)
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot sign the request: {e}")))?
+            .into();
+        let headers = [("content-type", "application/json")];
+        let signable = SignableRequest::new(
+            method,
+            url,
+            headers.iter().copied(),
+            SignableBody::Bytes(&body),
+        )
+        .map_err(|e| CliError::usage(format!("cannot sign a request to {url}: {e}")))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| CliError::usage(format!("cannot sign a request to {url}: {e}")))?
+            .into_parts();
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .map_err(|e| CliError::usage(format!("bad request to {url}: {e}")))?;
+        instructions.apply_to_request_http1x(&mut request);
+        reqwest::Request::try_from(request)
+            .map_err(|e| CliError::usage(format!("bad request to {url}: {e}")))
+    }
+}

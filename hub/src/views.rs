@@ -1,0 +1,161 @@
+//! What the CLI reads from the staff API's answers: only the fields it
+//! shows, so a hub that adds fields does not break older tools.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Duration {
+    #[serde(default)]
+    pub secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SendPlan {
+    pub messages_per_second: f64,
+    pub eta: Duration,
+    pub target: Duration,
+    pub meets_target: bool,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PracticeEstimate {
+    pub ods: String,
+    pub name: String,
+    pub list_size: u64,
+    pub dsa_signed: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Preview {
+    pub example: String,
+    pub encoding: String,
+    pub characters: usize,
+    pub fragments: u32,
+    pub worst_case_fragments: u32,
+    pub practices: Vec<PracticeEstimate>,
+    pub estimated_cohort: u64,
+    pub optout_deadline: DateTime<Utc>,
+    pub plan: SendPlan,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Totals {
+    #[serde(default)]
+    pub cohort: u64,
+    #[serde(default)]
+    pub sent: u64,
+    #[serde(default)]
+    pub letters: u64,
+    #[serde(default)]
+    pub excluded: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub delivered: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub written_back: u64,
+}
+
+impl Totals {
+    pub fn excluded_total(&self) -> u64 {
+        self.excluded.values().sum()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CampaignView {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub message: String,
+    pub optout_deadline: DateTime<Utc>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    #[serde(default)]
+    pub cancelled_by: Option<String>,
+    #[serde(default)]
+    pub totals: Option<Totals>,
+    #[serde(default)]
+    pub eta_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PracticeReport {
+    pub ods: String,
+    pub name: String,
+    pub state: String,
+    pub cohort: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub letters: u64,
+    pub excluded: u64,
+    pub written_back: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Detail {
+    #[serde(flatten)]
+    pub campaign: CampaignView,
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
+    #[serde(default)]
+    pub practices: Vec<PracticeReport>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Created {
+    pub campaign: CampaignView,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Report {
+    pub name: String,
+    pub state: String,
+    pub totals: Totals,
+    pub practices: Vec<PracticeReport>,
+    #[serde(default)]
+    pub opted_out_practices: Vec<String>,
+    #[serde(default)]
+    pub failed_practices: Vec<String>,
+    pub patient_data_remaining: u64,
+    #[serde(default)]
+    pub purged_items: Option<u64>,
+    pub adds_up: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditEvent {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Practice {
+    pub ods: String,
+    pub name: String,
+    pub notice_email: String,
+    #[serde(default)]
+    pub dsa_signed: Option<String>,
+    #[serde(default)]
+    pub connection: serde_json::Value,
+    #[serde(default)]
+    pub list_size: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Participation {
+    pub ods: String,
+    pub state: String,
+}

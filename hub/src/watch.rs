@@ -1,0 +1,177 @@
+//! `hub campaign watch ID`: live progress bars until the campaign is done.
+
+use crate::client::CliError;
+use crate::staff::{duration, thousands, Context};
+use crate::views::Detail;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+struct Bars {
+    multi: MultiProgress,
+    status: ProgressBar,
+    practices: ProgressBar,
+    sent: ProgressBar,
+    delivered: ProgressBar,
+}
+
+impl Bars {
+    fn new(visible: bool) -> Self {
+        let target = if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let style = ProgressStyle::with_template("{prefix:>11} [{bar:40}] {pos:>9}/{len:<9} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let bar = |prefix: &str| {
+            let bar = multi.add(ProgressBar::new(0));
+            bar.set_style(style.clone());
+            bar.set_prefix(prefix.to_string());
+            bar
+        };
+        let status = multi.add(ProgressBar::new_spinner());
+        status.enable_steady_tick(Duration::from_millis(120));
+        Self {
+            practices: bar("practices"),
+            sent: bar("sent"),
+            delivered: bar("receipts"),
+            status,
+            multi,
+        }
+    }
+
+    fn update(&self, d: &Detail, rate: Option<f64>) {
+        let c = &d.campaign;
+        let totals = c.totals.clone().unwrap_or_default();
+        let taking_part: Vec<_> = d
+            .practices
+            .iter()
+            .filter(|p| !matches!(p.state.as_str(), "opted_out" | "notified"))
+            .collect();
+        let extracted = taking_part
+            .iter()
+            .filter(|p| matches!(p.state.as_str(), "extracted" | "extraction_failed"))
+            .count();
+        self.practices.set_length(taking_part.len() as u64);
+        self.practices.set_position(extracted as u64);
+        let expected = totals
+            .cohort
+            .saturating_sub(totals.excluded_total() + totals.letters);
+        self.sent.set_length(expected.max(totals.sent));
+        self.sent.set_position(totals.sent);
+        self.sent.set_message(format!(
+            "letters {}  {}",
+            thousands(totals.letters),
+            rate.map(|r| format!("{r:.0}/s")).unwrap_or_default()
+        ));
+        self.delivered.set_length(totals.sent);
+        self.delivered
+            .set_position(totals.delivered + totals.failed);
+        self.delivered.set_message(format!(
+            "delivered {}  failed {}",
+            thousands(totals.delivered),
+            thousands(totals.failed)
+        ));
+        let eta = c
+            .eta_seconds
+            .map(|s| format!(", ETA {}", duration(s)))
+            .unwrap_or_default();
+        self.status
+            .set_message(format!("campaign {} — {}{eta}", c.id, c.state));
+    }
+
+    fn finish(&self) {
+        self.status.finish_and_clear();
+        for bar in [&self.practices, &self.sent, &self.delivered] {
+            bar.abandon();
+        }
+        let _ = self.multi.clear();
+    }
+}
+
+pub async fn watch(
+    cx: &Context,
+    id: &str,
+    interval: f64,
+    max_wait: Option<u64>,
+) -> Result<(), CliError> {
+    if !(interval.is_finite() && interval > 0.0) {
+        return Err(CliError::usage(
+            "--interval must be a positive number of seconds",
+        ));
+    }
+    let interval = Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
+    let visible = !cx.json && std::io::stderr().is_terminal();
+    let bars = Bars::new(visible);
+    let started = Instant::now();
+    let mut last: Option<(Instant, u64)> = None;
+    let mut last_state = String::new();
+    let mut rate = None;
+    loop {
+        let answer = match cx.client.get(&format!("/campaigns/{id}")).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                bars.finish();
+                return Err(error);
+            }
+        };
+        let detail: Detail = serde_json::from_value(answer.clone()).map_err(|e| {
+            CliError::Failure(anyhow::anyhow!(
+                "the hub's answer is not what this tool expects: {e}"
+            ))
+        })?;
+        let sent = detail.campaign.totals.as_ref().map(|t| t.sent).unwrap_or(0);
+        let now = Instant::now();
+        if let Some((then, before)) = last {
+            let seconds = (now - then).as_secs_f64();
+            if seconds > 0.0 {
+                rate = Some(sent.saturating_sub(before) as f64 / seconds);
+            }
+        }
+        last = Some((now, sent));
+        if cx.json {
+            println!("{answer}");
+        } else {
+            bars.update(&detail, rate);
+            if !visible && detail.campaign.state != last_state {
+                println!("{}: {}", detail.campaign.id, detail.campaign.state);
+            }
+        }
+        last_state.clone_from(&detail.campaign.state);
+        if matches!(last_state.as_str(), "completed" | "cancelled") {
+            bars.finish();
+            if !cx.json {
+                print_summary(&detail, started.elapsed());
+            }
+            return Ok(());
+        }
+        if max_wait.is_some_and(|limit| started.elapsed() > Duration::from_secs(limit)) {
+            bars.finish();
+            return Err(CliError::Failure(anyhow::anyhow!(
+                "campaign {id} is still {last_state} after {}s",
+                started.elapsed().as_secs()
+            )));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn print_summary(d: &Detail, elapsed: Duration) {
+    let c = &d.campaign;
+    let t = c.totals.clone().unwrap_or_default();
+    println!(
+        "Campaign {} {} (watched {}): cohort {}, sent {}, delivered {}, failed {}, letters {}, excluded {}",
+        c.id,
+        c.state,
+        duration(elapsed.as_secs()),
+        thousands(t.cohort),
+        thousands(t.sent),
+        thousands(t.delivered),
+        thousands(t.failed),
+        thousands(t.letters),
+        thousands(t.excluded_total())
+    );
+}
