@@ -52,6 +52,10 @@ enum LocalCommand {
     Serve(serve::ServeArgs),
 }
 
+/// The AWS SDK warns about every credential and region source it tries;
+/// the staff see only what went wrong in the end.
+const CLIENT_LOGS: &str = "warn,aws_config=error,aws_smithy_runtime=error";
+
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -86,14 +90,14 @@ fn main() -> ExitCode {
             runtime.block_on(serve::run(args, cli.connection.region.clone()))
         }
         Command::Campaign(command) => {
-            init_tracing("warn");
+            init_tracing(CLIENT_LOGS);
             runtime.block_on(async {
                 let cx = staff::Context::new(&cli.connection, cli.json).await?;
                 staff::campaign(command, &cx).await
             })
         }
         Command::Practices(command) => {
-            init_tracing("warn");
+            init_tracing(CLIENT_LOGS);
             runtime.block_on(async {
                 let cx = staff::Context::new(&cli.connection, cli.json).await?;
                 staff::practices(command, &cx).await

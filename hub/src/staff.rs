@@ -743,9 +743,11 @@ pub async fn practices(command: PracticesCommand, cx: &Context) -> Result<(), Cl
                     "list_size": p.list_size,
                 }),
                 None if name.is_some() && email.is_some() => json!({ "ods": wanted }),
-                None => return Err(CliError::usage(format!(
+                None => {
+                    return Err(CliError::usage(format!(
                     "practice {wanted} is not in the registry: give --name and --email to add it"
-                ))),
+                )))
+                }
             };
             if let Some(name) = name {
                 body["name"] = json!(name);
