@@ -19,3 +19,7 @@ export HUB_REQUIRE_FHIR_VALIDATOR=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo nextest run --workspace --all-features --no-fail-fast "$@"
+
+# Fuzz the staff API from openapi.yaml against `hub local serve`
+# (schemathesis in .venv; a minute or two).
+./infra/fuzz.sh

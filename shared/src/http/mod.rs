@@ -385,9 +385,11 @@ pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Reads a request type out of JSON; an error names the field by its path
-/// (`target.postcodes[0]`).
-pub fn from_json<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|error| {
+/// (`target.postcodes[0]`). The body must have exactly the shape the type
+/// reads: serde would also take an array for a struct, or ignore a stray
+/// field beside an enum's tag.
+pub fn from_json<T: DeserializeOwned + Serialize>(value: Value) -> Result<T, ApiError> {
+    let read: T = serde_path_to_error::deserialize(&value).map_err(|error| {
         let path = error.path().to_string();
         let message = error.into_inner().to_string();
         let named = ["missing field `", "unknown field `"]
@@ -397,6 +399,9 @@ pub fn from_json<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
         let field = match (path.as_str(), named) {
             (".", Some(name)) => name.to_string(),
             (".", None) => "body".to_string(),
+            (path, Some(name)) if path == name || path.ends_with(&format!(".{name}")) => {
+                path.to_string()
+            }
             (path, Some(name)) => format!("{path}.{name}"),
             (path, None) => path.to_string(),
         };
@@ -405,17 +410,58 @@ pub fn from_json<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
             None => message,
         };
         ApiError::field(&field, message)
-    })
+    })?;
+    let echo = serde_json::to_value(&read).map_err(|error| {
+        ApiError::Internal(anyhow::anyhow!("request not serialisable: {error}"))
+    })?;
+    match stray(&value, &echo, "") {
+        Some((field, message)) => Err(ApiError::field(&field, message)),
+        None => Ok(read),
+    }
 }
 
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// The first place where `input` has more, or another shape, than what
+/// was read from it (`echo`).
+fn stray(input: &Value, echo: &Value, path: &str) -> Option<(String, String)> {
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (input, echo) {
+        (Value::Object(input), Value::Object(echo)) => {
+            input.iter().find_map(|(key, value)| match echo.get(key) {
+                Some(read) => stray(value, read, &at(key)),
+                None => Some((at(key), "unknown field".to_string())),
+            })
+        }
+        (_, Value::Object(_)) => Some((
+            if path.is_empty() {
+                "body".into()
+            } else {
+                path.to_string()
+            },
+            "must be a JSON object".to_string(),
+        )),
+        (Value::Array(input), Value::Array(echo)) => input
+            .iter()
+            .zip(echo)
+            .enumerate()
+            .find_map(|(i, (value, read))| stray(value, read, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+fn parse_body<T: DeserializeOwned + Serialize>(body: &[u8]) -> Result<T, ApiError> {
     from_json(parse_json(body)?)
 }
 
 fn flag(request: &HttpRequest, name: &str) -> Result<bool, ApiError> {
-    match request.query_param(name).as_deref().map(str::trim) {
-        None | Some("") | Some("false") | Some("0") => Ok(false),
-        Some("true") | Some("1") => Ok(true),
+    match request.query_param(name).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
         Some(_) => Err(ApiError::field(name, "must be true or false")),
     }
 }
@@ -476,6 +522,15 @@ async fn opt_out(
 ) -> Result<HttpResponse, ApiError> {
     let id = api::parse_campaign_id(id)?;
     let body: OptOutRequest = parse_body(&request.body)?;
+    // Practices join a campaign when it is approved; before that there is
+    // nothing to opt out of yet (rather than "not found").
+    if let Some(campaign) = hub.store.get_campaign(&id).await? {
+        if campaign.state == crate::domain::CampaignState::PendingApproval {
+            return Err(ApiError::Conflict(format!(
+                "campaign {id} is waiting for approval; practices can opt out once it is approved"
+            )));
+        }
+    }
     let participation = api::record_opt_out(hub, &caller.0, &id, &body.ods).await?;
     Ok(HttpResponse::json(200, &participation))
 }
@@ -525,6 +580,11 @@ mod tests {
         assert_eq!(error.body()["field"], "name");
         let error = parse_body::<CreateCampaignRequest>(b"{\"nme\": \"x\"}").unwrap_err();
         assert_eq!(error.body()["field"], "nme");
+        let error =
+            parse_body::<CreateCampaignRequest>(br#"{"target": {"min_agee": 1}}"#).unwrap_err();
+        assert_eq!(error.body()["field"], "target.min_agee");
+        let error = parse_body::<CreateCampaignRequest>(br#"{"target": {}}"#).unwrap_err();
+        assert_eq!(error.body()["field"], "name");
         let error = parse_body::<CreateCampaignRequest>(
             br#"{"name":"a","message":"b","optout_deadline":"c","justification":"d","target":{"postcodes":[1]}}"#,
         )
@@ -541,5 +601,18 @@ mod tests {
             .is_some_and(|m| m.ends_with("expected a JSON object")));
         let error = parse_body::<CreateCampaignRequest>(b"{}").unwrap_err();
         assert_eq!(error.body()["field"], "name");
+    }
+
+    #[test]
+    fn bodies_must_have_the_shape_of_the_type() {
+        let base = r#""name":"a","message":"b","optout_deadline":"c","justification":"d""#;
+        let ok = format!(r#"{{{base},"target":{{"min_age":null}}}}"#);
+        assert!(parse_body::<CreateCampaignRequest>(ok.as_bytes()).is_ok());
+        let array = format!(r#"{{{base},"target":[null, null]}}"#);
+        let error = parse_body::<CreateCampaignRequest>(array.as_bytes()).unwrap_err();
+        assert_eq!(error.body()["field"], "target");
+        let stray = br#"{"ods":"G85001","name":"n","notice_email":"a@b.c","connection":{"kind":"simulated","x":1}}"#;
+        let error = parse_body::<PracticeRequest>(stray).unwrap_err();
+        assert_eq!(error.body()["field"], "connection.x");
     }
 }
