@@ -421,6 +421,9 @@ fn raw(
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// What is tried: a label, the path, the headers and the body.
+type Attempt<'a> = (&'a str, &'a str, Vec<(String, String)>, Vec<u8>);
+
 /// SigV4 headers for a request, signed as `who` at `time` for `region`.
 fn signature(
     address: &str,
@@ -495,7 +498,7 @@ fn unsigned_forged_expired_or_unknown_requests_change_nothing() {
         secret: "guessed",
         arn: BOB.arn,
     };
-    let attempts: Vec<(&str, &str, Vec<(String, String)>, Vec<u8>)> = vec![
+    let attempts: Vec<Attempt> = vec![
         ("unsigned approve", approve.as_str(), vec![], vec![]),
         ("unsigned create", "/campaigns", vec![], create_body.clone()),
         (
