@@ -57,19 +57,21 @@ impl Bars {
             .count();
         self.practices.set_length(taking_part.len() as u64);
         self.practices.set_position(extracted as u64);
+        // Receipts can be counted before the sends that caused them.
+        let receipts = totals.delivered + totals.failed;
+        let sent = totals.sent.max(receipts);
         let expected = totals
             .cohort
             .saturating_sub(totals.excluded_total() + totals.letters);
-        self.sent.set_length(expected.max(totals.sent));
-        self.sent.set_position(totals.sent);
+        self.sent.set_length(expected.max(sent));
+        self.sent.set_position(sent);
         self.sent.set_message(format!(
             "letters {}  {}",
             thousands(totals.letters),
             rate.map(|r| format!("{r:.0}/s")).unwrap_or_default()
         ));
-        self.delivered.set_length(totals.sent);
-        self.delivered
-            .set_position(totals.delivered + totals.failed);
+        self.delivered.set_length(sent);
+        self.delivered.set_position(receipts);
         self.delivered.set_message(format!(
             "delivered {}  failed {}",
             thousands(totals.delivered),
