@@ -84,12 +84,14 @@ impl std::fmt::Display for Refusal {
 
 /// Global options shared by every staff command.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Connection to the hub")]
 pub struct Connection {
     /// Base URL of the staff API (API Gateway stage URL, or
     /// http://127.0.0.1:PORT for `hub local serve`).
     #[arg(long, env = "HUB_ENDPOINT", global = true)]
     pub endpoint: Option<String>,
-    /// AWS region the API is in (default: the AWS chain's, else eu-west-2).
+    /// AWS region the API is in (default: the AWS chain's, else eu-west-2);
+    /// for `local serve`, the region requests must be signed for.
     #[arg(long, global = true)]
     pub region: Option<String>,
     /// AWS profile for credentials (default: the AWS chain's).
