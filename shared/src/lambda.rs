@@ -94,3 +94,79 @@ pub async fn run_sqs_function(concurrency: usize) -> Result<(), lambda_runtime::
     ))
     .await
 }
+
+/// An API Gateway (REST) request as the staff router sees it. The caller is
+/// the IAM principal API Gateway verified (`AWS_IAM` auth); a public route
+/// has none.
+pub fn http_request(request: lambda_http::Request) -> crate::http::HttpRequest {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    let caller = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(context)) => context
+            .identity
+            .user_arn
+            .clone()
+            .filter(|arn| !arn.is_empty())
+            .map(crate::domain::StaffId),
+        _ => None,
+    };
+    // The resource path as API Gateway received it, without the stage
+    // prefix lambda_http adds to the URI.
+    let path = request.raw_http_path().to_string();
+    let (parts, body) = request.into_parts();
+    crate::http::HttpRequest {
+        method: parts.method.as_str().to_string(),
+        path,
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    name.as_str().to_ascii_lowercase(),
+                    value.to_str().ok()?.to_string(),
+                ))
+            })
+            .collect(),
+        body: body.to_vec(),
+        caller,
+    }
+}
+
+pub fn http_response(
+    response: crate::http::HttpResponse,
+) -> Result<lambda_http::Response<lambda_http::Body>, lambda_http::http::Error> {
+    let mut builder = lambda_http::Response::builder().status(response.status);
+    for (name, value) in &response.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder.body(lambda_http::Body::from(response.body))
+}
+
+/// The whole `main` of the api and optout-link functions: the staff router
+/// behind API Gateway. `public_only` refuses every route that needs a caller.
+#[cfg(feature = "aws")]
+pub async fn run_http_function(public_only: bool) -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let wired = crate::wiring::hub_from_env().await?;
+    let hub = &wired.hub;
+    lambda_http::run(lambda_http::service_fn(
+        |request: lambda_http::Request| async move {
+            let mut request = http_request(request);
+            if public_only {
+                request.caller = None;
+            }
+            let response = if public_only && !crate::http::is_public(&request.path) {
+                crate::http::HttpResponse {
+                    status: 404,
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    body: br#"{"code":"not_found","message":"no such route","field":null,"errors":[]}"#.to_vec(),
+                }
+            } else {
+                crate::http::route(hub, &request).await
+            };
+            http_response(response).map_err(lambda_runtime::Error::from)
+        },
+    ))
+    .await
+}

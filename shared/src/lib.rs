@@ -4,9 +4,9 @@
 pub mod adapters;
 pub mod domain;
 pub mod handlers;
+pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
-pub mod http;
 pub mod local;
 pub mod ports;
 #[cfg(all(feature = "aws", feature = "lambda"))]

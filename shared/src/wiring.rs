@@ -3,8 +3,8 @@
 //! Read once at start-up; a missing variable or secret fails fast.
 
 use crate::adapters::aws::{
-    self, env, DynamoHubStore, DynamoPatientStore, EventBridgeScheduler, ScheduleTargets,
-    Secrets, SecretsManagerSecrets, SqsJobQueue,
+    self, env, DynamoHubStore, DynamoPatientStore, EventBridgeScheduler, ScheduleTargets, Secrets,
+    SecretsManagerSecrets, SqsJobQueue,
 };
 use crate::adapters::fhir::{FhirConfig, FhirGpConnector};
 use crate::adapters::notify::{NotifyClient, NotifyConfig, NotifyTemplates};
@@ -83,7 +83,13 @@ pub async fn hub_from_env() -> anyhow::Result<Wired> {
             .context("reading the Notify secret")?
             .expose_secret(),
     )
-    .map_err(|e| anyhow::anyhow!("the Notify secret is not valid JSON of the documented shape: line {} column {}", e.line(), e.column()))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "the Notify secret is not valid JSON of the documented shape: line {} column {}",
+            e.line(),
+            e.column()
+        )
+    })?;
     let templates = NotifyTemplates {
         sms: notify.sms_template_id.clone(),
         email: notify.email_template_id.clone(),
@@ -116,11 +122,17 @@ pub async fn hub_from_env() -> anyhow::Result<Wired> {
     }
     let primary = primary.context("the Notify secret names no API key")?;
     let optout_key = secrets
-        .secret_field(&aws::required(&lookup, env::OPTOUT_LINK_KEY_SECRET_ARN)?, "key")
+        .secret_field(
+            &aws::required(&lookup, env::OPTOUT_LINK_KEY_SECRET_ARN)?,
+            "key",
+        )
         .await
         .context("reading the opt-out link key")?;
     let callback_token = secrets
-        .secret_field(&aws::required(&lookup, env::CALLBACK_TOKEN_SECRET_ARN)?, "token")
+        .secret_field(
+            &aws::required(&lookup, env::CALLBACK_TOKEN_SECRET_ARN)?,
+            "token",
+        )
         .await
         .context("reading the callback token")?;
     let config = HubConfig {

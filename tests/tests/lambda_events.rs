@@ -66,3 +66,32 @@ async fn only_the_failed_message_ids_are_reported() {
         .expect("campaign");
     assert!(campaign.purged_at.is_some(), "the purge ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_gateway_request_reaches_the_router_as_its_iam_caller() {
+    let stack = LocalStack::start(config(2, 100, 6)).await.expect("stack");
+    let body = serde_json::to_string(&hub_tests::request("Stay safe: www.nhs.uk")).expect("json");
+    let event = include_str!("../data/apigw_create_campaign.json")
+        .replace("\"BODY\"", &serde_json::to_string(&body).expect("quoted"));
+    let request = lambda_http::request::from_str(&event).expect("API Gateway event parses");
+    let request = shared::lambda::http_request(request);
+    assert_eq!(request.path, "/campaigns");
+    let caller = "arn:aws:sts::123456789012:assumed-role/hub-staff/alice";
+    assert_eq!(request.caller.as_ref().map(|c| c.0.as_str()), Some(caller));
+
+    let response = shared::http::route(&stack.hub, &request).await;
+    assert_eq!(
+        response.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let campaigns = stack.hub.store.list_campaigns().await.expect("list");
+    assert_eq!(campaigns.len(), 1);
+    assert_eq!(
+        campaigns[0].created_by.0, caller,
+        "the audit names the IAM caller"
+    );
+    let lambda_response = shared::lambda::http_response(response).expect("response");
+    assert_eq!(lambda_response.status(), 201);
+}

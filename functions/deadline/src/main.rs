@@ -13,7 +13,9 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ScheduledAction>| async move {
             let ScheduledAction::Deadline { campaign } = event.payload else {
-                return Err(Error::from("the deadline function only takes deadline actions"));
+                return Err(Error::from(
+                    "the deadline function only takes deadline actions",
+                ));
             };
             // An error makes the scheduler retry the invocation.
             let outcome = fire_deadline(hub, &campaign).await?;

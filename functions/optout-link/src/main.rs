@@ -1,1 +1,6 @@
-fn main() {}
+//! The optout-link function: the staff router (shared::http) behind API Gateway.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shared::lambda::run_http_function(true).await
+}
