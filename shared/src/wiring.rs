@@ -99,7 +99,7 @@ pub async fn hub_from_env() -> anyhow::Result<Wired> {
         .base_url
         .clone()
         .unwrap_or_else(|| crate::adapters::notify::NOTIFY_PRODUCTION_URL.to_string());
-    let share: u32 = lookup("SEND_MAX_CONCURRENCY")
+    let share: u32 = lookup(env::SEND_MAX_CONCURRENCY)
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let mut providers: Vec<(Arc<dyn SmsProvider>, f64)> = Vec::new();
@@ -136,7 +136,7 @@ pub async fn hub_from_env() -> anyhow::Result<Wired> {
         .await
         .context("reading the callback token")?;
     let config = HubConfig {
-        optout_base_url: lookup("PUBLIC_BASE_URL").unwrap_or_default(),
+        optout_base_url: lookup(env::PUBLIC_BASE_URL).unwrap_or_default(),
         ..HubConfig::default()
     };
     config.validate().map_err(anyhow::Error::msg)?;

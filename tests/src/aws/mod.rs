@@ -34,14 +34,23 @@ pub const ACCOUNT: &str = "123456789012";
 
 /// Starts moto in a Python process that exits when its stdin closes, i.e.
 /// when this test process ends, whatever way it ends.
+// DynamoDB applies each conditional write atomically; moto's threaded
+// server does not serialise them, so two racing compare-and-sets could
+// both pass. One request at a time restores DynamoDB's guarantee.
 const MOTO_LAUNCHER: &str = r#"
-import sys
-from moto.server import ThreadedMotoServer
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
+import sys, threading
+from werkzeug.serving import make_server
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+def one_at_a_time(environ, start_response):
+    with lock:
+        return list(app(environ, start_response))
+server = make_server("127.0.0.1", 0, one_at_a_time, threaded=True)
+print(server.server_address[1], flush=True)
+threading.Thread(target=server.serve_forever, daemon=True).start()
 sys.stdin.read()
-server.stop()
+server.shutdown()
 "#;
 
 pub struct Emulator {

@@ -53,9 +53,14 @@ pub mod env {
     pub const NOTIFY_SECRET_ARN: &str = "NOTIFY_SECRET_ARN";
     pub const OPTOUT_LINK_KEY_SECRET_ARN: &str = "OPTOUT_LINK_KEY_SECRET_ARN";
     pub const CALLBACK_TOKEN_SECRET_ARN: &str = "CALLBACK_TOKEN_SECRET_ARN";
+    /// Base of the opt-out links in practice notices.
+    pub const PUBLIC_BASE_URL: &str = "PUBLIC_BASE_URL";
+    /// The send queue's maximum concurrency: each invocation paces itself
+    /// at its share of the providers' rate.
+    pub const SEND_MAX_CONCURRENCY: &str = "SEND_MAX_CONCURRENCY";
 
     /// Every variable above, for checks against the template.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         HUB_TABLE,
         PATIENT_DATA_TABLE,
         NOTICES_QUEUE_URL,
@@ -71,6 +76,8 @@ pub mod env {
         NOTIFY_SECRET_ARN,
         OPTOUT_LINK_KEY_SECRET_ARN,
         CALLBACK_TOKEN_SECRET_ARN,
+        PUBLIC_BASE_URL,
+        SEND_MAX_CONCURRENCY,
     ];
 
     /// The variable holding a queue's URL.
