@@ -12,9 +12,14 @@ fi
 # An independent FHIR validator for the FHIR adapter's tests.
 if ! python3 -c "import fhir.resources.R4B" >/dev/null 2>&1; then
   echo "installing fhir.resources"
-  python3 -m pip install --quiet "fhir.resources==8.3.0"
+  python3 -m pip install --quiet --disable-pip-version-check "fhir.resources==8.3.0"
 fi
 export HUB_REQUIRE_FHIR_VALIDATOR=1
+
+# The AWS API emulator (moto) and cfn-lint, in .venv-aws; the wire tests
+# start their own emulator from it.
+./infra/moto.sh install
+.venv-aws/bin/cfn-lint template.yaml
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
