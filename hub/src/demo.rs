@@ -44,6 +44,10 @@ pub struct DemoArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Call the simulators directly instead of over HTTP through the Notify
+    /// and FHIR adapters: measures the hub alone.
+    #[arg(long)]
+    in_process: bool,
 }
 
 struct Bars {
@@ -122,6 +126,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         max_age: args.max_age,
         postcodes: args.postcodes,
         database: args.db,
+        transport: if args.in_process {
+            shared::local::Transport::InProcess
+        } else {
+            shared::local::Transport::Http
+        },
         ..DemoOptions::default()
     };
     let report = if args.json {
