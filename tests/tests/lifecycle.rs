@@ -384,3 +384,35 @@ fn futures_diagnosis(stack: &LocalStack, id: &shared::domain::CampaignId) -> Str
         })
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_retried_after_a_partial_freeze_keeps_every_practice() {
+    let stack = LocalStack::start(config(4, 800, 81)).await.expect("stack");
+    let hub = &stack.hub;
+    let id = create_and_approve(&stack, &request("Stay safe: www.nhs.uk")).await;
+    // GIVEN an earlier attempt froze one practice and died before the campaign moved on
+    let mut first = hub.store.list_participations(&id).await.unwrap()[0].clone();
+    first.state = ParticipationState::Participating;
+    hub.store.update_participation(&first).await.unwrap();
+    let mut campaign = hub.campaign(&id).await.unwrap();
+    campaign.optout_deadline = chrono::Utc::now();
+    hub.store.update_campaign(&campaign).await.unwrap();
+    // WHEN the deadline fires again
+    let outcome = fire_deadline(hub, &id).await.unwrap();
+    // THEN that practice is still among the participants
+    let all = hub.store.list_participations(&id).await.unwrap().len();
+    assert_eq!(outcome, DeadlineOutcome::Frozen { practices: all });
+    let report = wait_for_state(
+        &stack,
+        &id,
+        CampaignState::Completed,
+        Duration::from_secs(120),
+    )
+    .await;
+    let extracted = report
+        .practices
+        .iter()
+        .filter(|p| p.state == ParticipationState::Extracted)
+        .count();
+    assert_eq!(extracted, all);
+}
