@@ -45,6 +45,8 @@ async fn a_whole_demo_logs_no_patient_data() {
     };
     let mut config = options.stack_config();
     config.visibility_timeout = std::time::Duration::from_secs(2);
+    config.hub.stale_after = chrono::Duration::seconds(5);
+    config.hub.send_deadline = std::time::Duration::from_secs(2);
     let stack = shared::local::LocalStack::start(config)
         .await
         .expect("stack");

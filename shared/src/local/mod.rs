@@ -245,6 +245,14 @@ impl LocalStack {
             }
         };
         config.hub.validate().map_err(anyhow::Error::msg)?;
+        // A send job retried while its claims are too young to reclaim must
+        // not run out of receives first (on AWS: 5 x 5,400 s against 20 min).
+        let retry_span = config.visibility_timeout * config.max_receive_count;
+        if retry_span <= config.hub.stale_after.to_std().unwrap_or_default() {
+            anyhow::bail!(
+                "visibility_timeout x max_receive_count ({retry_span:?}) must exceed stale_after"
+            );
+        }
         let router =
             ProviderRouter::new(wiring.providers, 1).with_deadline(config.hub.send_deadline);
         let mut hub_config = config.hub.clone();
