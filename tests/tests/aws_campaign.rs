@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The receipt sink: a simulated provider's callback lands in the receipts
-/// handler, as the receipts function would record it.
+/// handler, as the receipts function would record it. (`ReceiptSink` is an
+/// `async_trait`; this crate does not depend on `async-trait`, so the impl
+/// is written in the form the macro expands to.)
 mod receipts_sink {
     use shared::handlers::Hub;
     use shared::ports::{DeliveryReceipt, ReceiptSink};
