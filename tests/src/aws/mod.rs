@@ -8,6 +8,7 @@
 //! `infra/moto.sh install` on first use) on 127.0.0.1 and a free port, and
 //! stops when the process ends.
 
+pub mod harness;
 pub mod template;
 
 use anyhow::{anyhow, bail, Context, Result};
