@@ -44,6 +44,27 @@ pub struct DemoArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// A real GOV.UK Notify API (e.g. `https://api.notifications.service.gov.uk`)
+    /// instead of the simulated one. With the simulated GP estate only Ofcom
+    /// drama-range numbers are passed to it.
+    #[arg(long, env = "HUB_NOTIFY_URL", requires = "notify_api_key")]
+    notify_url: Option<String>,
+    /// The Notify API key (use a test key). Read from the environment rather
+    /// than typed on the command line.
+    #[arg(long, env = "HUB_NOTIFY_API_KEY", hide_env_values = true)]
+    notify_api_key: Option<String>,
+    /// Notify template ids: each template's content is `((body))` (letters:
+    /// address lines as personalisation).
+    #[arg(long, env = "HUB_NOTIFY_SMS_TEMPLATE", requires = "notify_url")]
+    notify_sms_template: Option<String>,
+    #[arg(long, env = "HUB_NOTIFY_EMAIL_TEMPLATE")]
+    notify_email_template: Option<String>,
+    #[arg(long, env = "HUB_NOTIFY_LETTER_TEMPLATE")]
+    notify_letter_template: Option<String>,
+    /// A FHIR R4 server to read every practice from instead of the
+    /// simulated GP estate.
+    #[arg(long, env = "HUB_FHIR_URL")]
+    fhir_url: Option<String>,
     /// Call the simulators directly instead of over HTTP through the Notify
     /// and FHIR adapters: measures the hub alone.
     #[arg(long)]
@@ -114,7 +135,27 @@ impl Progress for Bars {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let notify = match (&args.notify_url, &args.notify_api_key) {
+        (Some(url), Some(key)) => Some(shared::local::ExternalNotify {
+            base_url: url.clone(),
+            api_key: secrecy::SecretString::from(key.clone()),
+            templates: shared::adapters::notify::NotifyTemplates {
+                sms: args.notify_sms_template.clone().ok_or_else(|| {
+                    anyhow::anyhow!("--notify-sms-template is required with --notify-url")
+                })?,
+                email: args.notify_email_template.clone(),
+                letter: args.notify_letter_template.clone(),
+            },
+            rate_per_second: args.rate,
+        }),
+        _ => None,
+    };
+    let external = shared::local::External {
+        notify,
+        fhir_base_url: args.fhir_url.clone(),
+    };
     let options = DemoOptions {
+        external,
         practices: args.practices,
         patients: args.patients,
         seed: args.seed,

@@ -47,6 +47,7 @@ pub fn config(practices: usize, patients: u64, seed: u64) -> LocalStackConfig {
     };
     LocalStackConfig {
         transport: shared::local::Transport::Http,
+        external: Default::default(),
         database: None,
         hub: HubConfig {
             chunk_size: 100,

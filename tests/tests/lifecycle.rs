@@ -416,3 +416,73 @@ async fn a_deadline_retried_after_a_partial_freeze_keeps_every_practice() {
         .count();
     assert_eq!(extracted, all);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_real_provider_is_never_given_a_simulated_patients_real_looking_number() {
+    use shared::adapters::notify::NotifyTemplates;
+    use shared::adapters::sim::http::{start_notify, NotifyServerConfig};
+    use shared::adapters::sim::{GatewayConfig, GatewaySim};
+    // GIVEN a Notify service outside the stack, as a real one would be
+    let outside = GatewaySim::new(GatewayConfig {
+        rate_per_second: 2_000.0,
+        ..GatewayConfig::new("outside")
+    });
+    let (_, server) = start_notify(outside.clone(), NotifyServerConfig::default())
+        .await
+        .expect("notify");
+    let mut config = config(3, 2_000, 91);
+    config.external.notify = Some(shared::local::ExternalNotify {
+        base_url: server.base_url(),
+        api_key: server.api_key(),
+        templates: NotifyTemplates {
+            sms: uuid::Uuid::new_v4().to_string(),
+            email: Some(uuid::Uuid::new_v4().to_string()),
+            letter: Some(uuid::Uuid::new_v4().to_string()),
+        },
+        rate_per_second: 2_000.0,
+    });
+    let stack = LocalStack::start(config).await.expect("stack");
+    // WHEN a campaign runs on the simulated estate
+    let id = create_and_approve(&stack, &request("Stay safe: www.nhs.uk")).await;
+    fire_deadline_now(&stack, &id).await;
+    let report = wait_for_state(
+        &stack,
+        &id,
+        CampaignState::Completed,
+        Duration::from_secs(120),
+    )
+    .await;
+    // THEN the outside service got the practice notices but no text to a
+    // number outside Ofcom's drama range, and every patient is accounted for
+    assert!(report.adds_up);
+    assert!(
+        !outside.emails().is_empty(),
+        "notices went to the outside service"
+    );
+    let mut real_looking = 0;
+    for patient in stack.estate.all_patients() {
+        if let Some(mobile) = patient
+            .mobile
+            .expose()
+            .as_deref()
+            .and_then(|m| shared::domain::UkMobile::parse(m).ok())
+        {
+            if !mobile.is_drama_range() {
+                real_looking += 1;
+                assert_eq!(
+                    outside.sent_to(&mobile),
+                    0,
+                    "a real-looking number was texted"
+                );
+            }
+        }
+    }
+    assert!(real_looking > 1_000);
+    let rejected = report
+        .totals
+        .excluded
+        .get(&ExclusionReason::ProviderRejected)
+        .copied()
+        .unwrap_or(0);
+    assert!(rejected > 1_000, "held back as rejected: {rejected}");
+}

@@ -33,6 +33,7 @@ pub struct DemoOptions {
     pub database: Option<PathBuf>,
     pub timeout: Duration,
     pub transport: super::Transport,
+    pub external: super::External,
 }
 
 impl Default for DemoOptions {
@@ -55,6 +56,7 @@ impl Default for DemoOptions {
             database: None,
             timeout: Duration::from_secs(3600),
             transport: super::Transport::Http,
+            external: super::External::default(),
         }
     }
 }
@@ -81,6 +83,7 @@ impl DemoOptions {
             .collect();
         LocalStackConfig {
             transport: self.transport,
+            external: self.external.clone(),
             database: self.database.clone(),
             hub,
             region: RegionSpec {

@@ -48,9 +48,28 @@ pub enum Transport {
     InProcess,
 }
 
+/// A real GOV.UK Notify service (e.g. with a test API key).
+#[derive(Debug, Clone)]
+pub struct ExternalNotify {
+    pub base_url: String,
+    pub api_key: SecretString,
+    pub templates: NotifyTemplates,
+    /// Messages per second to pace at.
+    pub rate_per_second: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct External {
+    pub notify: Option<ExternalNotify>,
+    /// A FHIR R4 server every practice is read from (paged search).
+    pub fhir_base_url: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LocalStackConfig {
     pub transport: Transport,
+    /// Real endpoints to use instead of the simulators (HTTP transport only).
+    pub external: External,
     /// SQLite file for the tables, queues and schedules; `None` keeps them
     /// in memory.
     pub database: Option<PathBuf>,
@@ -244,6 +263,34 @@ impl LocalStack {
                 }
             }
         };
+        let mut wiring = wiring;
+        if let Some(notify) = &config.external.notify {
+            let client = Arc::new(NotifyClient::from_key(
+                &notify.base_url,
+                notify.api_key.clone(),
+                notify.templates.clone(),
+            )?);
+            // The simulated estate's mobiles look real: with it, a real
+            // provider is only ever given Ofcom's drama-range numbers.
+            let provider: Arc<dyn SmsProvider> = if config.external.fhir_base_url.is_none() {
+                Arc::new(DramaRangeOnly(client.clone()))
+            } else {
+                client.clone()
+            };
+            wiring.providers = vec![(provider, notify.rate_per_second)];
+            wiring.email = client.clone();
+            wiring.letters = client;
+        }
+        if let Some(base_url) = &config.external.fhir_base_url {
+            for practice in practices.iter_mut() {
+                practice.connection = crate::ports::GpConnection::Fhir {
+                    base_url: base_url.clone(),
+                    bulk_export: false,
+                    secret: None,
+                };
+            }
+            wiring.gp = Arc::new(FhirGpConnector::new(FhirConfig::default())?);
+        }
         config.hub.validate().map_err(anyhow::Error::msg)?;
         // A send job retried while its claims are too young to reclaim must
         // not run out of receives first (on AWS: 5 x 5,400 s against 20 min).
@@ -468,6 +515,36 @@ impl LocalStack {
                 handle.abort();
             }
         }
+    }
+}
+
+/// Passes only Ofcom drama-range numbers (07700 900000–900999) to the
+/// provider it wraps; any other number is refused as if by the provider.
+pub struct DramaRangeOnly<P>(pub Arc<P>);
+
+#[async_trait]
+impl<P: SmsProvider> SmsProvider for DramaRangeOnly<P> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    async fn send_sms(
+        &self,
+        request: &crate::ports::SmsRequest,
+    ) -> Result<crate::ports::Accepted, crate::ports::ProviderError> {
+        if !request.to.is_drama_range() {
+            return Err(crate::ports::ProviderError::Rejected(
+                "simulated patient: only drama-range numbers go to a real provider".into(),
+            ));
+        }
+        self.0.send_sms(request).await
+    }
+
+    async fn find_by_reference(
+        &self,
+        reference: &str,
+    ) -> Result<Option<crate::ports::ProviderRecord>, crate::ports::ProviderError> {
+        self.0.find_by_reference(reference).await
     }
 }
 
