@@ -115,19 +115,29 @@ impl EventBridgeScheduler {
         }
     }
 
+    /// Flexible window off, and the action's target: the same for create
+    /// and update, whose SDK builders are different types.
+    fn window_and_target(
+        &self,
+        action: &ScheduledAction,
+        operation: &'static str,
+    ) -> Result<(FlexibleTimeWindow, aws_sdk_scheduler::types::Target), Fault> {
+        let build_error = || Fault::new(FaultKind::Permanent, operation, "BuildError");
+        let window = FlexibleTimeWindow::builder()
+            .mode(FlexibleTimeWindowMode::Off)
+            .build()
+            .map_err(|_| build_error())?;
+        let target = self.target(action).map_err(|_| build_error())?;
+        Ok((window, target))
+    }
+
     async fn create(
         &self,
         name: &str,
         expression: &str,
         action: &ScheduledAction,
     ) -> Result<(), Fault> {
-        let window = FlexibleTimeWindow::builder()
-            .mode(FlexibleTimeWindowMode::Off)
-            .build()
-            .map_err(|_| Fault::new(FaultKind::Permanent, "CreateSchedule", "BuildError"))?;
-        let target = self
-            .target(action)
-            .map_err(|_| Fault::new(FaultKind::Permanent, "CreateSchedule", "BuildError"))?;
+        let (window, target) = self.window_and_target(action, "CreateSchedule")?;
         self.client
             .create_schedule()
             .name(name)
@@ -151,13 +161,7 @@ impl EventBridgeScheduler {
         expression: &str,
         action: &ScheduledAction,
     ) -> Result<(), Fault> {
-        let window = FlexibleTimeWindow::builder()
-            .mode(FlexibleTimeWindowMode::Off)
-            .build()
-            .map_err(|_| Fault::new(FaultKind::Permanent, "UpdateSchedule", "BuildError"))?;
-        let target = self
-            .target(action)
-            .map_err(|_| Fault::new(FaultKind::Permanent, "UpdateSchedule", "BuildError"))?;
+        let (window, target) = self.window_and_target(action, "UpdateSchedule")?;
         self.client
             .update_schedule()
             .name(name)
