@@ -25,8 +25,8 @@
 //! summed with the counts in `data` when read.
 
 use super::{
-    backoff_for_retry, counter, get_json, get_n, get_n_or_zero, n, s, to_json, DecodeError, Item,
-    Table, TxError, TRANSACT_MAX,
+    backoff_for_retry, build_error, counter, decode, get_json, get_n, get_n_or_zero, n, s, to_json,
+    DecodeError, Item, Table, TxError, TRANSACT_MAX,
 };
 use crate::adapters::aws::fault::FaultKind;
 use crate::domain::{
@@ -74,14 +74,6 @@ fn stage_attribute(stage: ChunkStage) -> &'static str {
     }
 }
 
-fn decode(what: String) -> impl FnOnce(DecodeError) -> StoreError {
-    move |err| StoreError::Unexpected(anyhow::Error::new(err).context(format!("reading {what}")))
-}
-
-fn build_error(err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError::Unexpected(anyhow::Error::new(err).context("building a DynamoDB request"))
-}
-
 /// `HubStore` on DynamoDB. The table name comes from the function's
 /// configuration (`HUB_TABLE`).
 #[derive(Clone, Debug)]
@@ -92,12 +84,7 @@ pub struct DynamoHubStore {
 impl DynamoHubStore {
     pub fn new(client: Client, table_name: impl Into<String>) -> Self {
         Self {
-            table: Table {
-                client,
-                name: table_name.into(),
-                keep_messages: true,
-                concurrency: 16,
-            },
+            table: Table::new(client, table_name.into(), true),
         }
     }
 

@@ -142,7 +142,33 @@ pub(crate) struct Table {
     pub concurrency: usize,
 }
 
+/// Maps a record that cannot be decoded to an unexpected store error.
+pub(crate) fn decode(what: String) -> impl FnOnce(DecodeError) -> crate::ports::StoreError {
+    move |err| {
+        crate::ports::StoreError::Unexpected(
+            anyhow::Error::new(err).context(format!("reading {what}")),
+        )
+    }
+}
+
+pub(crate) fn build_error(err: aws_sdk_dynamodb::error::BuildError) -> crate::ports::StoreError {
+    crate::ports::StoreError::Unexpected(
+        anyhow::Error::new(err).context("building a DynamoDB request"),
+    )
+}
+
 impl Table {
+    /// `keep_messages` is false for the patient-data table, whose AWS error
+    /// messages may quote values.
+    pub fn new(client: Client, name: String, keep_messages: bool) -> Self {
+        Self {
+            client,
+            name,
+            keep_messages,
+            concurrency: 16,
+        }
+    }
+
     pub fn fault<E: ProvideErrorMetadata>(
         &self,
         operation: &'static str,

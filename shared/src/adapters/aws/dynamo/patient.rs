@@ -14,7 +14,9 @@
 //! dropped, JSON errors keep only their position, and errors name items by
 //! chunk and index, never by dedupe key.
 
-use super::{get_bool, get_json, get_s, n, s, to_json, DecodeError, Item, Table};
+use super::{
+    build_error, decode, get_bool, get_json, get_s, n, s, to_json, DecodeError, Item, Table,
+};
 use crate::adapters::aws::fault::FaultKind;
 use crate::domain::{
     CampaignId, ChunkId, DedupeKey, DeliveryStatus, OdsCode, Recipient, RecipientStatus,
@@ -76,14 +78,6 @@ fn delivery_from_tag(tag: &str) -> Option<DeliveryStatus> {
     .find(|status| delivery_tag(*status) == tag)
 }
 
-fn decode(what: String) -> impl FnOnce(DecodeError) -> StoreError {
-    move |err| StoreError::Unexpected(anyhow::Error::new(err).context(format!("reading {what}")))
-}
-
-fn build_error(err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError::Unexpected(anyhow::Error::new(err).context("building a DynamoDB request"))
-}
-
 /// `PatientDataStore` on DynamoDB. The table name comes from the function's
 /// configuration (`PATIENT_DATA_TABLE`).
 #[derive(Clone, Debug)]
@@ -94,12 +88,7 @@ pub struct DynamoPatientStore {
 impl DynamoPatientStore {
     pub fn new(client: Client, table_name: impl Into<String>) -> Self {
         Self {
-            table: Table {
-                client,
-                name: table_name.into(),
-                keep_messages: false,
-                concurrency: 16,
-            },
+            table: Table::new(client, table_name.into(), false),
         }
     }
 
