@@ -1,10 +1,9 @@
 //! `hub demo`: progress bars and the printed report around the shared demo.
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use crate::watch::{Bars, Shown};
 use shared::handlers::report::CampaignReport;
 use shared::local::demo::{self, DemoOptions, DemoReport, Progress, Quiet};
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -71,41 +70,12 @@ pub struct DemoArgs {
     in_process: bool,
 }
 
-struct Bars {
-    multi: MultiProgress,
-    stage: ProgressBar,
-    practices: ProgressBar,
-    sent: ProgressBar,
-    delivered: ProgressBar,
-}
+/// The demo's progress on the same bars as `hub campaign watch`.
+struct DemoBars(Bars);
 
-impl Bars {
-    fn new() -> Self {
-        let multi = MultiProgress::new();
-        let style = ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-        let bar = |prefix: &str| {
-            let bar = multi.add(ProgressBar::new(0));
-            bar.set_style(style.clone());
-            bar.set_prefix(prefix.to_string());
-            bar
-        };
-        let stage = multi.add(ProgressBar::new_spinner());
-        stage.enable_steady_tick(Duration::from_millis(120));
-        Self {
-            practices: bar("practices"),
-            sent: bar("texts sent"),
-            delivered: bar("delivered"),
-            stage,
-            multi,
-        }
-    }
-}
-
-impl Progress for Bars {
+impl Progress for DemoBars {
     fn stage(&self, stage: &str) {
-        self.stage.set_message(stage.to_string());
+        self.0.status(stage.to_string());
     }
 
     fn update(&self, report: &CampaignReport, expected_practices: usize) {
@@ -116,21 +86,19 @@ impl Progress for Bars {
                 p.chunks > 0 || matches!(p.state.as_str(), "extracted" | "extraction_failed")
             })
             .count();
-        self.practices.set_length(expected_practices as u64);
-        self.practices.set_position(extracted as u64);
         let totals = &report.totals;
-        let expected_sms = totals
-            .cohort
-            .saturating_sub(totals.excluded_total() + totals.letters);
-        self.sent.set_length(expected_sms.max(totals.sent));
-        self.sent.set_position(totals.sent);
-        self.sent.set_message(format!("letters {}", totals.letters));
-        self.delivered.set_length(totals.sent);
-        self.delivered
-            .set_position(totals.delivered + totals.failed);
-        self.delivered
-            .set_message(format!("failed {}", totals.failed));
-        self.stage.set_message(format!("campaign {}", report.state));
+        self.0.show(&Shown {
+            practices: expected_practices as u64,
+            extracted: extracted as u64,
+            cohort: totals.cohort,
+            excluded: totals.excluded_total(),
+            sent: totals.sent,
+            letters: totals.letters,
+            delivered: totals.delivered,
+            failed: totals.failed,
+            rate: None,
+        });
+        self.0.status(format!("campaign {}", report.state));
     }
 }
 
@@ -177,10 +145,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let report = if args.json {
         demo::run(&options, &Quiet).await?
     } else {
-        let bars = Bars::new();
+        let bars = DemoBars(Bars::new(std::io::IsTerminal::is_terminal(
+            &std::io::stderr(),
+        )));
         let report = demo::run(&options, &bars).await?;
-        bars.stage.finish_and_clear();
-        let _ = bars.multi.clear();
+        bars.0.finish();
         report
     };
     if args.json {

@@ -7,7 +7,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-struct Bars {
+/// Progress bars for a running campaign: `hub campaign watch` and `hub demo`.
+pub(crate) struct Bars {
     multi: MultiProgress,
     status: ProgressBar,
     practices: ProgressBar,
@@ -15,8 +16,21 @@ struct Bars {
     delivered: ProgressBar,
 }
 
+/// What the bars show, from the API's campaign view or the demo's report.
+pub(crate) struct Shown {
+    pub practices: u64,
+    pub extracted: u64,
+    pub cohort: u64,
+    pub excluded: u64,
+    pub sent: u64,
+    pub letters: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub rate: Option<f64>,
+}
+
 impl Bars {
-    fn new(visible: bool) -> Self {
+    pub(crate) fn new(visible: bool) -> Self {
         let target = if visible {
             ProgressDrawTarget::stderr()
         } else {
@@ -55,28 +69,17 @@ impl Bars {
             .iter()
             .filter(|p| matches!(p.state.as_str(), "extracted" | "extraction_failed"))
             .count();
-        self.practices.set_length(taking_part.len() as u64);
-        self.practices.set_position(extracted as u64);
-        // Receipts can be counted before the sends that caused them.
-        let receipts = totals.delivered + totals.failed;
-        let sent = totals.sent.max(receipts);
-        let expected = totals
-            .cohort
-            .saturating_sub(totals.excluded_total() + totals.letters);
-        self.sent.set_length(expected.max(sent));
-        self.sent.set_position(sent);
-        self.sent.set_message(format!(
-            "letters {}  {}",
-            thousands(totals.letters),
-            rate.map(|r| format!("{r:.0}/s")).unwrap_or_default()
-        ));
-        self.delivered.set_length(sent);
-        self.delivered.set_position(receipts);
-        self.delivered.set_message(format!(
-            "delivered {}  failed {}",
-            thousands(totals.delivered),
-            thousands(totals.failed)
-        ));
+        self.show(&Shown {
+            practices: taking_part.len() as u64,
+            extracted: extracted as u64,
+            cohort: totals.cohort,
+            excluded: totals.excluded_total(),
+            sent: totals.sent,
+            letters: totals.letters,
+            delivered: totals.delivered,
+            failed: totals.failed,
+            rate,
+        });
         let eta = c
             .eta_seconds
             .map(|s| format!(", ETA {}", duration(s)))
@@ -85,7 +88,34 @@ impl Bars {
             .set_message(format!("campaign {} — {}{eta}", c.id, c.state));
     }
 
-    fn finish(&self) {
+    pub(crate) fn show(&self, shown: &Shown) {
+        self.practices.set_length(shown.practices);
+        self.practices.set_position(shown.extracted);
+        // Receipts can be counted before the sends that caused them.
+        let receipts = shown.delivered + shown.failed;
+        let sent = shown.sent.max(receipts);
+        let expected = shown.cohort.saturating_sub(shown.excluded + shown.letters);
+        self.sent.set_length(expected.max(sent));
+        self.sent.set_position(sent);
+        self.sent.set_message(format!(
+            "letters {}  {}",
+            thousands(shown.letters),
+            shown.rate.map(|r| format!("{r:.0}/s")).unwrap_or_default()
+        ));
+        self.delivered.set_length(sent);
+        self.delivered.set_position(receipts);
+        self.delivered.set_message(format!(
+            "delivered {}  failed {}",
+            thousands(shown.delivered),
+            thousands(shown.failed)
+        ));
+    }
+
+    pub(crate) fn status(&self, message: String) {
+        self.status.set_message(message);
+    }
+
+    pub(crate) fn finish(&self) {
         self.status.finish_and_clear();
         for bar in [&self.practices, &self.sent, &self.delivered] {
             bar.abandon();
