@@ -1,8 +1,8 @@
 //! `hub demo`: progress bars and the printed report around the shared demo.
 
 use crate::watch::{Bars, Shown};
-use shared::handlers::report::CampaignReport;
-use shared::local::demo::{self, DemoOptions, DemoReport, Progress, Quiet};
+use hub_core::handlers::report::CampaignReport;
+use hub_local::demo::{self, DemoOptions, DemoReport, Progress, Quiet};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -104,10 +104,10 @@ impl Progress for DemoBars {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let notify = match (&args.notify_url, &args.notify_api_key) {
-        (Some(url), Some(key)) => Some(shared::local::ExternalNotify {
+        (Some(url), Some(key)) => Some(hub_local::ExternalNotify {
             base_url: url.clone(),
             api_key: secrecy::SecretString::from(key.clone()),
-            templates: shared::adapters::notify::NotifyTemplates {
+            templates: hub_adapters::notify::NotifyTemplates {
                 sms: args.notify_sms_template.clone().ok_or_else(|| {
                     anyhow::anyhow!("--notify-sms-template is required with --notify-url")
                 })?,
@@ -118,7 +118,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }),
         _ => None,
     };
-    let external = shared::local::External {
+    let external = hub_local::External {
         notify,
         fhir_base_url: args.fhir_url.clone(),
     };
@@ -136,9 +136,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         postcodes: args.postcodes,
         database: args.db,
         transport: if args.in_process {
-            shared::local::Transport::InProcess
+            hub_local::Transport::InProcess
         } else {
-            shared::local::Transport::Http
+            hub_local::Transport::Http
         },
         ..DemoOptions::default()
     };

@@ -1,15 +1,15 @@
 //! Helpers for the end-to-end tests: a small embedded stack per test, a
 //! campaign driven to its deadline, and the invariants every run must keep.
 
-use shared::adapters::sim::{GatewayConfig, RegionSpec};
-use shared::domain::{
+use hub_sim::{GatewayConfig, RegionSpec};
+use hub_core::domain::{
     CampaignId, CampaignState, ContactPreference, NhsNumber, ParticipationState, StaffId, UkMobile,
 };
-use shared::handlers::api::{self, CreateCampaignRequest, TargetRequest};
-use shared::handlers::report::CampaignReport;
-use shared::handlers::HubConfig;
-use shared::local::demo::wait_until;
-use shared::local::{LocalStack, LocalStackConfig};
+use hub_core::handlers::api::{self, CreateCampaignRequest, TargetRequest};
+use hub_core::handlers::report::CampaignReport;
+use hub_core::handlers::HubConfig;
+use hub_local::demo::wait_until;
+use hub_local::{LocalStack, LocalStackConfig};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +46,7 @@ pub fn config(practices: usize, patients: u64, seed: u64) -> LocalStackConfig {
         seed: seed + i,
     };
     LocalStackConfig {
-        transport: shared::local::Transport::Http,
+        transport: hub_local::Transport::Http,
         external: Default::default(),
         database: None,
         hub: HubConfig {

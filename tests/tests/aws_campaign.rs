@@ -15,14 +15,14 @@ use aws::Stack;
 use hub_tests::{alice, bob, init_logs, request};
 use receipts_sink::ReceiptsHandler;
 use secrecy::SecretString;
-use shared::adapters::sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
-use shared::domain::{CampaignId, CampaignState, ParticipationState, StaffId};
-use shared::handlers::api;
-use shared::handlers::deadline::{fire_deadline, DeadlineOutcome};
-use shared::handlers::report::CampaignReport;
-use shared::handlers::{Hub, HubConfig, ProviderRouter};
-use shared::local::demo::wait_until;
-use shared::ports::{Job, QueueName, ScheduledAction, SmsProvider, SystemClock};
+use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
+use hub_core::domain::{CampaignId, CampaignState, ParticipationState, StaffId};
+use hub_core::handlers::api;
+use hub_core::handlers::deadline::{fire_deadline, DeadlineOutcome};
+use hub_core::handlers::report::CampaignReport;
+use hub_core::handlers::{Hub, HubConfig, ProviderRouter};
+use hub_local::demo::wait_until;
+use hub_core::ports::{Job, QueueName, ScheduledAction, SmsProvider, SystemClock};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +32,8 @@ use std::time::Duration;
 /// `async_trait`; this crate does not depend on `async-trait`, so the impl
 /// is written in the form the macro expands to.)
 mod receipts_sink {
-    use shared::handlers::Hub;
-    use shared::ports::{DeliveryReceipt, ReceiptSink};
+    use hub_core::handlers::Hub;
+    use hub_core::ports::{DeliveryReceipt, ReceiptSink};
     use std::sync::Mutex;
 
     pub struct ReceiptsHandler {
@@ -52,7 +52,7 @@ mod receipts_sink {
                 let hub = self.hub.lock().ok().and_then(|h| h.clone());
                 if let Some(hub) = hub {
                     if let Err(error) =
-                        shared::handlers::receipts::record_receipt(&hub, &receipt).await
+                        hub_core::handlers::receipts::record_receipt(&hub, &receipt).await
                     {
                         tracing::warn!(%error, "receipt not recorded");
                     }
@@ -352,12 +352,12 @@ async fn a_whole_campaign_runs_over_the_aws_wire_protocol() {
         (out.state, out.cohort, out.sent, out.letters),
         (ParticipationState::OptedOut, 0, 0, 0)
     );
-    let mobile_of = |patient: &shared::domain::GpPatient| {
+    let mobile_of = |patient: &hub_core::domain::GpPatient| {
         patient
             .mobile
             .expose()
             .as_deref()
-            .and_then(|m| shared::domain::UkMobile::parse(m).ok())
+            .and_then(|m| hub_core::domain::UkMobile::parse(m).ok())
     };
     let participating: HashSet<_> = practices[1..]
         .iter()

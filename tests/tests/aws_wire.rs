@@ -13,16 +13,16 @@ use aws::Stack;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use secrecy::ExposeSecret;
 use serde_yaml::Value;
-use shared::adapters::aws::{
+use hub_adapters::aws::{
     env, DynamoHubStore, DynamoPatientStore, Secrets, SecretsError, SecretsManagerSecrets,
 };
-use shared::domain::{
+use hub_core::domain::{
     check_digit, AuditEvent, Campaign, CampaignId, CampaignOptions, CampaignState, ChunkId,
     ChunkRecord, ChunkStage, Contact, DedupeKey, DeliveryStatus, ExclusionReason, MessageTemplate,
     NhsNumber, OdsCode, OutcomeCounts, Participation, ParticipationState, Personal, Progress,
     Recipient, RecipientStatus, StaffId, Target, TemplateRules, UkMobile,
 };
-use shared::ports::{
+use hub_core::ports::{
     GpConnection, HubStore, Job, JobQueue, PatientDataStore, Placement, Practice, QueueName,
     ScheduledAction, Scheduler, StatusUpdate, StoreError,
 };
@@ -1134,7 +1134,7 @@ async fn jobs_are_sent_in_batches_to_their_queues() {
 #[tokio::test]
 async fn a_queue_without_a_url_is_a_configuration_error() {
     let stack = stack().await;
-    let queue = shared::adapters::aws::SqsJobQueue::new(stack.clients.sqs.clone(), HashMap::new());
+    let queue = hub_adapters::aws::SqsJobQueue::new(stack.clients.sqs.clone(), HashMap::new());
     let result = queue
         .send(&[Job::Purge {
             campaign: CampaignId::new(),
@@ -1142,7 +1142,7 @@ async fn a_queue_without_a_url_is_a_configuration_error() {
         .await;
     assert!(matches!(
         result,
-        Err(shared::ports::QueueError::Unexpected(_))
+        Err(hub_core::ports::QueueError::Unexpected(_))
     ));
 }
 
@@ -1379,7 +1379,7 @@ fn str_of(value: Option<&Value>) -> Option<&str> {
 }
 
 #[test]
-fn one_function_per_crate_built_with_cargo_lambda_on_arm64() {
+fn one_binary_per_function_built_with_cargo_lambda_on_arm64() {
     let t = template();
     let functions = t.resources_of("AWS::Serverless::Function");
     assert_eq!(functions.len(), FUNCTIONS.len());
@@ -1390,10 +1390,16 @@ fn one_function_per_crate_built_with_cargo_lambda_on_arm64() {
             .resource(logical_id)
             .unwrap_or_else(|| panic!("{logical_id} missing"));
         let code = str_of(f.properties.get("CodeUri")).unwrap();
-        assert_eq!(code, format!("functions/{package}"));
+        assert_eq!(code, "functions");
         let manifest = std::fs::read_to_string(root.join(code).join("Cargo.toml")).unwrap();
         assert!(
-            manifest.contains(&format!("name = \"{package}\"")),
+            manifest.contains(&format!(
+                "[[bin]]\nname = \"{package}\"\npath = \"src/bin/{package}.rs\""
+            )),
+            "{logical_id}"
+        );
+        assert!(
+            root.join(code).join(format!("src/bin/{package}.rs")).is_file(),
             "{logical_id}"
         );
         let metadata = f.body.get("Metadata").unwrap();

@@ -2,8 +2,8 @@
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use hub_tests::config;
-use shared::lambda::{handle_sqs, sqs_messages};
-use shared::local::LocalStack;
+use functions::lambda::{handle_sqs, sqs_messages};
+use hub_local::LocalStack;
 
 fn fixture() -> SqsEvent {
     serde_json::from_str(include_str!("../data/sqs_event.json")).expect("fixture parses")
@@ -41,14 +41,14 @@ async fn only_the_failed_message_ids_are_reported() {
     assert!(json["batchItemFailures"][0]["itemIdentifier"].is_string());
 
     // AND a batch of one good message reports nothing
-    let created = shared::handlers::api::create_campaign(
+    let created = hub_core::handlers::api::create_campaign(
         &stack.hub,
         &hub_tests::alice(),
         &hub_tests::request("Stay safe: www.nhs.uk"),
     )
     .await
     .expect("campaign");
-    shared::handlers::api::cancel(&stack.hub, &hub_tests::bob(), &created.campaign.id, "test")
+    hub_core::handlers::api::cancel(&stack.hub, &hub_tests::bob(), &created.campaign.id, "test")
         .await
         .expect("cancelled");
     let mut event = fixture();
@@ -74,12 +74,12 @@ async fn an_api_gateway_request_reaches_the_router_as_its_iam_caller() {
     let event = include_str!("../data/apigw_create_campaign.json")
         .replace("\"BODY\"", &serde_json::to_string(&body).expect("quoted"));
     let request = lambda_http::request::from_str(&event).expect("API Gateway event parses");
-    let request = shared::lambda::http_request(request);
+    let request = functions::lambda::http_request(request);
     assert_eq!(request.path, "/campaigns");
     let caller = "arn:aws:sts::123456789012:assumed-role/hub-staff/alice";
     assert_eq!(request.caller.as_ref().map(|c| c.0.as_str()), Some(caller));
 
-    let response = shared::http::route(&stack.hub, &request).await;
+    let response = hub_core::http::route(&stack.hub, &request).await;
     assert_eq!(
         response.status,
         201,
@@ -92,6 +92,6 @@ async fn an_api_gateway_request_reaches_the_router_as_its_iam_caller() {
         campaigns[0].created_by.0, caller,
         "the audit names the IAM caller"
     );
-    let lambda_response = shared::lambda::http_response(response).expect("response");
+    let lambda_response = functions::lambda::http_response(response).expect("response");
     assert_eq!(lambda_response.status(), 201);
 }

@@ -1,12 +1,12 @@
 //! Whole campaigns on the embedded stack, with faults injected.
 
 use hub_tests::*;
-use shared::domain::{CampaignState, ExclusionReason, ParticipationState, StaffId};
-use shared::handlers::api::{self, ApiError};
-use shared::handlers::deadline::{fire_deadline, DeadlineOutcome};
-use shared::local::demo::{self, wait_until, DemoOptions, Quiet};
-use shared::local::LocalStack;
-use shared::ports::{Job, JobQueue, QueueName};
+use hub_core::domain::{CampaignState, ExclusionReason, ParticipationState, StaffId};
+use hub_core::handlers::api::{self, ApiError};
+use hub_core::handlers::deadline::{fire_deadline, DeadlineOutcome};
+use hub_local::demo::{self, wait_until, DemoOptions, Quiet};
+use hub_local::LocalStack;
+use hub_core::ports::{Job, JobQueue, QueueName};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -204,7 +204,7 @@ async fn one_message_per_mobile_and_age_band_targeting() {
         .filter(|p| {
             p.birth_date
                 .expose()
-                .is_some_and(|dob| shared::domain::age_on(dob, today) >= 65)
+                .is_some_and(|dob| hub_core::domain::age_on(dob, today) >= 65)
         })
         .count() as u64;
     let throttled: u64 = stack.gateways.iter().map(|g| g.rate_limited_count()).sum();
@@ -364,7 +364,7 @@ async fn daily_limit_moves_traffic_to_the_other_provider() {
     );
 }
 
-fn futures_diagnosis(stack: &LocalStack, id: &shared::domain::CampaignId) -> String {
+fn futures_diagnosis(stack: &LocalStack, id: &hub_core::domain::CampaignId) -> String {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| {
         runtime.block_on(async {
@@ -419,9 +419,9 @@ async fn a_deadline_retried_after_a_partial_freeze_keeps_every_practice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_real_provider_is_never_given_a_simulated_patients_real_looking_number() {
-    use shared::adapters::notify::NotifyTemplates;
-    use shared::adapters::sim::http::{start_notify, NotifyServerConfig};
-    use shared::adapters::sim::{GatewayConfig, GatewaySim};
+    use hub_adapters::notify::NotifyTemplates;
+    use hub_sim::http::{start_notify, NotifyServerConfig};
+    use hub_sim::{GatewayConfig, GatewaySim};
     // GIVEN a Notify service outside the stack, as a real one would be
     let outside = GatewaySim::new(GatewayConfig {
         rate_per_second: 2_000.0,
@@ -431,7 +431,7 @@ async fn a_real_provider_is_never_given_a_simulated_patients_real_looking_number
         .await
         .expect("notify");
     let mut config = config(3, 2_000, 91);
-    config.external.notify = Some(shared::local::ExternalNotify {
+    config.external.notify = Some(hub_local::ExternalNotify {
         base_url: server.base_url(),
         api_key: server.api_key(),
         templates: NotifyTemplates {
@@ -465,7 +465,7 @@ async fn a_real_provider_is_never_given_a_simulated_patients_real_looking_number
             .mobile
             .expose()
             .as_deref()
-            .and_then(|m| shared::domain::UkMobile::parse(m).ok())
+            .and_then(|m| hub_core::domain::UkMobile::parse(m).ok())
         {
             if !mobile.is_drama_range() {
                 real_looking += 1;

@@ -2,8 +2,8 @@
 //! most verbose level and searched for every NHS number, mobile number and
 //! surname in the region.
 
-use shared::domain::{NhsNumber, UkMobile};
-use shared::local::demo::{self, DemoOptions, Quiet};
+use hub_core::domain::{NhsNumber, UkMobile};
+use hub_local::demo::{self, DemoOptions, Quiet};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +47,7 @@ async fn a_whole_demo_logs_no_patient_data() {
     config.visibility_timeout = std::time::Duration::from_secs(2);
     config.hub.stale_after = chrono::Duration::seconds(5);
     config.hub.send_deadline = std::time::Duration::from_secs(2);
-    let stack = shared::local::LocalStack::start(config)
+    let stack = hub_local::LocalStack::start(config)
         .await
         .expect("stack");
     // Faults make the error paths log too.

@@ -5,13 +5,13 @@
 use hub_tests::*;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use shared::domain::{CampaignState, OdsCode};
-use shared::handlers::api::{CreateCampaignRequest, PracticeRequest, TargetRequest};
-use shared::handlers::optout_token::{self, OptOutClaim};
-use shared::http::{
+use hub_core::domain::{CampaignState, OdsCode};
+use hub_core::handlers::api::{CreateCampaignRequest, PracticeRequest, TargetRequest};
+use hub_core::handlers::optout_token::{self, OptOutClaim};
+use hub_core::http::{
     self, CancelRequest, DeadlineRequest, HttpRequest, HttpResponse, OptOutRequest,
 };
-use shared::local::LocalStack;
+use hub_local::LocalStack;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -378,7 +378,7 @@ async fn every_route_answers_as_described() {
     // The practice's own link: a page first, the opt-out on its button.
     let campaign = stack
         .hub
-        .campaign(&shared::domain::CampaignId::parse(&id).expect("id"))
+        .campaign(&hub_core::domain::CampaignId::parse(&id).expect("id"))
         .await
         .expect("campaign");
     let token = optout_token::issue(
@@ -407,7 +407,7 @@ async fn every_route_answers_as_described() {
         .expect("participation");
     assert_eq!(
         participation.state,
-        shared::domain::ParticipationState::Notified,
+        hub_core::domain::ParticipationState::Notified,
         "showing the page changes nothing"
     );
     let mut confirm = HttpRequest::new("POST", "/optout");

@@ -10,19 +10,19 @@ use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use shared::adapters::fhir::{FhirConfig, FhirGpConnector};
-use shared::adapters::notify::{parse_callback, NotifyClient, NotifyConfig, NotifyTemplates};
-use shared::adapters::sim::http::{
+use hub_adapters::fhir::{FhirConfig, FhirGpConnector};
+use hub_adapters::notify::{parse_callback, NotifyClient, NotifyConfig, NotifyTemplates};
+use hub_sim::http::{
     start_fhir, start_notify, CallbackTarget, FhirServer, FhirServerConfig, NotifyServer,
     NotifyServerConfig,
 };
-use shared::adapters::sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
-use shared::domain::{
+use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
+use hub_core::domain::{
     DeliveryStatus, GpPatient, NhsNumber, OdsCode, Personal, PostalAddress, Postcode, UkMobile,
 };
-use shared::handlers::receipts::bearer_matches;
-use shared::handlers::ProviderRouter;
-use shared::ports::{
+use hub_core::handlers::receipts::bearer_matches;
+use hub_core::handlers::ProviderRouter;
+use hub_core::ports::{
     DeliveryReceipt, EmailProvider, EmailRequest, GpConnector, GpError, LetterProvider,
     LetterRequest, Practice, ProviderError, SmsProvider, SmsRequest, WritebackEntry,
     WritebackResult,
@@ -268,7 +268,7 @@ async fn notify_errors_map_to_provider_errors() {
     // this provider rather than being blamed on the patient.
     let http = reqwest::Client::new();
     let key = server.api_key();
-    let parsed = shared::adapters::notify::NotifyApiKey::parse(&key).unwrap();
+    let parsed = hub_adapters::notify::NotifyApiKey::parse(&key).unwrap();
     let response = http
         .post(format!("{}/v2/notifications/sms", server.base_url()))
         .bearer_auth(parsed.token(chrono::Utc::now().timestamp()).expose_secret())
@@ -1061,17 +1061,17 @@ fn emitted_fhir_passes_an_independent_r4_validator() {
         .filter(|n| NhsNumber::parse(n).is_ok())
         .take(2)
         .collect();
-    let bundle = shared::adapters::fhir::writeback_bundle(
+    let bundle = hub_adapters::fhir::writeback_bundle(
         &[
             writeback_entry(&numbers[0], "c.G85001-0000.0"),
             writeback_entry(&numbers[1], "c.G85001-0000.1"),
         ],
-        shared::adapters::fhir::DEFAULT_REFERENCE_SYSTEM,
+        hub_adapters::fhir::DEFAULT_REFERENCE_SYSTEM,
     );
     let mut resources = vec![bundle.clone()];
     // The simulator's UK Core Patients, every variation of shape included.
     for (row, patient) in estate.patients(&ods).enumerate().take(300) {
-        resources.push(shared::adapters::sim::http::patient_resource(
+        resources.push(hub_sim::http::patient_resource(
             &patient, &ods, row as u64,
         ));
     }

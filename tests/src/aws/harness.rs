@@ -1,6 +1,6 @@
 //! The event sources of the AWS stack, played by the test process against
 //! the emulator: a poller per SQS queue that calls the SQS functions' real
-//! body ([`shared::lambda::handle_sqs`]) with an `SqsEvent` and deletes only
+//! body ([`functions::lambda::handle_sqs`]) with an `SqsEvent` and deletes only
 //! the messages the partial batch response did not report, and a timer that
 //! fires due purge schedules by sending their input to the purge queue (the emulator stores schedules but never fires
 //! them). Deadlines are fired by the tests themselves.
@@ -13,8 +13,8 @@ use super::Stack;
 use anyhow::{Context, Result};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use shared::handlers::Hub;
-use shared::ports::{Job, QueueName};
+use hub_core::handlers::Hub;
+use hub_core::ports::{Job, QueueName};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -225,7 +225,7 @@ impl Poller {
 
         // Lambda's visibility timeout outlasts the function; here the
         // harness extends it while the function runs instead.
-        let handling = shared::lambda::handle_sqs(&self.hub, event, self.batch as usize);
+        let handling = functions::lambda::handle_sqs(&self.hub, event, self.batch as usize);
         tokio::pin!(handling);
         let mut heartbeat = tokio::time::interval(self.options.visibility_timeout / 3);
         heartbeat.tick().await;

@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use rand::Rng;
 use serde_yaml::Value;
-use shared::adapters::aws::{
+use hub_adapters::aws::{
     self, DynamoHubStore, DynamoPatientStore, EventBridgeScheduler, ScheduleTargets,
     SecretsManagerSecrets, SqsJobQueue,
 };

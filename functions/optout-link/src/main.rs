@@ -1,6 +1,0 @@
-//! The optout-link function: the staff router (shared::http) behind API Gateway.
-
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::lambda::run_http_function(true).await
-}

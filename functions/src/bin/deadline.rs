@@ -1,0 +1,27 @@
+//! The deadline function: invoked by the one-time EventBridge Scheduler
+//! schedule at a campaign's opt-out deadline.
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use hub_core::handlers::deadline::{fire_deadline, DeadlineOutcome};
+use hub_core::ports::ScheduledAction;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    functions::lambda::init_tracing();
+    let wired = functions::wiring::hub_from_env().await?;
+    let hub = &wired.hub;
+    lambda_runtime::run(service_fn(
+        |event: LambdaEvent<ScheduledAction>| async move {
+            let ScheduledAction::Deadline { campaign } = event.payload else {
+                return Err(Error::from(
+                    "the deadline function only takes deadline actions",
+                ));
+            };
+            // An error makes the scheduler retry the invocation.
+            let outcome = fire_deadline(hub, &campaign).await?;
+            tracing::info!(campaign = %campaign, ?outcome, "deadline handled");
+            Ok::<_, Error>(matches!(outcome, DeadlineOutcome::Frozen { .. }))
+        },
+    ))
+    .await
+}

@@ -1,0 +1,6 @@
+//! The optout-link function: the staff router (hub_core::http) behind API Gateway.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    functions::lambda::run_http_function(true).await
+}

@@ -1,0 +1,29 @@
+//! The purge function: SQS messages (a campaign finished or was cancelled)
+//! and the daily safety-net sweep from EventBridge Scheduler.
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::Value;
+use hub_core::handlers::{purge, Hub};
+
+async fn handle(hub: &Hub, event: Value) -> Result<Value, Error> {
+    if event.get("Records").is_some() {
+        let event: SqsEvent = serde_json::from_value(event)?;
+        let response = functions::lambda::handle_sqs(hub, event, 2).await?;
+        return Ok(serde_json::to_value(response)?);
+    }
+    let purged = purge::purge_sweep(hub).await?;
+    tracing::info!(purged, "daily purge sweep");
+    Ok(serde_json::json!({ "purged_campaigns": purged }))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    functions::lambda::init_tracing();
+    let wired = functions::wiring::hub_from_env().await?;
+    let hub = &wired.hub;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
+        handle(hub, event.payload).await
+    }))
+    .await
+}

@@ -1,0 +1,793 @@
+//! FHIR R4 UK Core GP systems: extraction of a practice's registered list
+//! (Bulk Data `$export`, or a paged `Patient` search) streamed in bounded
+//! memory, and write-back of sent messages as `Communication` resources.
+//!
+//! Errors carry HTTP statuses and positions, never a value from a record.
+
+mod communication;
+mod ndjson;
+mod patient;
+
+pub use communication::{
+    entry_results, percent_encode, writeback_bundle, COMMUNICATION_CATEGORY_SYSTEM,
+    DEFAULT_REFERENCE_SYSTEM, PARTICIPATION_MODE_SYSTEM,
+};
+pub use ndjson::{Line, LineSplitter, MAX_LINE_BYTES};
+pub use patient::{
+    parse_patient, patient_from_value, PatientError, CONTACT_PREFERENCE_URL, NHS_NUMBER_SYSTEM,
+    ODS_SYSTEM, PREFERRED_CONTACT_METHOD_SYSTEM,
+};
+
+use hub_core::domain::GpPatient;
+use hub_core::ports::{GpConnection, GpConnector, GpError, Practice, WritebackEntry, WritebackResult};
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::stream::{self, BoxStream, StreamExt};
+use reqwest::header::{
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LOCATION, CONTENT_TYPE, RETRY_AFTER,
+};
+use reqwest::{StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const FHIR_JSON: &str = "application/fhir+json";
+const FHIR_NDJSON: &str = "application/fhir+ndjson";
+/// Records between explicit yields to the runtime while parsing.
+const YIELD_EVERY: u64 = 500;
+
+#[derive(Debug, Clone)]
+pub struct FhirConfig {
+    /// Identifier system of the hub's message references (write-back).
+    pub reference_system: String,
+    /// `_count` of the paged search.
+    pub page_size: u32,
+    /// Whole-request timeout of everything but the NDJSON downloads.
+    pub request_timeout: Duration,
+    /// Longest silence tolerated on any connection (guards the downloads).
+    pub read_timeout: Duration,
+    /// Give up on an `$export` still running after this long (and cancel it).
+    pub export_timeout: Duration,
+    /// Poll interval when the server sends no `Retry-After`.
+    pub default_poll: Duration,
+    /// Bounds on any poll interval, whatever the server asks.
+    pub min_poll: Duration,
+    pub max_poll: Duration,
+}
+
+impl Default for FhirConfig {
+    fn default() -> Self {
+        Self {
+            reference_system: DEFAULT_REFERENCE_SYSTEM.into(),
+            page_size: 500,
+            request_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            export_timeout: Duration::from_secs(10 * 60),
+            default_poll: Duration::from_secs(2),
+            min_poll: Duration::from_millis(100),
+            max_poll: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Reaches each practice's FHIR server as its [`GpConnection::Fhir`] says.
+/// One instance serves every practice; credentials are bearer tokens keyed
+/// by the connection's `secret` name (resolved once at start-up).
+#[derive(Clone)]
+pub struct FhirGpConnector {
+    http: reqwest::Client,
+    config: FhirConfig,
+    tokens: HashMap<String, SecretString>,
+}
+
+impl std::fmt::Debug for FhirGpConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FhirGpConnector")
+            .field("config", &self.config)
+            .field("credentials", &self.tokens.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One practice's server, resolved from its connection.
+struct Server {
+    base: Url,
+    bulk_export: bool,
+    token: Option<SecretString>,
+}
+
+impl FhirGpConnector {
+    pub fn new(config: FhirConfig) -> Result<Self, GpError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(config.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("sms-engagement-hub/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GpError::Misconfigured(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            config,
+            tokens: HashMap::new(),
+        })
+    }
+
+    /// The bearer token for connections whose `secret` is `name`.
+    pub fn with_credential(mut self, name: impl Into<String>, token: SecretString) -> Self {
+        self.tokens.insert(name.into(), token);
+        self
+    }
+
+    fn server(&self, practice: &Practice) -> Result<Server, GpError> {
+        let GpConnection::Fhir {
+            base_url,
+            bulk_export,
+            secret,
+        } = &practice.connection
+        else {
+            return Err(GpError::Misconfigured(format!(
+                "{} has no FHIR connection",
+                practice.ods
+            )));
+        };
+        let base = Url::parse(base_url.trim_end_matches('/'))
+            .map_err(|e| GpError::Misconfigured(format!("{}: base URL: {e}", practice.ods)))?;
+        let token = match secret {
+            None => None,
+            Some(name) => Some(self.tokens.get(name).cloned().ok_or_else(|| {
+                GpError::Misconfigured(format!("{}: no credential named {name}", practice.ods))
+            })?),
+        };
+        Ok(Server {
+            base,
+            bulk_export: *bulk_export,
+            token,
+        })
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        token: Option<&SecretString>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, url);
+        match token {
+            Some(token) => {
+                builder.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
+            }
+            None => builder,
+        }
+    }
+
+    async fn export(
+        &self,
+        practice: &Practice,
+        server: Server,
+    ) -> Result<BoxStream<'static, Result<GpPatient, GpError>>, GpError> {
+        let ods = &practice.ods;
+        let mut kickoff = join(&server.base, &format!("Group/{ods}/$export"))?;
+        kickoff.query_pairs_mut().append_pair("_type", "Patient");
+        let response = self
+            .request(reqwest::Method::GET, kickoff, server.token.as_ref())
+            .header(ACCEPT, FHIR_JSON)
+            .header("Prefer", "respond-async")
+            .timeout(self.config.request_timeout)
+            .send()
+            .await
+            .map_err(|e| transport(ods, "export kick-off", &e))?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(status_error(ods, "export kick-off", response.status()));
+        }
+        let location = response
+            .headers()
+            .get(CONTENT_LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                GpError::Unavailable(format!("{ods}: export accepted without a status URL"))
+            })?;
+        let status_url = server
+            .base
+            .join(location)
+            .map_err(|_| GpError::Unavailable(format!("{ods}: export status URL unreadable")))?;
+        let manifest = self.poll(practice, &server, status_url).await?;
+        let mut files = VecDeque::new();
+        for output in manifest.output.iter().filter(|o| o.type_ == "Patient") {
+            files.push_back((FileKind::Patients, output.url.clone()));
+        }
+        // Records the server could not export are reported, not lost.
+        for error in &manifest.error {
+            files.push_back((FileKind::Errors, error.url.clone()));
+        }
+        tracing::info!(
+            ods = %ods,
+            files = manifest.output.len(),
+            error_files = manifest.error.len(),
+            "export ready"
+        );
+        let token = manifest
+            .requires_access_token
+            .unwrap_or(true)
+            .then_some(server.token);
+        let reader = ExportReader {
+            http: self.http.clone(),
+            base: server.base,
+            token: token.flatten(),
+            ods: ods.to_string(),
+            files,
+            current: None,
+            file_number: 0,
+            read: 0,
+        };
+        Ok(stream::unfold(reader, |mut reader| async move {
+            let item = reader.next().await?;
+            Some((item, reader))
+        })
+        .boxed())
+    }
+
+    /// Polls the status URL, honouring `Retry-After`, until the manifest.
+    async fn poll(
+        &self,
+        practice: &Practice,
+        server: &Server,
+        status_url: Url,
+    ) -> Result<Manifest, GpError> {
+        let ods = &practice.ods;
+        let deadline = Instant::now() + self.config.export_timeout;
+        let mut polls = 0u32;
+        loop {
+            let response = self
+                .request(
+                    reqwest::Method::GET,
+                    status_url.clone(),
+                    server.token.as_ref(),
+                )
+                .header(ACCEPT, "application/json")
+                .timeout(self.config.request_timeout)
+                .send()
+                .await
+                .map_err(|e| transport(ods, "export status", &e))?;
+            polls += 1;
+            let status = response.status();
+            match status {
+                StatusCode::OK => {
+                    let manifest: Manifest = response.json().await.map_err(|_| {
+                        GpError::Unavailable(format!("{ods}: export manifest unreadable"))
+                    })?;
+                    tracing::debug!(ods = %ods, polls, "export complete");
+                    return Ok(manifest);
+                }
+                StatusCode::ACCEPTED | StatusCode::TOO_MANY_REQUESTS => {
+                    let wait = retry_after(response.headers())
+                        .unwrap_or(self.config.default_poll)
+                        .clamp(self.config.min_poll, self.config.max_poll);
+                    if Instant::now() + wait > deadline {
+                        self.cancel(server, status_url).await;
+                        return Err(GpError::Unavailable(format!(
+                            "{ods}: export not ready after {polls} polls; cancelled"
+                        )));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                other => return Err(status_error(ods, "export", other)),
+            }
+        }
+    }
+
+    /// Best effort: tell the server we no longer want the export.
+    async fn cancel(&self, server: &Server, status_url: Url) {
+        let _ = self
+            .request(reqwest::Method::DELETE, status_url, server.token.as_ref())
+            .timeout(self.config.request_timeout)
+            .send()
+            .await;
+    }
+
+    /// Fetches the first page before returning, so an outage is an error
+    /// of the call (nothing read) rather than of the stream.
+    async fn search(
+        &self,
+        practice: &Practice,
+        server: Server,
+    ) -> Result<BoxStream<'static, Result<GpPatient, GpError>>, GpError> {
+        let mut first = join(&server.base, "Patient")?;
+        first
+            .query_pairs_mut()
+            .append_pair("general-practitioner", practice.ods.as_str())
+            .append_pair("_count", &self.config.page_size.to_string());
+        let mut reader = SearchReader {
+            http: self.http.clone(),
+            timeout: self.config.request_timeout,
+            base: server.base,
+            token: server.token,
+            ods: practice.ods.to_string(),
+            next: None,
+            page: VecDeque::new(),
+            pages: 0,
+            read: 0,
+        };
+        reader.fetch(first).await?;
+        Ok(stream::unfold(reader, |mut reader| async move {
+            let item = reader.next().await?;
+            Some((item, reader))
+        })
+        .boxed())
+    }
+
+    /// Posts one transaction for `entries`.
+    async fn transaction(
+        &self,
+        practice: &Practice,
+        server: &Server,
+        entries: &[WritebackEntry],
+    ) -> Result<Vec<WritebackResult>, Transaction> {
+        let ods = &practice.ods;
+        let bundle = writeback_bundle(entries, &self.config.reference_system);
+        let body = serde_json::to_vec(&bundle)
+            .map_err(|_| Transaction::Failed(GpError::Misconfigured("bundle".into())))?;
+        let response = self
+            .request(
+                reqwest::Method::POST,
+                server.base.clone(),
+                server.token.as_ref(),
+            )
+            .header(CONTENT_TYPE, FHIR_JSON)
+            .header(ACCEPT, FHIR_JSON)
+            .timeout(self.config.request_timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Transaction::Failed(transport(ods, "write-back", &e)))?;
+        let status = response.status();
+        match status.as_u16() {
+            200 => {
+                let value: serde_json::Value = response.json().await.map_err(|_| {
+                    Transaction::Failed(GpError::Unavailable(format!(
+                        "{ods}: write-back response unreadable"
+                    )))
+                })?;
+                entry_results(&value, entries.len()).ok_or_else(|| {
+                    Transaction::Failed(GpError::Unavailable(format!(
+                        "{ods}: write-back response does not match the request"
+                    )))
+                })
+            }
+            // A transaction is all or nothing: one entry the server will
+            // not take fails them all.
+            400 | 404 | 409 | 410 | 412 | 422 => Err(Transaction::Refused),
+            _ => Err(Transaction::Failed(status_error(ods, "write-back", status))),
+        }
+    }
+}
+
+enum Transaction {
+    /// The server refused the bundle as a whole (some entry is bad).
+    Refused,
+    Failed(GpError),
+}
+
+#[async_trait]
+impl GpConnector for FhirGpConnector {
+    async fn extract(
+        &self,
+        practice: &Practice,
+    ) -> Result<BoxStream<'static, Result<GpPatient, GpError>>, GpError> {
+        let server = self.server(practice)?;
+        if server.bulk_export {
+            self.export(practice, server).await
+        } else {
+            self.search(practice, server).await
+        }
+    }
+
+    /// One transaction for all the entries; if the server refuses it as a
+    /// whole, halves are retried until each refused entry stands alone, so
+    /// one unknown patient does not block the others.
+    async fn write_back(
+        &self,
+        practice: &Practice,
+        entries: &[WritebackEntry],
+    ) -> Result<Vec<WritebackResult>, GpError> {
+        let server = self.server(practice)?;
+        let mut results = vec![WritebackResult::Failed; entries.len()];
+        let mut ranges = vec![(0, entries.len())];
+        while let Some((start, end)) = ranges.pop() {
+            if start == end {
+                continue;
+            }
+            match self
+                .transaction(practice, &server, &entries[start..end])
+                .await
+            {
+                Ok(found) => results[start..end].copy_from_slice(&found),
+                Err(Transaction::Refused) if end - start == 1 => {
+                    results[start] = WritebackResult::Rejected;
+                }
+                Err(Transaction::Refused) => {
+                    let middle = start + (end - start) / 2;
+                    ranges.push((middle, end));
+                    ranges.push((start, middle));
+                }
+                Err(Transaction::Failed(error)) => return Err(error),
+            }
+        }
+        Ok(results)
+    }
+}
+
+fn join(base: &Url, path: &str) -> Result<Url, GpError> {
+    // `Url::join` drops the base's last segment without a trailing slash.
+    Url::parse(&format!("{}/{path}", base.as_str().trim_end_matches('/')))
+        .map_err(|e| GpError::Misconfigured(format!("URL: {e}")))
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+fn transport(ods: &hub_core::domain::OdsCode, what: &str, error: &reqwest::Error) -> GpError {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "failed"
+    };
+    GpError::Unavailable(format!("{ods}: {what} {kind}"))
+}
+
+fn status_error(ods: &hub_core::domain::OdsCode, what: &str, status: StatusCode) -> GpError {
+    match status.as_u16() {
+        401 | 403 => {
+            GpError::Misconfigured(format!("{ods}: {what}: credentials refused ({status})"))
+        }
+        404 | 405 | 501 => {
+            GpError::Misconfigured(format!("{ods}: {what}: not supported ({status})"))
+        }
+        _ => GpError::Unavailable(format!("{ods}: {what}: HTTP {status}")),
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (at.with_timezone(&Utc) - Utc::now())
+        .to_std()
+        .ok()
+        .or(Some(Duration::ZERO))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    #[serde(default)]
+    requires_access_token: Option<bool>,
+    #[serde(default)]
+    output: Vec<ManifestFile>,
+    #[serde(default)]
+    error: Vec<ManifestFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestFile {
+    #[serde(rename = "type", default)]
+    type_: String,
+    url: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Patients,
+    /// OperationOutcome lines: one record the server could not export each.
+    Errors,
+}
+
+struct OpenFile {
+    kind: FileKind,
+    lines: LineSplitter<reqwest::Error>,
+    line: u64,
+}
+
+/// Reads the export's files one after another, one line at a time.
+struct ExportReader {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<SecretString>,
+    ods: String,
+    files: VecDeque<(FileKind, String)>,
+    current: Option<OpenFile>,
+    file_number: usize,
+    read: u64,
+}
+
+impl ExportReader {
+    async fn next(&mut self) -> Option<Result<GpPatient, GpError>> {
+        loop {
+            if self.current.is_none() {
+                let (kind, url) = self.files.pop_front()?;
+                self.file_number += 1;
+                let opened = open_file(
+                    self.http.clone(),
+                    self.base.clone(),
+                    self.token.clone(),
+                    format!("{} file {}", self.ods, self.file_number),
+                    kind,
+                    url,
+                )
+                .await;
+                match opened {
+                    Ok(file) => self.current = Some(file),
+                    Err(error) => {
+                        self.files.clear();
+                        return Some(Err(error));
+                    }
+                }
+            }
+            let file = self.current.as_mut()?;
+            let line = file.lines.next_line().await;
+            file.line += 1;
+            let at = format!("{} file {} line {}", self.ods, self.file_number, file.line);
+            match (line, file.kind) {
+                (None, _) => self.current = None,
+                (Some(Err(_)), _) => {
+                    self.current = None;
+                    self.files.clear();
+                    return Some(Err(GpError::Unavailable(format!(
+                        "{at}: download interrupted"
+                    ))));
+                }
+                (Some(Ok(Line::TooLong)), _) => {
+                    return Some(Err(GpError::MalformedRecord(format!(
+                        "{at}: line too long"
+                    ))))
+                }
+                (Some(Ok(Line::Text(_))), FileKind::Errors) => {
+                    return Some(Err(GpError::MalformedRecord(format!(
+                        "{at}: the server could not export a record"
+                    ))))
+                }
+                (Some(Ok(Line::Text(text))), FileKind::Patients) => {
+                    self.read += 1;
+                    if self.read.is_multiple_of(YIELD_EVERY) {
+                        tokio::task::yield_now().await;
+                    }
+                    return Some(
+                        parse_patient(&text, Utc::now())
+                            .map_err(|e| GpError::MalformedRecord(format!("{at}: {e}"))),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Opens one export file (owned arguments: the reader holds a stream that
+/// is not `Sync`, so it cannot be borrowed across the request).
+async fn open_file(
+    http: reqwest::Client,
+    base: Url,
+    token: Option<SecretString>,
+    what: String,
+    kind: FileKind,
+    url: String,
+) -> Result<OpenFile, GpError> {
+    let url = base
+        .join(&url)
+        .map_err(|_| GpError::Unavailable(format!("{what}: URL unreadable")))?;
+    let mut request = http.get(url).header(ACCEPT, FHIR_NDJSON);
+    if let Some(token) = &token {
+        request = request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
+    }
+    let response = request.send().await.map_err(|e| {
+        GpError::Unavailable(format!(
+            "{what}: {}",
+            if e.is_timeout() {
+                "timed out"
+            } else {
+                "failed"
+            }
+        ))
+    })?;
+    if !response.status().is_success() {
+        return Err(GpError::Unavailable(format!(
+            "{what}: HTTP {}",
+            response.status()
+        )));
+    }
+    Ok(OpenFile {
+        kind,
+        lines: LineSplitter::new(response.bytes_stream(), MAX_LINE_BYTES),
+        line: 0,
+    })
+}
+
+/// Follows a search's `next` links one page at a time.
+struct SearchReader {
+    http: reqwest::Client,
+    timeout: Duration,
+    base: Url,
+    token: Option<SecretString>,
+    ods: String,
+    next: Option<Url>,
+    page: VecDeque<Result<GpPatient, GpError>>,
+    pages: u64,
+    read: u64,
+}
+
+impl SearchReader {
+    async fn next(&mut self) -> Option<Result<GpPatient, GpError>> {
+        loop {
+            if let Some(item) = self.page.pop_front() {
+                self.read += 1;
+                if self.read.is_multiple_of(YIELD_EVERY) {
+                    tokio::task::yield_now().await;
+                }
+                return Some(item);
+            }
+            let url = self.next.take()?;
+            if let Err(error) = self.fetch(url).await {
+                return Some(Err(error));
+            }
+        }
+    }
+
+    async fn fetch(&mut self, url: Url) -> Result<(), GpError> {
+        self.pages += 1;
+        let ods = &self.ods;
+        let page = self.pages;
+        let mut request = self
+            .http
+            .get(url)
+            .header(ACCEPT, FHIR_JSON)
+            .timeout(self.timeout);
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
+        }
+        let response = request.send().await.map_err(|e| {
+            GpError::Unavailable(format!(
+                "{ods}: search page {page} {}",
+                if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "failed"
+                }
+            ))
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let code = status.as_u16();
+            return Err(if matches!(code, 401 | 403) {
+                GpError::Misconfigured(format!("{ods}: search: credentials refused ({status})"))
+            } else {
+                GpError::Unavailable(format!("{ods}: search page {page}: HTTP {status}"))
+            });
+        }
+        let bundle: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|_| GpError::Unavailable(format!("{ods}: search page {page} unreadable")))?;
+        if bundle.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle") {
+            return Err(GpError::Unavailable(format!(
+                "{ods}: search page {page} is not a Bundle"
+            )));
+        }
+        let now = Utc::now();
+        let mut bundle = bundle;
+        let entries = match bundle.get_mut("entry").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(entries)) => entries,
+            _ => Vec::new(),
+        };
+        for (n, mut entry) in entries.into_iter().enumerate() {
+            let mode = entry.pointer("/search/mode").and_then(|m| m.as_str());
+            if mode.is_some_and(|m| m != "match") {
+                continue; // included resources and OperationOutcomes
+            }
+            let resource = entry.get_mut("resource").map(serde_json::Value::take);
+            self.page.push_back(match resource {
+                Some(resource) => patient_from_value(resource, now).map_err(|e| {
+                    GpError::MalformedRecord(format!("{ods}: page {page} entry {}: {e}", n + 1))
+                }),
+                None => Err(GpError::MalformedRecord(format!(
+                    "{ods}: page {page} entry {}: no resource",
+                    n + 1
+                ))),
+            });
+        }
+        let next = bundle
+            .get("link")
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+            .find(|l| l.get("relation").and_then(|r| r.as_str()) == Some("next"))
+            .and_then(|l| l.get("url"))
+            .and_then(|u| u.as_str());
+        if let Some(next) = next {
+            let next = self
+                .base
+                .join(next)
+                .map_err(|_| GpError::Unavailable(format!("{ods}: next link unreadable")))?;
+            // Our token goes only to the practice's own server.
+            if !same_origin(&next, &self.base) {
+                return Err(GpError::Misconfigured(format!(
+                    "{ods}: search next link leaves the server"
+                )));
+            }
+            self.next = Some(next);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        headers.insert(
+            RETRY_AFTER,
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        let later = (Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        headers.insert(RETRY_AFTER, later.parse().unwrap());
+        assert!(retry_after(&headers).is_some_and(|d| d > Duration::from_secs(20)));
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn urls_keep_the_base_path_and_origins_compare() {
+        let base = Url::parse("https://gp.example/fhir/r4").unwrap();
+        assert_eq!(
+            join(&base, "Group/G85001/$export").unwrap().as_str(),
+            "https://gp.example/fhir/r4/Group/G85001/$export"
+        );
+        assert!(same_origin(
+            &base,
+            &Url::parse("https://gp.example:443/x").unwrap()
+        ));
+        assert!(!same_origin(
+            &base,
+            &Url::parse("https://evil.example/x").unwrap()
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_practice_without_a_fhir_connection_is_misconfigured() {
+        let connector = FhirGpConnector::new(FhirConfig::default()).unwrap();
+        let mut practice = Practice {
+            ods: hub_core::domain::OdsCode::parse("G85001").unwrap(),
+            name: "Test".into(),
+            notice_email: "x@nhs.invalid".into(),
+            dsa_signed: None,
+            connection: GpConnection::Simulated,
+            list_size: 0,
+        };
+        assert!(matches!(
+            connector.extract(&practice).await,
+            Err(GpError::Misconfigured(_))
+        ));
+        practice.connection = GpConnection::Fhir {
+            base_url: "http://127.0.0.1:9".into(),
+            bulk_export: false,
+            secret: Some("missing".into()),
+        };
+        assert!(matches!(
+            connector.extract(&practice).await,
+            Err(GpError::Misconfigured(_))
+        ));
+    }
+}

@@ -1,0 +1,604 @@
+//! The embedded local stack: the same handlers wired to the embedded
+//! adapters in one process, with an event-source harness that polls the
+//! local queues the way Lambda polls SQS (batches, partial batch failure,
+//! visibility timeout, dead-letter queues) and a timer for the schedules.
+
+
+use crate::embedded::{LocalQueue, LocalScheduler, SqliteStore};
+use hub_adapters::fhir::{FhirConfig, FhirGpConnector};
+use hub_adapters::notify::{NotifyClient, NotifyTemplates};
+use hub_sim::http::{
+    start_fhir, start_notify, CallbackTarget, FhirServer, FhirServerConfig, NotifyServer,
+    NotifyServerConfig,
+};
+use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
+use hub_core::handlers::jobs::{handle_batch, Message};
+use hub_core::handlers::{Hub, HubConfig, ProviderRouter};
+use hub_core::ports::{
+    DeliveryReceipt, Job, QueueName, ReceiptSink, ScheduledAction, Scheduler, SmsProvider,
+    SystemClock,
+};
+use hub_core::ports::{EmailProvider, GpConnector, LetterProvider};
+use anyhow::Context;
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How many workers poll each queue and how many messages each takes:
+/// the local equivalent of an event source's batch size and maximum
+/// concurrency.
+#[derive(Debug, Clone, Copy)]
+pub struct Workers {
+    pub count: usize,
+    pub batch: usize,
+}
+
+/// How the hub reaches the simulated providers and GP estate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Over HTTP, through the real GOV.UK Notify and FHIR adapters, to
+    /// simulators that speak those APIs (the default).
+    #[default]
+    Http,
+    /// Direct calls to the simulators: no HTTP, for raw hub throughput.
+    InProcess,
+}
+
+/// A real GOV.UK Notify service (e.g. with a test API key).
+#[derive(Debug, Clone)]
+pub struct ExternalNotify {
+    pub base_url: String,
+    pub api_key: SecretString,
+    pub templates: NotifyTemplates,
+    /// Messages per second to pace at.
+    pub rate_per_second: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct External {
+    pub notify: Option<ExternalNotify>,
+    /// A FHIR R4 server every practice is read from (paged search).
+    pub fhir_base_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalStackConfig {
+    pub transport: Transport,
+    /// Real endpoints to use instead of the simulators (HTTP transport only).
+    pub external: External,
+    /// SQLite file for the tables, queues and schedules; `None` keeps them
+    /// in memory.
+    pub database: Option<PathBuf>,
+    pub hub: HubConfig,
+    pub region: RegionSpec,
+    /// One simulated SMS provider per entry.
+    pub sms_gateways: Vec<GatewayConfig>,
+    pub postal_gateway: GatewayConfig,
+    pub visibility_timeout: Duration,
+    pub max_receive_count: u32,
+    pub poll_interval: Duration,
+}
+
+impl LocalStackConfig {
+    pub fn workers(&self, queue: QueueName) -> Workers {
+        match queue {
+            // The send queue's maximum concurrency: each worker owns a chunk.
+            QueueName::Send => Workers { count: 8, batch: 1 },
+            QueueName::Extract => Workers { count: 4, batch: 1 },
+            _ => Workers {
+                count: 2,
+                batch: 10,
+            },
+        }
+    }
+}
+
+/// Delivers simulated receipts to the receipts handler, as the provider's
+/// callback to the receipts function would.
+struct ReceiptsHandler {
+    hub: Mutex<Option<Hub>>,
+}
+
+#[async_trait]
+impl ReceiptSink for ReceiptsHandler {
+    async fn deliver(&self, receipt: DeliveryReceipt) {
+        let hub = self.hub.lock().ok().and_then(|h| h.clone());
+        if let Some(hub) = hub {
+            if let Err(error) = hub_core::handlers::receipts::record_receipt(&hub, &receipt).await {
+                tracing::warn!(%error, "receipt not recorded");
+            }
+        }
+    }
+}
+
+/// The HTTP simulators and receipts endpoint of an HTTP stack.
+pub struct HttpServers {
+    pub notify: Vec<NotifyServer>,
+    pub postal: NotifyServer,
+    pub fhir: FhirServer,
+    pub receipts_url: String,
+    _receipts: tokio::task::JoinHandle<()>,
+}
+
+pub struct LocalStack {
+    pub hub: Hub,
+    pub http: Option<HttpServers>,
+    pub store: Arc<SqliteStore>,
+    pub queue: Arc<LocalQueue>,
+    pub scheduler: Arc<LocalScheduler>,
+    pub estate: Arc<GpEstate>,
+    pub gateways: Vec<Arc<GatewaySim>>,
+    pub postal: Arc<GatewaySim>,
+    pub config: LocalStackConfig,
+    workers: Mutex<Vec<(QueueName, JoinHandle<()>)>>,
+    timer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LocalStack {
+    pub async fn start(config: LocalStackConfig) -> anyhow::Result<Arc<Self>> {
+        let (store, queue, scheduler) = match &config.database {
+            Some(path) => (
+                SqliteStore::open(path).context("opening the local store")?,
+                LocalQueue::open(&path.with_extension("queue.sqlite"))
+                    .context("opening the local queue")?,
+                LocalScheduler::open(&path.with_extension("schedules.sqlite"))
+                    .context("opening the local scheduler")?,
+            ),
+            None => (
+                SqliteStore::in_memory()?,
+                LocalQueue::in_memory()?,
+                LocalScheduler::in_memory()?,
+            ),
+        };
+        for name in QueueName::ALL {
+            queue.set_config(
+                name,
+                crate::embedded::QueueConfig {
+                    visibility_timeout: config.visibility_timeout,
+                    max_receive_count: config.max_receive_count,
+                },
+            );
+        }
+        let store = Arc::new(store);
+        let queue = Arc::new(queue);
+        let scheduler = Arc::new(scheduler);
+        let estate = Arc::new(GpEstate::generate(config.region));
+        let sink = Arc::new(ReceiptsHandler {
+            hub: Mutex::new(None),
+        });
+        let gateways: Vec<Arc<GatewaySim>> = config
+            .sms_gateways
+            .iter()
+            .map(|gateway| Arc::new(GatewaySim::new(gateway.clone())))
+            .collect();
+        let postal = Arc::new(GatewaySim::new(config.postal_gateway.clone()));
+        let callback_token = Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string()));
+        let mut practices = estate.practices();
+        let wiring = match config.transport {
+            Transport::InProcess => {
+                for gateway in &gateways {
+                    gateway.set_receipt_sink(sink.clone());
+                }
+                let providers = gateways
+                    .iter()
+                    .map(|g| {
+                        (
+                            g.clone() as Arc<dyn SmsProvider>,
+                            g.config().rate_per_second,
+                        )
+                    })
+                    .collect();
+                Wiring {
+                    providers,
+                    email: postal.clone(),
+                    letters: postal.clone(),
+                    gp: estate.clone(),
+                    http: None,
+                }
+            }
+            Transport::Http => {
+                let receipts = start_receipts(sink.clone(), callback_token.clone()).await?;
+                let target = CallbackTarget {
+                    url: receipts.0.clone(),
+                    bearer: SecretString::from(callback_token.expose_secret().to_string()),
+                };
+                let templates = NotifyTemplates {
+                    sms: uuid::Uuid::new_v4().to_string(),
+                    email: Some(uuid::Uuid::new_v4().to_string()),
+                    letter: Some(uuid::Uuid::new_v4().to_string()),
+                };
+                let mut notify = Vec::new();
+                let mut providers: Vec<(Arc<dyn SmsProvider>, f64)> = Vec::new();
+                for gateway in &gateways {
+                    let (_, server) = start_notify(
+                        (**gateway).clone(),
+                        NotifyServerConfig {
+                            callback: Some(target.clone()),
+                            ..NotifyServerConfig::default()
+                        },
+                    )
+                    .await?;
+                    let mut client_config = hub_adapters::notify::NotifyConfig::new(
+                        server.base_url(),
+                        server.api_key(),
+                        templates.clone(),
+                    );
+                    client_config.name = gateway.config().name.clone();
+                    providers.push((
+                        Arc::new(NotifyClient::new(client_config)?),
+                        gateway.config().rate_per_second,
+                    ));
+                    notify.push(server);
+                }
+                let (_, postal_server) =
+                    start_notify((*postal).clone(), NotifyServerConfig::default()).await?;
+                let postal_client = Arc::new(NotifyClient::from_key(
+                    &postal_server.base_url(),
+                    postal_server.api_key(),
+                    templates.clone(),
+                )?);
+                let (_, fhir) = start_fhir((*estate).clone(), FhirServerConfig::default()).await?;
+                // Half the practices export in bulk, half answer paged search.
+                for (i, practice) in practices.iter_mut().enumerate() {
+                    if let Some(connected) = fhir.practice(&practice.ods, i % 2 == 0, None) {
+                        *practice = connected;
+                    }
+                }
+                Wiring {
+                    providers,
+                    email: postal_client.clone(),
+                    letters: postal_client,
+                    gp: Arc::new(FhirGpConnector::new(FhirConfig::default())?),
+                    http: Some(HttpServers {
+                        notify,
+                        postal: postal_server,
+                        fhir,
+                        receipts_url: receipts.0,
+                        _receipts: receipts.1,
+                    }),
+                }
+            }
+        };
+        let mut wiring = wiring;
+        if let Some(notify) = &config.external.notify {
+            let client = Arc::new(NotifyClient::from_key(
+                &notify.base_url,
+                notify.api_key.clone(),
+                notify.templates.clone(),
+            )?);
+            // The simulated estate's mobiles look real: with it, a real
+            // provider is only ever given Ofcom's drama-range numbers.
+            let provider: Arc<dyn SmsProvider> = if config.external.fhir_base_url.is_none() {
+                Arc::new(DramaRangeOnly(client.clone()))
+            } else {
+                client.clone()
+            };
+            wiring.providers = vec![(provider, notify.rate_per_second)];
+            wiring.email = client.clone();
+            wiring.letters = client;
+        }
+        if let Some(base_url) = &config.external.fhir_base_url {
+            for practice in practices.iter_mut() {
+                practice.connection = hub_core::ports::GpConnection::Fhir {
+                    base_url: base_url.clone(),
+                    bulk_export: false,
+                    secret: None,
+                };
+            }
+            wiring.gp = Arc::new(FhirGpConnector::new(FhirConfig::default())?);
+        }
+        config.hub.validate().map_err(anyhow::Error::msg)?;
+        // A send job retried while its claims are too young to reclaim must
+        // not run out of receives first (on AWS: 5 x 5,400 s against 20 min).
+        let retry_span = config.visibility_timeout * config.max_receive_count;
+        if retry_span <= config.hub.stale_after.to_std().unwrap_or_default() {
+            anyhow::bail!(
+                "visibility_timeout x max_receive_count ({retry_span:?}) must exceed stale_after"
+            );
+        }
+        let router =
+            ProviderRouter::new(wiring.providers, 1).with_deadline(config.hub.send_deadline);
+        let mut hub_config = config.hub.clone();
+        hub_config.providers = router.rates();
+        let hub = Hub {
+            store: store.clone(),
+            patients: store.clone(),
+            queue: queue.clone(),
+            scheduler: scheduler.clone(),
+            sms: Arc::new(router),
+            email: wiring.email,
+            letters: wiring.letters,
+            gp: wiring.gp,
+            clock: Arc::new(SystemClock),
+            optout_key: Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string())),
+            config: Arc::new(hub_config),
+        };
+        if let Ok(mut slot) = sink.hub.lock() {
+            *slot = Some(hub.clone());
+        }
+        for practice in &practices {
+            hub.store.put_practice(practice).await?;
+        }
+        let stack = Arc::new(Self {
+            hub,
+            http: wiring.http,
+            store,
+            queue,
+            scheduler,
+            estate,
+            gateways,
+            postal,
+            config,
+            workers: Mutex::new(Vec::new()),
+            timer: Mutex::new(None),
+        });
+        for name in QueueName::ALL {
+            stack.spawn_workers(name);
+        }
+        stack.spawn_timer();
+        Ok(stack)
+    }
+
+    fn spawn_workers(self: &Arc<Self>, name: QueueName) {
+        let workers = self.config.workers(name);
+        let mut handles = Vec::new();
+        for _ in 0..workers.count {
+            let stack = self.clone();
+            handles.push((
+                name,
+                tokio::spawn(async move { stack.poll(name, workers.batch).await }),
+            ));
+        }
+        if let Ok(mut all) = self.workers.lock() {
+            all.extend(handles);
+        }
+    }
+
+    /// One poller: receive a batch, run the handler, delete what succeeded.
+    async fn poll(&self, name: QueueName, batch: usize) {
+        loop {
+            let received = match self.queue.receive(name, batch, chrono::Utc::now()).await {
+                Ok(received) => received,
+                Err(error) => {
+                    tracing::warn!(queue = name.as_str(), %error, "receive failed");
+                    tokio::time::sleep(self.config.poll_interval).await;
+                    continue;
+                }
+            };
+            if received.is_empty() {
+                tokio::time::sleep(self.config.poll_interval).await;
+                continue;
+            }
+            let messages = received
+                .iter()
+                .map(|m| Message {
+                    id: m.receipt_handle.clone(),
+                    body: m.body.clone(),
+                    receive_count: m.receive_count,
+                })
+                .collect();
+            // Lambda never sees its message redelivered while it runs (the
+            // visibility timeout is set above the function timeout); here the
+            // harness keeps extending it instead, so only a crashed worker's
+            // messages come back.
+            let handling = handle_batch(&self.hub, messages, batch);
+            tokio::pin!(handling);
+            let mut heartbeat = tokio::time::interval(self.config.visibility_timeout / 3);
+            heartbeat.tick().await;
+            let failed = loop {
+                tokio::select! {
+                    failed = &mut handling => break failed,
+                    _ = heartbeat.tick() => {
+                        let until = chrono::Utc::now()
+                            + chrono::Duration::from_std(self.config.visibility_timeout)
+                                .unwrap_or_else(|_| chrono::Duration::seconds(30));
+                        for message in &received {
+                            let _ = self
+                                .queue
+                                .change_visibility(name, &message.receipt_handle, until)
+                                .await;
+                        }
+                    }
+                }
+            };
+            for message in received {
+                if !failed.contains(&message.receipt_handle) {
+                    if let Err(error) = self.queue.delete(name, &message.receipt_handle).await {
+                        tracing::warn!(queue = name.as_str(), %error, "delete failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The scheduler: fires due one-time schedules.
+    fn spawn_timer(self: &Arc<Self>) {
+        let stack = self.clone();
+        let handle = tokio::spawn(async move {
+            loop {
+                match stack.scheduler.due(chrono::Utc::now()).await {
+                    Ok(due) => {
+                        for action in due {
+                            stack.fire(action).await;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "scheduler poll failed"),
+                }
+                tokio::time::sleep(stack.config.poll_interval).await;
+            }
+        });
+        if let Ok(mut timer) = self.timer.lock() {
+            *timer = Some(handle);
+        }
+    }
+
+    async fn fire(&self, action: ScheduledAction) {
+        match action {
+            ScheduledAction::Deadline { campaign } => {
+                if let Err(error) =
+                    hub_core::handlers::deadline::fire_deadline(&self.hub, &campaign).await
+                {
+                    tracing::error!(campaign = %campaign, %error, "deadline failed; retrying");
+                    // EventBridge retries a failed target; so do we.
+                    let _ = self
+                        .scheduler
+                        .schedule(
+                            &ScheduledAction::Deadline { campaign },
+                            chrono::Utc::now() + chrono::Duration::seconds(1),
+                        )
+                        .await;
+                }
+            }
+            ScheduledAction::Purge { campaign } => {
+                if let Err(error) = self.hub.queue.send(&[Job::Purge { campaign }]).await {
+                    tracing::error!(%error, "could not queue the purge");
+                }
+            }
+        }
+    }
+
+    /// Kills the workers of one queue mid-flight, as a crashed Lambda
+    /// execution environment would, and starts fresh ones. Messages they
+    /// held come back after the visibility timeout.
+    pub fn crash_workers(self: &Arc<Self>, name: QueueName) {
+        if let Ok(mut all) = self.workers.lock() {
+            all.retain(|(queue, handle)| {
+                if *queue == name {
+                    handle.abort();
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.spawn_workers(name);
+    }
+
+    /// Messages a provider accepted more than once for the same recipient
+    /// (the same reference), within one gateway or across gateways, plus
+    /// repeated letters. Must always be zero.
+    pub fn duplicate_sends(&self) -> u64 {
+        let within: usize = self.gateways.iter().map(|g| g.duplicate_sends()).sum();
+        let mut seen = std::collections::HashSet::new();
+        let mut across = 0;
+        for gateway in &self.gateways {
+            for reference in gateway.accepted_references() {
+                if !seen.insert(reference) {
+                    across += 1;
+                }
+            }
+        }
+        let letters = self
+            .postal
+            .letters_sent()
+            .saturating_sub(self.postal.letter_references().len());
+        (within + across + letters) as u64
+    }
+
+    /// Texts accepted by all the simulated providers.
+    pub fn texts_sent(&self) -> usize {
+        self.gateways.iter().map(|g| g.sent_count()).sum()
+    }
+
+    pub fn shutdown(&self) {
+        if let Ok(mut all) = self.workers.lock() {
+            for (_, handle) in all.drain(..) {
+                handle.abort();
+            }
+        }
+        if let Ok(mut timer) = self.timer.lock() {
+            if let Some(handle) = timer.take() {
+                handle.abort();
+            }
+        }
+    }
+}
+
+/// Passes only Ofcom drama-range numbers (07700 900000–900999) to the
+/// provider it wraps; any other number is refused as if by the provider.
+pub struct DramaRangeOnly<P>(pub Arc<P>);
+
+#[async_trait]
+impl<P: SmsProvider> SmsProvider for DramaRangeOnly<P> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    async fn send_sms(
+        &self,
+        request: &hub_core::ports::SmsRequest,
+    ) -> Result<hub_core::ports::Accepted, hub_core::ports::ProviderError> {
+        if !request.to.is_drama_range() {
+            return Err(hub_core::ports::ProviderError::Rejected(
+                "simulated patient: only drama-range numbers go to a real provider".into(),
+            ));
+        }
+        self.0.send_sms(request).await
+    }
+
+    async fn find_by_reference(
+        &self,
+        reference: &str,
+    ) -> Result<Option<hub_core::ports::ProviderRecord>, hub_core::ports::ProviderError> {
+        self.0.find_by_reference(reference).await
+    }
+}
+
+struct Wiring {
+    providers: Vec<(Arc<dyn SmsProvider>, f64)>,
+    email: Arc<dyn EmailProvider>,
+    letters: Arc<dyn LetterProvider>,
+    gp: Arc<dyn GpConnector>,
+    http: Option<HttpServers>,
+}
+
+/// The local receipts endpoint: what API Gateway and the receipts function
+/// are on AWS. Returns its URL and its server task.
+async fn start_receipts(
+    sink: Arc<ReceiptsHandler>,
+    token: Arc<SecretString>,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    use axum::http::{HeaderMap, StatusCode};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/receipts", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/receipts",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let sink = sink.clone();
+            let token = token.clone();
+            async move {
+                let hub = sink.hub.lock().ok().and_then(|h| h.clone());
+                let Some(hub) = hub else {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                };
+                let authorization = headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                let status = hub_core::handlers::receipts::handle_delivery_callback(
+                    &hub,
+                    authorization,
+                    &body,
+                    &token,
+                    hub_adapters::notify::parse_callback,
+                )
+                .await;
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "receipts endpoint stopped");
+        }
+    });
+    Ok((url, task))
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
