@@ -11,8 +11,6 @@ mod aws;
 use aws::template::{as_u64, intrinsic, Template};
 use aws::Stack;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use secrecy::ExposeSecret;
-use serde_yaml::Value;
 use hub_adapters::aws::{
     env, DynamoHubStore, DynamoPatientStore, Secrets, SecretsError, SecretsManagerSecrets,
 };
@@ -26,6 +24,8 @@ use hub_core::ports::{
     GpConnection, HubStore, Job, JobQueue, PatientDataStore, Placement, Practice, QueueName,
     ScheduledAction, Scheduler, StatusUpdate, StoreError,
 };
+use secrecy::ExposeSecret;
+use serde_yaml::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -1399,7 +1399,9 @@ fn one_binary_per_function_built_with_cargo_lambda_on_arm64() {
             "{logical_id}"
         );
         assert!(
-            root.join(code).join(format!("src/bin/{package}.rs")).is_file(),
+            root.join(code)
+                .join(format!("src/bin/{package}.rs"))
+                .is_file(),
             "{logical_id}"
         );
         let metadata = f.body.get("Metadata").unwrap();

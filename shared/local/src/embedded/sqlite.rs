@@ -4,14 +4,14 @@
 //! queries need.
 
 use super::db::{from_json, to_json, Db, DbError, SqlContext};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use hub_core::domain::{
     AuditEvent, Campaign, CampaignId, ChunkId, ChunkRecord, ChunkStage, Contact, DedupeKey,
     DeliveryStatus, NhsNumber, OdsCode, OutcomeCounts, Participation, Personal, Progress,
     Recipient, RecipientStatus,
 };
 use hub_core::ports::{HubStore, PatientDataStore, Placement, Practice, StatusUpdate, StoreError};
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -1066,11 +1066,11 @@ impl PatientDataStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Duration;
     use hub_core::domain::{
         check_digit, CampaignOptions, CampaignState, ExclusionReason, MessageTemplate,
         ParticipationState, PostalAddress, Postcode, StaffId, Target, TemplateRules, UkMobile,
     };
-    use chrono::Duration;
     use std::sync::Arc;
 
     fn ods(code: &str) -> OdsCode {
