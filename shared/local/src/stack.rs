@@ -383,7 +383,7 @@ impl LocalStack {
             // visibility timeout is set above the function timeout); here the
             // harness keeps extending it instead, so only a crashed worker's
             // messages come back.
-            let handling = handle_batch(&self.hub, messages, batch);
+            let handling = handle_batch(&self.hub, name, messages, batch);
             tokio::pin!(handling);
             let mut heartbeat = tokio::time::interval(self.config.visibility_timeout / 3);
             heartbeat.tick().await;
@@ -404,10 +404,21 @@ impl LocalStack {
                 }
             };
             for message in received {
-                if !failed.contains(&message.receipt_handle) {
-                    if let Err(error) = self.queue.delete(name, &message.receipt_handle).await {
-                        tracing::warn!(queue = name.as_str(), %error, "delete failed");
+                match failed.iter().find(|f| f.id == message.receipt_handle) {
+                    None => {
+                        if let Err(error) = self.queue.delete(name, &message.receipt_handle).await {
+                            tracing::warn!(queue = name.as_str(), %error, "delete failed");
+                        }
                     }
+                    // No later delivery can succeed: let it reach the
+                    // dead-letter queue now rather than after the timeouts.
+                    Some(failure) if !failure.retryable => {
+                        let _ = self
+                            .queue
+                            .change_visibility(name, &message.receipt_handle, chrono::Utc::now())
+                            .await;
+                    }
+                    Some(_) => {}
                 }
             }
         }

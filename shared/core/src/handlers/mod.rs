@@ -116,18 +116,60 @@ pub struct Hub {
     pub config: Arc<HubConfig>,
 }
 
-/// Why a queued job did not finish. Every variant leaves the message on
-/// the queue to be tried again; after `maxReceiveCount` it goes to the DLQ.
+/// Any error kept as the cause of another.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a queued job did not finish. A failed message is reported back to its
+/// queue; [`JobError::retryable`] says whether another delivery can help.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("will retry: {0}")]
-    Retry(String),
-    #[error("message is malformed: {0}")]
+    /// Transient: a provider, GP system or lock that may answer later.
+    #[error("will retry: {reason}")]
+    Retry {
+        reason: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The message names something that does not exist or cannot be acted
+    /// on; no later delivery will change that.
+    #[error("message cannot be handled: {0}")]
     Malformed(String),
-    #[error(transparent)]
+    #[error("store: {0}")]
     Store(#[from] StoreError),
-    #[error(transparent)]
+    #[error("queue: {0}")]
     Queue(#[from] QueueError),
+}
+
+impl JobError {
+    /// A transient failure with nothing underneath.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// A transient failure caused by `source`.
+    pub fn retry_because(
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The one place that says whether a failed job is worth another
+    /// delivery. A conflict is retried (the handler re-reads); a missing
+    /// record or a malformed message is not.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Retry { .. } | Self::Queue(_) => true,
+            Self::Malformed(_) => false,
+            Self::Store(error) => error.retryable(),
+        }
+    }
 }
 
 impl Hub {
@@ -181,7 +223,7 @@ impl Hub {
                 Err(other) => return Err(other),
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "campaign {id} kept changing under an update"
         )))
     }
