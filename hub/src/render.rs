@@ -382,3 +382,55 @@ pub fn watched(d: &Detail, elapsed: std::time::Duration) -> String {
     )
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::views;
+    use serde_json::json;
+
+    fn heat() -> Report {
+        views::read(json!({
+            "name": "Heat",
+            "state": "completed",
+            "totals": {
+                "cohort": 1200, "sent": 1000, "letters": 150, "delivered": 990,
+                "failed": 10, "written_back": 1000,
+                "excluded": { "deceased": 30, "opted_out": 20 }
+            },
+            "practices": [{
+                "ods": "A81001", "name": "Riverside Surgery", "state": "extracted",
+                "cohort": 1200, "sent": 1000, "delivered": 990, "failed": 10,
+                "letters": 150, "excluded": 50, "written_back": 1000
+            }],
+            "patient_data_remaining": 0,
+            "purged_items": 7,
+            "adds_up": true
+        }))
+        .expect("a report")
+    }
+
+    #[test]
+    fn totals_read_as_one_phrase() {
+        assert_eq!(
+            totals(&heat().totals),
+            "cohort 1,200, sent 1,000, delivered 990, failed 10, letters 150, excluded 50"
+        );
+    }
+
+    #[test]
+    fn the_report_adds_up_in_text_and_csv() {
+        let text = report(&heat());
+        assert!(text.contains("  cohort               1,200\n"), "{text}");
+        assert!(
+            text.contains("every patient accounted for (cohort = sent + letters + excluded): yes")
+        );
+        assert!(text.contains("(7 items purged)"));
+        let mut csv = Vec::new();
+        report_csv(&heat(), &mut csv).expect("written");
+        assert_eq!(
+            String::from_utf8_lossy(&csv),
+            "ods,name,state,cohort,sent,delivered,failed,letters,excluded,written_back\n\
+             A81001,Riverside Surgery,extracted,1200,1000,990,10,150,50,1000\n"
+        );
+    }
+}
