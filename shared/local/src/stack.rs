@@ -172,7 +172,10 @@ impl LocalStack {
             gp: wiring.gp,
             clock: Arc::new(SystemClock),
             optout_key: SecretString::from(uuid::Uuid::new_v4().to_string()),
-            config: config.hub.clone(),
+            config: HubConfig {
+                simulated_gp: true,
+                ..config.hub.clone()
+            },
         }
         .build()?;
         if let Ok(mut slot) = sink.hub.lock() {

@@ -6,7 +6,7 @@
 //! content is personal.
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use hub_core::ports::{QueueError, StoreError};
+use hub_core::ports::{QueueError, SchedulerError, StoreError};
 use std::fmt;
 use std::time::Duration;
 
@@ -169,6 +169,18 @@ pub(crate) fn kind_of(code: &str, status: u16) -> FaultKind {
 impl From<Fault> for StoreError {
     fn from(fault: Fault) -> Self {
         fault.into_store_error()
+    }
+}
+
+impl From<Fault> for SchedulerError {
+    fn from(fault: Fault) -> Self {
+        match fault.kind {
+            FaultKind::Transient => SchedulerError::Unavailable(fault.to_string()),
+            _ => {
+                let context = fault.operation;
+                SchedulerError::Unexpected(anyhow::Error::new(fault).context(context))
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use aws_sdk_scheduler::types::{
 };
 use aws_sdk_scheduler::Client;
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use hub_core::ports::{Job, QueueError, ScheduledAction, Scheduler};
+use hub_core::ports::{Job, ScheduledAction, Scheduler, SchedulerError};
 
 const ATTEMPTS: u32 = 4;
 const BACKOFF_BASE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -60,8 +60,8 @@ pub fn at_expression(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
 
 fn unexpected(
     context: &'static str,
-) -> impl FnOnce(aws_sdk_scheduler::error::BuildError) -> QueueError {
-    move |err| QueueError::Unexpected(anyhow::Error::new(err).context(context))
+) -> impl FnOnce(aws_sdk_scheduler::error::BuildError) -> SchedulerError {
+    move |err| SchedulerError::Unexpected(anyhow::Error::new(err).context(context))
 }
 
 impl EventBridgeScheduler {
@@ -74,7 +74,7 @@ impl EventBridgeScheduler {
     }
 
     /// The target ARN and the input it is given for `action`.
-    fn target(&self, action: &ScheduledAction) -> Result<Target, QueueError> {
+    fn target(&self, action: &ScheduledAction) -> Result<Target, SchedulerError> {
         let (arn, input) = match action {
             ScheduledAction::Deadline { .. } => (
                 &self.targets.deadline_function_arn,
@@ -88,7 +88,7 @@ impl EventBridgeScheduler {
             ),
         };
         let input = input.map_err(|e| {
-            QueueError::Unexpected(anyhow::Error::new(e).context("encoding a schedule's input"))
+            SchedulerError::Unexpected(anyhow::Error::new(e).context("encoding a schedule's input"))
         })?;
         Target::builder()
             .arn(arn)
@@ -186,7 +186,7 @@ impl Scheduler for EventBridgeScheduler {
         &self,
         action: &ScheduledAction,
         at: DateTime<Utc>,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), SchedulerError> {
         // Validate the target before any call, so a bad one is not retried.
         self.target(action)?;
         let name = action.name();
@@ -215,14 +215,14 @@ impl Scheduler for EventBridgeScheduler {
         }
         Err(match last {
             Some(fault) if fault.kind == FaultKind::NotFound => {
-                QueueError::Unavailable(format!("schedule {name} kept changing: {fault}"))
+                SchedulerError::Unavailable(format!("schedule {name} kept changing: {fault}"))
             }
             Some(fault) => fault.into(),
-            None => QueueError::Unavailable(format!("schedule {name} was not written")),
+            None => SchedulerError::Unavailable(format!("schedule {name} was not written")),
         })
     }
 
-    async fn cancel(&self, action: &ScheduledAction) -> Result<(), QueueError> {
+    async fn cancel(&self, action: &ScheduledAction) -> Result<(), SchedulerError> {
         let name = action.name();
         let mut last = None;
         for attempt in 0..ATTEMPTS {
@@ -252,8 +252,8 @@ impl Scheduler for EventBridgeScheduler {
             }
         }
         Err(match last {
-            Some(fault) => QueueError::Unavailable(fault.to_string()),
-            None => QueueError::Unavailable(format!("schedule {name} was not deleted")),
+            Some(fault) => SchedulerError::Unavailable(fault.to_string()),
+            None => SchedulerError::Unavailable(format!("schedule {name} was not deleted")),
         })
     }
 }

@@ -8,7 +8,9 @@ use crate::domain::{
     plan, AgeBand, Campaign, CampaignId, CampaignOptions, CampaignState, LifecycleError,
     MessageTemplate, OdsCode, Participation, PostcodeFilter, Progress, StaffId, Target,
 };
-use crate::ports::{GpConnection, Job, Practice, QueueError, ScheduledAction, StoreError};
+use crate::ports::{
+    GpConnection, Job, Practice, QueueError, ScheduledAction, SchedulerError, StoreError,
+};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +92,15 @@ impl From<StoreError> for ApiError {
             )),
             StoreError::Unavailable { what, .. } => Self::Unavailable(what),
             StoreError::Unexpected(error) => Self::Internal(error),
+        }
+    }
+}
+
+impl From<SchedulerError> for ApiError {
+    fn from(error: SchedulerError) -> Self {
+        match error {
+            SchedulerError::Unavailable(why) => Self::Unavailable(why),
+            SchedulerError::Unexpected(error) => Self::Internal(error),
         }
     }
 }
@@ -685,17 +696,20 @@ pub struct PracticeRequest {
     pub notice_email: String,
     #[serde(default)]
     pub dsa_signed: Option<String>,
-    #[serde(default = "simulated")]
-    pub connection: GpConnection,
+    /// The practice's GP system. Left out, it is the simulated estate where
+    /// the hub runs one (the local stack), and an error everywhere else.
+    #[serde(default)]
+    pub connection: Option<GpConnection>,
     #[serde(default)]
     pub list_size: u64,
 }
 
-fn simulated() -> GpConnection {
-    GpConnection::Simulated
-}
-
-pub fn validate_practice(request: &PracticeRequest) -> Result<Practice, ApiError> {
+/// `simulated_gp`: whether this hub runs the simulated GP estate (only the
+/// local stack does); elsewhere a practice must name its real GP system.
+pub fn validate_practice(
+    request: &PracticeRequest,
+    simulated_gp: bool,
+) -> Result<Practice, ApiError> {
     let mut errors = Vec::new();
     let ods = OdsCode::parse(&request.ods)
         .map_err(|e| {
@@ -735,21 +749,42 @@ pub fn validate_practice(request: &PracticeRequest) -> Result<Practice, ApiError
             }
         },
     };
-    if let GpConnection::Fhir { base_url, .. } = &request.connection {
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+    let connection = match &request.connection {
+        Some(GpConnection::Fhir { base_url, .. })
+            if !(base_url.starts_with("https://") || base_url.starts_with("http://")) =>
+        {
             errors.push(FieldError {
                 field: "connection.base_url".into(),
                 message: "must be an http(s) URL".into(),
             });
+            None
         }
-    }
-    match ods {
-        Some(ods) if errors.is_empty() => Ok(Practice {
+        Some(GpConnection::Simulated) | None if simulated_gp => Some(GpConnection::Simulated),
+        Some(GpConnection::Simulated) => {
+            errors.push(FieldError {
+                field: "connection".into(),
+                message: "the simulated GP estate exists only on the local stack: \
+                          give the practice's GP system (kind fhir, base_url)"
+                    .into(),
+            });
+            None
+        }
+        None => {
+            errors.push(FieldError {
+                field: "connection".into(),
+                message: "is required: the practice's GP system (kind fhir, base_url)".into(),
+            });
+            None
+        }
+        Some(connection) => Some(connection.clone()),
+    };
+    match (ods, connection) {
+        (Some(ods), Some(connection)) if errors.is_empty() => Ok(Practice {
             ods,
             name: name.to_string(),
             notice_email: email.to_string(),
             dsa_signed,
-            connection: request.connection.clone(),
+            connection,
             list_size: request.list_size,
         }),
         _ => Err(ApiError::Validation(errors)),
@@ -761,7 +796,7 @@ pub async fn put_practice(
     caller: &StaffId,
     request: &PracticeRequest,
 ) -> Result<Practice, ApiError> {
-    let practice = validate_practice(request)?;
+    let practice = validate_practice(request, hub.config.simulated_gp)?;
     hub.store.put_practice(&practice).await?;
     hub.audit(
         None,
@@ -777,4 +812,54 @@ pub async fn list_practices(hub: &Hub) -> Result<Vec<Practice>, ApiError> {
     let mut practices = hub.store.list_practices().await?;
     practices.sort_by(|a, b| a.ods.cmp(&b.ods));
     Ok(practices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn practice(connection: Option<GpConnection>) -> PracticeRequest {
+        PracticeRequest {
+            ods: "G85001".into(),
+            name: "Lewisham Medical Centre".into(),
+            notice_email: "manager@example.nhs.uk".into(),
+            dsa_signed: Some("2026-01-15".into()),
+            connection,
+            list_size: 12_000,
+        }
+    }
+
+    fn refused_field(result: Result<Practice, ApiError>) -> String {
+        let error = result.expect_err("refused");
+        error.body()["field"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn a_deployed_hub_needs_each_practices_real_gp_system() {
+        // No connection, or the simulator's, is an error naming the field.
+        assert_eq!(
+            refused_field(validate_practice(&practice(None), false)),
+            "connection"
+        );
+        assert_eq!(
+            refused_field(validate_practice(
+                &practice(Some(GpConnection::Simulated)),
+                false
+            )),
+            "connection"
+        );
+        let fhir = GpConnection::Fhir {
+            base_url: "https://gp.example.nhs.uk/fhir".into(),
+            bulk_export: false,
+            secret: Some("sms-hub/gp/G85001".into()),
+        };
+        let saved = validate_practice(&practice(Some(fhir.clone())), false).expect("saved");
+        assert_eq!(saved.connection, fhir);
+        // The local stack fills in its simulated estate.
+        let local = validate_practice(&practice(None), true).expect("saved");
+        assert_eq!(local.connection, GpConnection::Simulated);
+    }
 }

@@ -21,7 +21,7 @@ use crate::domain::{
 };
 use crate::ports::{
     Clock, EmailProvider, GpConnector, HubStore, JobQueue, LetterProvider, PatientDataStore,
-    QueueError, ScheduledAction, Scheduler, SmsProvider, StoreError,
+    QueueError, ScheduledAction, Scheduler, SchedulerError, SmsProvider, StoreError,
 };
 use secrecy::SecretString;
 use std::sync::Arc;
@@ -59,6 +59,9 @@ pub struct HubConfig {
     pub rate_cap: Option<f64>,
     /// Furthest ahead an opt-out deadline may be set.
     pub max_deadline_ahead: chrono::Duration,
+    /// This hub reads practices from the simulated GP estate (the local
+    /// stack only): a practice saved without a GP system gets it.
+    pub simulated_gp: bool,
 }
 
 /// Settings the hub refuses to run with.
@@ -103,6 +106,7 @@ impl Default for HubConfig {
             providers: Vec::new(),
             rate_cap: None,
             max_deadline_ahead: chrono::Duration::days(14),
+            simulated_gp: false,
         }
     }
 }
@@ -199,6 +203,8 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] SchedulerError),
 }
 
 impl JobError {
@@ -226,7 +232,7 @@ impl JobError {
     /// record or a malformed message is not.
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Retry { .. } | Self::Queue(_) => true,
+            Self::Retry { .. } | Self::Queue(_) | Self::Scheduler(_) => true,
             Self::Malformed(_) => false,
             Self::Store(error) => error.retryable(),
         }

@@ -4,11 +4,13 @@
 mod gp;
 mod providers;
 mod queue;
+mod secrets;
 mod store;
 
 pub use gp::*;
 pub use providers::*;
 pub use queue::*;
+pub use secrets::*;
 pub use store::*;
 
 use chrono::{DateTime, Utc};

@@ -128,12 +128,24 @@ impl ScheduledAction {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// Throttling or a transient fault: retry later.
+    #[error("scheduler unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
 /// EventBridge Scheduler one-time `at()` schedules.
 #[async_trait]
 pub trait Scheduler: Send + Sync {
     /// Creates or replaces the schedule for this action.
-    async fn schedule(&self, action: &ScheduledAction, at: DateTime<Utc>)
-        -> Result<(), QueueError>;
+    async fn schedule(
+        &self,
+        action: &ScheduledAction,
+        at: DateTime<Utc>,
+    ) -> Result<(), SchedulerError>;
     /// Deletes it if it exists.
-    async fn cancel(&self, action: &ScheduledAction) -> Result<(), QueueError>;
+    async fn cancel(&self, action: &ScheduledAction) -> Result<(), SchedulerError>;
 }

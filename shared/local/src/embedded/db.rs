@@ -3,7 +3,7 @@
 //! errors into port errors without leaking record contents.
 
 use chrono::{DateTime, Utc};
-use hub_core::ports::{QueueError, StoreError};
+use hub_core::ports::{QueueError, SchedulerError, StoreError};
 use rusqlite::{Connection, ErrorCode};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
@@ -30,6 +30,15 @@ impl From<DbError> for StoreError {
         match e {
             DbError::Busy(op) => StoreError::unavailable(format!("{op}: database busy")),
             DbError::Other(e) => StoreError::Unexpected(e),
+        }
+    }
+}
+
+impl From<DbError> for SchedulerError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Busy(op) => SchedulerError::Unavailable(format!("{op}: database busy")),
+            DbError::Other(e) => SchedulerError::Unexpected(e),
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::db::{from_json, from_millis, millis, to_json, Db, DbError, SqlContext};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use hub_core::ports::{QueueError, ScheduledAction, Scheduler};
+use hub_core::ports::{ScheduledAction, Scheduler, SchedulerError};
 use rusqlite::{params, TransactionBehavior};
 use std::path::Path;
 
@@ -41,7 +41,7 @@ impl LocalScheduler {
     /// Removes and returns the schedules whose time is at or before `now`,
     /// earliest first. Removal is the completion: a caller that fails to run
     /// an action should schedule it again.
-    pub async fn due(&self, now: DateTime<Utc>) -> Result<Vec<ScheduledAction>, QueueError> {
+    pub async fn due(&self, now: DateTime<Utc>) -> Result<Vec<ScheduledAction>, SchedulerError> {
         let now = millis(now);
         self.db
             .call(move |conn| {
@@ -68,7 +68,7 @@ impl LocalScheduler {
     }
 
     /// Every schedule not yet due, earliest first.
-    pub async fn pending(&self) -> Result<Vec<(ScheduledAction, DateTime<Utc>)>, QueueError> {
+    pub async fn pending(&self) -> Result<Vec<(ScheduledAction, DateTime<Utc>)>, SchedulerError> {
         self.db
             .call(|conn| {
                 let rows: Vec<(String, i64)> = conn
@@ -96,7 +96,7 @@ impl Scheduler for LocalScheduler {
         &self,
         action: &ScheduledAction,
         at: DateTime<Utc>,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), SchedulerError> {
         let name = action.name();
         let data = to_json("scheduled action", action)?;
         let at = millis(at);
@@ -113,7 +113,7 @@ impl Scheduler for LocalScheduler {
             .await
     }
 
-    async fn cancel(&self, action: &ScheduledAction) -> Result<(), QueueError> {
+    async fn cancel(&self, action: &ScheduledAction) -> Result<(), SchedulerError> {
         let name = action.name();
         self.db
             .call(move |conn| {
