@@ -119,7 +119,8 @@ pub struct HttpServers {
     pub postal: NotifyServer,
     pub fhir: FhirServer,
     pub receipts_url: String,
-    _receipts: tokio::task::JoinHandle<()>,
+    /// Serving from when the hub is built.
+    _receipts: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct LocalStack {
@@ -176,6 +177,7 @@ impl LocalStack {
         let postal = Arc::new(GatewaySim::new(config.postal_gateway.clone()));
         let callback_token = Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string()));
         let mut practices = estate.practices();
+        let mut receipts_listener = None;
         let wiring = match config.transport {
             Transport::InProcess => {
                 for gateway in &gateways {
@@ -199,9 +201,12 @@ impl LocalStack {
                 }
             }
             Transport::Http => {
-                let receipts = start_receipts(sink.clone(), callback_token.clone()).await?;
+                // What API Gateway and the receipts function are on AWS.
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let receipts_url = format!("http://{}/receipts/notify", listener.local_addr()?);
+                receipts_listener = Some(listener);
                 let target = CallbackTarget {
-                    url: receipts.0.clone(),
+                    url: receipts_url.clone(),
                     bearer: SecretString::from(callback_token.expose_secret().to_string()),
                 };
                 let templates = NotifyTemplates {
@@ -255,8 +260,8 @@ impl LocalStack {
                         notify,
                         postal: postal_server,
                         fhir,
-                        receipts_url: receipts.0,
-                        _receipts: receipts.1,
+                        receipts_url,
+                        _receipts: None,
                     }),
                 }
             }
@@ -318,12 +323,16 @@ impl LocalStack {
         if let Ok(mut slot) = sink.hub.lock() {
             *slot = Some(hub.clone());
         }
+        let mut http = wiring.http;
+        if let (Some(servers), Some(listener)) = (http.as_mut(), receipts_listener) {
+            servers._receipts = Some(serve_receipts(listener, &hub, &callback_token));
+        }
         for practice in &practices {
             hub.store.put_practice(practice).await?;
         }
         let stack = Arc::new(Self {
             hub,
-            http: wiring.http,
+            http,
             store,
             queue,
             scheduler,
@@ -554,46 +563,22 @@ struct Wiring {
     http: Option<HttpServers>,
 }
 
-/// The local receipts endpoint: what API Gateway and the receipts function
-/// are on AWS. Returns its URL and its server task.
-async fn start_receipts(
-    sink: Arc<ReceiptsHandler>,
-    token: Arc<SecretString>,
-) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
-    use axum::http::{HeaderMap, StatusCode};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/receipts", listener.local_addr()?);
-    let app = axum::Router::new().route(
-        "/receipts",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let sink = sink.clone();
-            let token = token.clone();
-            async move {
-                let hub = sink.hub.lock().ok().and_then(|h| h.clone());
-                let Some(hub) = hub else {
-                    return StatusCode::SERVICE_UNAVAILABLE;
-                };
-                let authorization = headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok());
-                let status = hub_core::handlers::receipts::handle_delivery_callback(
-                    &hub,
-                    authorization,
-                    &body,
-                    &token,
-                    hub_adapters::notify::parse_callback,
-                )
-                .await;
-                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            }
-        }),
+/// The local receipts endpoint: the receipts function's router.
+fn serve_receipts(
+    listener: tokio::net::TcpListener,
+    hub: &Hub,
+    token: &SecretString,
+) -> JoinHandle<()> {
+    let router = hub_core::http::receipts_router(
+        hub.clone(),
+        SecretString::from(token.expose_secret().to_string()),
+        hub_adapters::notify::parse_callback,
     );
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
             tracing::error!(%error, "receipts endpoint stopped");
         }
-    });
-    Ok((url, task))
+    })
 }
 
 impl Drop for LocalStack {

@@ -333,21 +333,23 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
 }
 
-/// One path segment, percent-decoded; `field` names it in an error.
-async fn segment(parts: &mut Parts, field: &str) -> Result<String, ApiError> {
-    Path::<String>::from_request_parts(parts, &())
-        .await
-        .map(|Path(segment)| segment)
-        .map_err(|_| ApiError::field(field, "must be valid UTF-8 once percent-decoded"))
+/// One path segment, percent-decoded; `field` names it in an error. An
+/// empty segment (`/campaigns//approve`) is no route at all.
+async fn segment(parts: &mut Parts, field: &str) -> Result<String, HttpError> {
+    match Path::<String>::from_request_parts(parts, &()).await {
+        Ok(Path(segment)) if segment.is_empty() => Err(no_route(parts.uri.clone()).await),
+        Ok(Path(segment)) => Ok(segment),
+        Err(_) => Err(ApiError::field(field, "must be valid UTF-8 once percent-decoded").into()),
+    }
 }
 
 /// The `{id}` of a campaign route.
 struct CampaignPath(CampaignId);
 
 impl<S: Send + Sync> FromRequestParts<S> for CampaignPath {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
         Ok(Self(api::parse_campaign_id(&segment(parts, "id").await?)?))
     }
 }
@@ -356,12 +358,13 @@ impl<S: Send + Sync> FromRequestParts<S> for CampaignPath {
 struct OdsPath(OdsCode);
 
 impl<S: Send + Sync> FromRequestParts<S> for OdsPath {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        OdsCode::parse(&segment(parts, "ods").await?)
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        let ods = segment(parts, "ods").await?;
+        OdsCode::parse(&ods)
             .map(Self)
-            .map_err(|error| ApiError::field("ods", error.to_string()))
+            .map_err(|error| ApiError::field("ods", error.to_string()).into())
     }
 }
 
