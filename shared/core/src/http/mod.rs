@@ -184,18 +184,19 @@ impl Verb {
 
 /// One operation: a path (`{name}` matches one segment), a method and its
 /// handler.
-struct Operation {
+struct Operation<S = Hub> {
     path: &'static str,
     verb: Verb,
     /// Served without a caller.
     public: bool,
-    handler: MethodRouter<Hub>,
+    handler: MethodRouter<S>,
 }
 
-fn operation<H, T>(path: &'static str, verb: Verb, public: bool, handler: H) -> Operation
+fn operation<H, T, S>(path: &'static str, verb: Verb, public: bool, handler: H) -> Operation<S>
 where
-    H: Handler<T, Hub>,
+    H: Handler<T, S>,
     T: 'static,
+    S: Clone + Send + Sync + 'static,
 {
     Operation {
         path,
@@ -245,8 +246,10 @@ pub fn routes() -> Vec<RouteSpec> {
         .collect()
 }
 
-fn by_path(operations: Vec<Operation>) -> Vec<(RouteSpec, MethodRouter<Hub>)> {
-    let mut routes: Vec<(RouteSpec, MethodRouter<Hub>)> = Vec::new();
+fn by_path<S: Clone + Send + Sync + 'static>(
+    operations: Vec<Operation<S>>,
+) -> Vec<(RouteSpec, MethodRouter<S>)> {
+    let mut routes: Vec<(RouteSpec, MethodRouter<S>)> = Vec::new();
     for operation in operations {
         match routes
             .iter_mut()
@@ -273,19 +276,19 @@ fn by_path(operations: Vec<Operation>) -> Vec<(RouteSpec, MethodRouter<Hub>)> {
 /// The staff API and the opt-out link, for the api function and `hub
 /// local serve`.
 pub fn router(hub: Hub) -> Router {
-    build(operations(), hub)
+    build(operations()).with_state(hub)
 }
 
 /// Only the opt-out link, for the public optout-link function: every other
 /// path is a 404.
 pub fn public_router(hub: Hub) -> Router {
-    build(operations().into_iter().filter(|o| o.public).collect(), hub)
+    build(operations().into_iter().filter(|o| o.public).collect()).with_state(hub)
 }
 
 /// A router of `operations` with what every router has: a 405 naming the
 /// allowed methods, a 404 for any other path, a trailing slash ignored,
 /// the body limit and a panic caught as a 500.
-fn build(operations: Vec<Operation>, hub: Hub) -> Router {
+fn build<S: Clone + Send + Sync + 'static>(operations: Vec<Operation<S>>) -> Router<S> {
     let mut router = Router::new();
     for (route, handlers) in by_path(operations) {
         let path = route.path;
@@ -308,7 +311,6 @@ fn build(operations: Vec<Operation>, hub: Hub) -> Router {
         .route_layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(axum::middleware::map_response(too_large_in_json))
         .layer(CatchPanicLayer::custom(panicked))
-        .with_state(hub)
 }
 
 async fn no_route(uri: Uri) -> HttpError {
@@ -546,6 +548,7 @@ async fn put_practice(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
 
     async fn body(response: Response) -> Value {
         let bytes = axum::body::to_bytes(response.into_body(), MAX_BODY)
@@ -568,6 +571,69 @@ mod tests {
         assert!(optout.public);
         assert_eq!(routes.iter().filter(|r| r.public).count(), 1);
         assert_eq!(routes.len(), 11);
+    }
+
+    async fn call(router: &Router, method: &str, path: &str, body: Body) -> Response {
+        use tower::ServiceExt;
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(body)
+            .expect("request");
+        router
+            .clone()
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|never| match never {})
+    }
+
+    #[tokio::test]
+    async fn the_layers_answer_in_the_one_shape() {
+        let router: Router = build(vec![
+            operation("/boom", Verb::Get, true, || async {
+                if true {
+                    panic!("a bug, with request data in its message");
+                }
+            }),
+            operation(
+                "/echo",
+                Verb::Post,
+                true,
+                |RawBody(body): RawBody| async move { body.len().to_string() },
+            ),
+        ]);
+        let response = call(&router, "GET", "/boom", Body::empty()).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body(response).await["message"], "internal error");
+
+        let response = call(&router, "POST", "/echo", Body::from(vec![b'x'; MAX_BODY])).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "the limit itself is allowed"
+        );
+        // Refused on its Content-Length, and while being read.
+        let large = vec![b'x'; MAX_BODY + 1];
+        let response = call(&router, "POST", "/echo", Body::from(large.clone())).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body(response).await["code"], "payload_too_large");
+        let streamed = Body::from_stream(futures::stream::iter([Ok::<_, std::io::Error>(large)]));
+        let response = call(&router, "POST", "/echo", streamed).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body(response).await["code"], "payload_too_large");
+
+        let response = call(&router, "HEAD", "/boom", Body::empty()).await;
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[ALLOW], "GET");
+        let response = call(&router, "GET", "/echo/", Body::empty()).await;
+        assert_eq!(
+            response.headers()[ALLOW],
+            "POST",
+            "a trailing slash is the same route"
+        );
+        let response = call(&router, "GET", "/nowhere", Body::empty()).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(body(response).await["message"], "no such route: /nowhere");
     }
 
     #[tokio::test]

@@ -32,13 +32,11 @@ where
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
         }
     };
-    build(
-        vec![operation(
-            "/receipts/{provider}",
-            Verb::Post,
-            true,
-            callback,
-        )],
-        hub,
-    )
+    build(vec![operation(
+        "/receipts/{provider}",
+        Verb::Post,
+        true,
+        callback,
+    )])
+    .with_state(hub)
 }
