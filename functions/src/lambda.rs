@@ -2,8 +2,10 @@
 //! sees a Lambda type, so the domain and the handlers never do.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use hub_core::domain::StaffId;
 use hub_core::handlers::jobs::{handle_batch, Failure, Message};
 use hub_core::handlers::Hub;
+use hub_core::http::Caller;
 use hub_core::ports::QueueName;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,10 +103,20 @@ pub async fn run_sqs_function(
     .await
 }
 
-/// An API Gateway (REST) request as the staff router sees it. The caller is
-/// the IAM principal API Gateway verified (`AWS_IAM` auth); a public route
-/// has none.
-pub fn http_request(request: lambda_http::Request) -> hub_core::http::HttpRequest {
+/// A router behind API Gateway (REST), for `lambda_http::run`: each
+/// request is made what the router expects by [`from_api_gateway`].
+pub type ApiGatewayService =
+    tower::util::MapRequest<axum::Router, fn(lambda_http::Request) -> lambda_http::Request>;
+
+pub fn api_gateway(router: axum::Router) -> ApiGatewayService {
+    tower::ServiceExt::map_request(router, from_api_gateway)
+}
+
+/// An API Gateway (REST) request as the router expects it: the path is the
+/// resource path API Gateway received (lambda_http puts the stage in front
+/// of it), and the IAM principal API Gateway verified (`AWS_IAM` auth) is
+/// the [`Caller`]. A public route has none.
+pub fn from_api_gateway(request: lambda_http::Request) -> lambda_http::Request {
     use lambda_http::request::RequestContext;
     use lambda_http::RequestExt;
     let caller = match request.request_context_ref() {
@@ -113,65 +125,26 @@ pub fn http_request(request: lambda_http::Request) -> hub_core::http::HttpReques
             .user_arn
             .clone()
             .filter(|arn| !arn.is_empty())
-            .map(hub_core::domain::StaffId),
+            .map(|arn| Caller(StaffId(arn))),
         _ => None,
     };
-    // The resource path as API Gateway received it, without the stage
-    // prefix lambda_http adds to the URI.
     let path = request.raw_http_path().to_string();
-    let (parts, body) = request.into_parts();
-    hub_core::http::HttpRequest {
-        method: parts.method.as_str().to_string(),
-        path,
-        query: parts.uri.query().unwrap_or_default().to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(name, value)| {
-                Some((
-                    name.as_str().to_ascii_lowercase(),
-                    value.to_str().ok()?.to_string(),
-                ))
-            })
-            .collect(),
-        body: body.to_vec(),
-        caller,
+    let (mut parts, body) = request.into_parts();
+    if !path.is_empty() {
+        let path_and_query = match parts.uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        };
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        match path_and_query.parse() {
+            Ok(path_and_query) => uri.path_and_query = Some(path_and_query),
+            // Left with the stage in front, the path is a 404.
+            Err(error) => tracing::warn!(%error, "resource path not usable as a URI"),
+        }
+        parts.uri = lambda_http::http::Uri::from_parts(uri).unwrap_or_default();
     }
-}
-
-pub fn http_response(
-    response: hub_core::http::HttpResponse,
-) -> Result<lambda_http::Response<lambda_http::Body>, lambda_http::http::Error> {
-    let mut builder = lambda_http::Response::builder().status(response.status);
-    for (name, value) in &response.headers {
-        builder = builder.header(name.as_str(), value.as_str());
+    if let Some(caller) = caller {
+        parts.extensions.insert(caller);
     }
-    builder.body(lambda_http::Body::from(response.body))
-}
-
-/// The whole `main` of the api and optout-link functions: the staff router
-/// behind API Gateway. `public_only` refuses every route that needs a caller.
-pub async fn run_http_function(public_only: bool) -> Result<(), lambda_runtime::Error> {
-    init_tracing();
-    let wired = crate::wiring::hub_from_env().await?;
-    let hub = &wired.hub;
-    lambda_http::run(lambda_http::service_fn(
-        |request: lambda_http::Request| async move {
-            let mut request = http_request(request);
-            if public_only {
-                request.caller = None;
-            }
-            let response = if public_only && !hub_core::http::is_public(&request.path) {
-                hub_core::http::HttpResponse {
-                    status: 404,
-                    headers: vec![("content-type".into(), "application/json".into())],
-                    body: br#"{"code":"not_found","message":"no such route","field":null,"errors":[]}"#.to_vec(),
-                }
-            } else {
-                hub_core::http::route(hub, &request).await
-            };
-            http_response(response).map_err(lambda_runtime::Error::from)
-        },
-    ))
-    .await
+    lambda_http::Request::from_parts(parts, body)
 }

@@ -1,24 +1,21 @@
-//! `hub local serve`: the staff API's router over HTTP on the embedded local
-//! stack, with SigV4 checked against local credentials as API Gateway's
-//! IAM authorisation would.
+//! `hub local serve`: the staff API's router (the one the api function
+//! serves on Lambda) over HTTP on the embedded local stack, with SigV4
+//! checked against local credentials as API Gateway's IAM authorisation
+//! would, in a middleware in front of it.
 
 use crate::client::CliError;
 use crate::sigv4::{read_credentials_file, LocalIdentity, SignedRequest, Verifier};
-use http_body_util::{BodyExt, Full, Limited};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use hub_core::domain::StaffId;
-use hub_core::handlers::Hub;
-use hub_core::http::{self, HttpRequest, HttpResponse, MAX_BODY};
+use hub_core::http::{Caller, HttpError, NotAuthenticated, MAX_BODY};
 use hub_local::demo::DemoOptions;
 use hub_local::LocalStack;
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The header `--insecure-test-identity` trusts as the caller.
@@ -63,8 +60,8 @@ pub struct ServeArgs {
     insecure_test_identity: bool,
 }
 
-struct State {
-    hub: Hub,
+/// What the authenticating middleware checks callers against.
+struct Authenticator {
     verifier: Verifier,
     insecure_test_identity: bool,
 }
@@ -110,11 +107,13 @@ pub async fn run(args: ServeArgs, region: Option<String>) -> Result<(), CliError
     let stack = LocalStack::start(config)
         .await
         .map_err(|e| CliError::Failure(e.context("starting the local stack")))?;
-    let state = Arc::new(State {
-        hub: stack.hub.clone(),
+    let authenticator = Arc::new(Authenticator {
         verifier: Verifier::new(identities, &region),
         insecure_test_identity: args.insecure_test_identity,
     });
+    let app = hub_core::http::router(stack.hub.clone()).layer(
+        axum::middleware::from_fn_with_state(authenticator.clone(), authenticate),
+    );
 
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "hub local serve: listening on http://{address}");
@@ -123,7 +122,7 @@ pub async fn run(args: ServeArgs, region: Option<String>) -> Result<(), CliError
         "  region {region}, service execute-api; {} practices, {} patients (seed {})",
         args.practices, args.patients, args.seed
     );
-    for identity in state.verifier.identities() {
+    for identity in authenticator.verifier.identities() {
         let _ = writeln!(
             stdout,
             "  identity {} = {}",
@@ -139,121 +138,82 @@ pub async fn run(args: ServeArgs, region: Option<String>) -> Result<(), CliError
     }
     let _ = stdout.flush();
 
-    let shutdown = tokio::signal::ctrl_c();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (socket, _) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&state, request).await) }
-                    });
-                    if let Err(error) = http1::Builder::new()
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await
-                    {
-                        tracing::debug!(%error, "connection ended");
-                    }
-                });
-            }
-        }
-    }
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
     stack.shutdown();
-    Ok(())
+    served.map_err(|e| CliError::Failure(anyhow::anyhow!("serving: {e}")))
 }
 
-async fn handle(state: &State, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
-    let response = authenticate_and_route(state, request).await;
-    let mut builder = hyper::Response::builder().status(response.status);
-    for (name, value) in &response.headers {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    builder
-        .body(Full::new(Bytes::from(response.body)))
-        .unwrap_or_else(|_| {
-            let mut fallback = hyper::Response::new(Full::new(Bytes::from_static(
-                b"{\"code\":\"internal\",\"message\":\"internal error\",\"field\":null,\"errors\":[]}",
-            )));
-            *fallback.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
-            fallback
-        })
-}
-
-async fn authenticate_and_route(state: &State, request: hyper::Request<Incoming>) -> HttpResponse {
-    let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes().to_vec(),
-        Err(_) => {
-            return http::error_response(
-                413,
-                "payload_too_large",
-                &format!("the request body must be at most {MAX_BODY} bytes"),
-            )
-        }
-    };
-    let headers: Vec<(String, String)> = parts
+/// Puts the caller a request is signed by (or, with
+/// `--insecure-test-identity`, the one its test header names) in its
+/// extensions as the [`Caller`]; why a signature was refused, as
+/// [`NotAuthenticated`]. The router decides which routes need a caller.
+async fn authenticate(
+    State(authenticator): State<Arc<Authenticator>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, mut body) = request.into_parts();
+    let test_identity = parts
         .headers
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_ascii_lowercase(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let path = parts.uri.path().to_string();
-    let query = parts.uri.query().unwrap_or_default().to_string();
-    let mut request = HttpRequest {
-        method: parts.method.as_str().to_string(),
-        path,
-        query,
-        headers,
-        body,
-        caller: None,
+        .get(TEST_IDENTITY_HEADER)
+        .filter(|_| authenticator.insecure_test_identity);
+    let found = if let Some(identity) = test_identity {
+        let identity = String::from_utf8_lossy(identity.as_bytes())
+            .trim()
+            .to_string();
+        if identity.is_empty() || identity.len() > 200 {
+            Err(format!("{TEST_IDENTITY_HEADER} must name the caller"))
+        } else {
+            Ok(Some(StaffId(identity)))
+        }
+    } else if parts
+        .headers
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        // The signature covers the body: read it (within the limit) first.
+        let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+            Ok(bytes) => bytes,
+            Err(_) => return HttpError::PayloadTooLarge.into_response(),
+        };
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let signed = SignedRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or_default(),
+            headers: &headers,
+            body: &bytes,
+        };
+        let verified = authenticator
+            .verifier
+            .verify(&signed, chrono::Utc::now())
+            .map(|identity| Some(StaffId(identity.arn.clone())));
+        body = axum::body::Body::from(bytes);
+        verified.map_err(|error| error.to_string())
+    } else {
+        // Unsigned: no caller, as on API Gateway.
+        Ok(None)
     };
-    if !http::is_public(&request.path) {
-        match caller(state, &request) {
-            Ok(caller) => request.caller = Some(caller),
-            Err(message) => {
-                tracing::info!(method = %request.method, reason = %message, "request refused");
-                return http::error_response(403, "forbidden", &message);
-            }
+    match found {
+        Ok(Some(caller)) => {
+            parts.extensions.insert(Caller(caller));
+        }
+        Ok(None) => {}
+        Err(reason) => {
+            parts.extensions.insert(NotAuthenticated(reason));
         }
     }
-    http::route(&state.hub, &request).await
-}
-
-fn caller(state: &State, request: &HttpRequest) -> Result<StaffId, String> {
-    if state.insecure_test_identity {
-        if let Some(identity) = request.header(TEST_IDENTITY_HEADER) {
-            let identity = identity.trim();
-            if identity.is_empty() || identity.len() > 200 {
-                return Err(format!("{TEST_IDENTITY_HEADER} must name the caller"));
-            }
-            return Ok(StaffId(identity.to_string()));
-        }
-    }
-    let signed = SignedRequest {
-        method: &request.method,
-        path: &request.path,
-        query: &request.query,
-        headers: &request.headers,
-        body: &request.body,
-    };
-    state
-        .verifier
-        .verify(&signed, chrono::Utc::now())
-        .map(|identity| StaffId(identity.arn.clone()))
-        .map_err(|error| error.to_string())
+    next.run(Request::from_parts(parts, body)).await
 }

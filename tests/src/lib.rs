@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: a small embedded stack per test, a
 //! campaign driven to its deadline, and the invariants every run must keep.
 
+pub mod requests;
+
 use hub_core::domain::{
     CampaignId, CampaignState, ContactPreference, NhsNumber, ParticipationState, StaffId, UkMobile,
 };

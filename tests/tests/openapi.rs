@@ -5,10 +5,9 @@
 use hub_core::domain::{CampaignState, OdsCode};
 use hub_core::handlers::api::{CreateCampaignRequest, PracticeRequest, TargetRequest};
 use hub_core::handlers::optout_token::{self, OptOutClaim};
-use hub_core::http::{
-    self, CancelRequest, DeadlineRequest, HttpRequest, HttpResponse, OptOutRequest,
-};
+use hub_core::http::{self, CancelRequest, DeadlineRequest, OptOutRequest};
 use hub_local::LocalStack;
+use hub_tests::requests::{send, ApiRequest, ApiResponse};
 use hub_tests::*;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -42,7 +41,7 @@ fn every_route_is_described_and_every_description_is_routed() {
             (path.clone(), methods)
         })
         .collect();
-    let routed: BTreeMap<String, BTreeSet<String>> = http::ROUTES
+    let routed: BTreeMap<String, BTreeSet<String>> = http::routes()
         .iter()
         .map(|route| {
             (
@@ -52,7 +51,7 @@ fn every_route_is_described_and_every_description_is_routed() {
         })
         .collect();
     assert_eq!(described, routed);
-    for route in http::ROUTES {
+    for route in http::routes() {
         for method in route.methods {
             let operation = &spec["paths"][route.path][method.to_ascii_lowercase()];
             let security = operation.get("security").unwrap_or(&spec["security"]);
@@ -212,7 +211,7 @@ struct Checker {
 impl Checker {
     /// Checks `response` against the spec's description of `template`'s
     /// `method` for its status.
-    fn check(&mut self, template: &str, request: &HttpRequest, response: &HttpResponse) {
+    fn check(&mut self, template: &str, request: &ApiRequest, response: &ApiResponse) {
         let method = request.method.to_ascii_lowercase();
         let operation = &self.spec["paths"][template][&method];
         assert!(operation.is_object(), "{method} {template} is described");
@@ -249,7 +248,7 @@ impl Checker {
         }
     }
 
-    fn error(&self, response: &HttpResponse, status: u16) {
+    fn error(&self, response: &ApiResponse, status: u16) {
         assert_eq!(
             response.status,
             status,
@@ -266,8 +265,8 @@ impl Checker {
     }
 }
 
-async fn call(stack: &LocalStack, request: HttpRequest) -> (HttpRequest, HttpResponse) {
-    let response = http::route(&stack.hub, &request).await;
+async fn call(stack: &LocalStack, request: ApiRequest) -> (ApiRequest, ApiResponse) {
+    let response = send(&http::router(stack.hub.clone()), request.clone()).await;
     (request, response)
 }
 
@@ -293,14 +292,14 @@ async fn every_route_answers_as_described() {
 
     let (req, res) = call(
         &stack,
-        HttpRequest::new("GET", "/campaigns").caller(&alice()),
+        ApiRequest::new("GET", "/campaigns").caller(&alice()),
     )
     .await;
     checker.check("/campaigns", &req, &res);
 
     let (req, res) = call(
         &stack,
-        HttpRequest::new("POST", "/campaigns?dry_run=true")
+        ApiRequest::new("POST", "/campaigns?dry_run=true")
             .caller(&alice())
             .json(&create_body),
     )
@@ -311,7 +310,7 @@ async fn every_route_answers_as_described() {
     flagged["dry_run"] = json!(true);
     let (req, res) = call(
         &stack,
-        HttpRequest::new("POST", "/campaigns")
+        ApiRequest::new("POST", "/campaigns")
             .caller(&alice())
             .json(&flagged),
     )
@@ -320,7 +319,7 @@ async fn every_route_answers_as_described() {
     checker.check("/campaigns", &req, &res);
     let (_, res) = call(
         &stack,
-        HttpRequest::new("GET", "/campaigns").caller(&alice()),
+        ApiRequest::new("GET", "/campaigns").caller(&alice()),
     )
     .await;
     assert_eq!(
@@ -331,7 +330,7 @@ async fn every_route_answers_as_described() {
 
     let (req, res) = call(
         &stack,
-        HttpRequest::new("POST", "/campaigns")
+        ApiRequest::new("POST", "/campaigns")
             .caller(&alice())
             .json(&create_body),
     )
@@ -348,18 +347,18 @@ async fn every_route_answers_as_described() {
     );
     let at = |suffix: &str| format!("/campaigns/{id}{suffix}");
 
-    let (req, res) = call(&stack, HttpRequest::new("GET", &at("")).caller(&alice())).await;
+    let (req, res) = call(&stack, ApiRequest::new("GET", &at("")).caller(&alice())).await;
     checker.check("/campaigns/{id}", &req, &res);
     let (req, res) = call(
         &stack,
-        HttpRequest::new("POST", &at("/approve")).caller(&alice()),
+        ApiRequest::new("POST", &at("/approve")).caller(&alice()),
     )
     .await;
     assert_eq!(res.status, 403, "the creator cannot approve");
     checker.check("/campaigns/{id}/approve", &req, &res);
     let (req, res) = call(
         &stack,
-        HttpRequest::new("POST", &at("/approve")).caller(&bob()),
+        ApiRequest::new("POST", &at("/approve")).caller(&bob()),
     )
     .await;
     assert_eq!(res.status, 200);
@@ -367,7 +366,7 @@ async fn every_route_answers_as_described() {
 
     let (req, res) = call(
         &stack,
-        HttpRequest::new("POST", &at("/opt-outs"))
+        ApiRequest::new("POST", &at("/opt-outs"))
             .caller(&bob())
             .json(&json!({ "ods": ods[0].as_str().to_ascii_lowercase() })),
     )
@@ -391,7 +390,7 @@ async fn every_route_answers_as_described() {
     );
     let (req, res) = call(
         &stack,
-        HttpRequest::new("GET", &format!("/optout?token={token}")),
+        ApiRequest::new("GET", &format!("/optout?token={token}")),
     )
     .await;
     assert_eq!(res.status, 200);
@@ -410,19 +409,15 @@ async fn every_route_answers_as_described() {
         hub_core::domain::ParticipationState::Notified,
         "showing the page changes nothing"
     );
-    let mut confirm = HttpRequest::new("POST", "/optout");
+    let mut confirm = ApiRequest::new("POST", "/optout");
     confirm.body = format!("token={token}").into_bytes();
     let (req, res) = call(&stack, confirm).await;
     assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
     checker.check("/optout", &req, &res);
-    let (req, res) = call(
-        &stack,
-        HttpRequest::new("GET", "/optout?token=forged.token"),
-    )
-    .await;
+    let (req, res) = call(&stack, ApiRequest::new("GET", "/optout?token=forged.token")).await;
     checker.check("/optout", &req, &res);
     checker.error(&res, 403);
-    let mut browser = HttpRequest::new("GET", "/optout?token=forged.token");
+    let mut browser = ApiRequest::new("GET", "/optout?token=forged.token");
     browser.headers.push(("accept".into(), "text/html".into()));
     let (req, res) = call(&stack, browser).await;
     assert_eq!(res.status, 403);
@@ -430,7 +425,7 @@ async fn every_route_answers_as_described() {
 
     let (req, res) = call(
         &stack,
-        HttpRequest::new("POST", &at("/deadline"))
+        ApiRequest::new("POST", &at("/deadline"))
             .caller(&bob())
             .json(&json!({ "optout_deadline": chrono::Utc::now().to_rfc3339() })),
     )
@@ -446,7 +441,7 @@ async fn every_route_answers_as_described() {
     )
     .await;
 
-    let (req, res) = call(&stack, HttpRequest::new("GET", &at("")).caller(&alice())).await;
+    let (req, res) = call(&stack, ApiRequest::new("GET", &at("")).caller(&alice())).await;
     checker.check("/campaigns/{id}", &req, &res);
     let detail = res.json_body().expect("json");
     assert_eq!(detail["state"], "completed");
@@ -457,14 +452,14 @@ async fn every_route_answers_as_described() {
     assert!(detail["totals"]["sent"].as_u64().is_some_and(|n| n > 0));
     let (req, res) = call(
         &stack,
-        HttpRequest::new("GET", &at("/report")).caller(&alice()),
+        ApiRequest::new("GET", &at("/report")).caller(&alice()),
     )
     .await;
     checker.check("/campaigns/{id}/report", &req, &res);
     assert_eq!(res.json_body().expect("json")["adds_up"], true);
     let (req, res) = call(
         &stack,
-        HttpRequest::new("GET", &at("/audit")).caller(&alice()),
+        ApiRequest::new("GET", &at("/audit")).caller(&alice()),
     )
     .await;
     checker.check("/campaigns/{id}/audit", &req, &res);
@@ -490,13 +485,13 @@ async fn every_route_answers_as_described() {
     }
     let (req, res) = call(
         &stack,
-        HttpRequest::new("GET", &at("/audit")).caller(&alice()),
+        ApiRequest::new("GET", &at("/audit")).caller(&alice()),
     )
     .await;
     checker.check("/campaigns/{id}/audit", &req, &res);
     let (req, res) = call(
         &stack,
-        HttpRequest::new("POST", &at("/cancel"))
+        ApiRequest::new("POST", &at("/cancel"))
             .caller(&alice())
             .json(&json!({ "reason": "too late" })),
     )
@@ -505,7 +500,7 @@ async fn every_route_answers_as_described() {
     checker.check("/campaigns/{id}/cancel", &req, &res);
     let (req, res) = call(
         &stack,
-        HttpRequest::new("GET", "/campaigns").caller(&alice()),
+        ApiRequest::new("GET", "/campaigns").caller(&alice()),
     )
     .await;
     checker.check("/campaigns", &req, &res);
@@ -513,7 +508,7 @@ async fn every_route_answers_as_described() {
     // A second campaign, cancelled while pending.
     let (_, res) = call(
         &stack,
-        HttpRequest::new("POST", "/campaigns")
+        ApiRequest::new("POST", "/campaigns")
             .caller(&bob())
             .json(&create_body),
     )
@@ -524,7 +519,7 @@ async fn every_route_answers_as_described() {
         .to_string();
     let (req, res) = call(
         &stack,
-        HttpRequest::new("POST", &format!("/campaigns/{second}/cancel"))
+        ApiRequest::new("POST", &format!("/campaigns/{second}/cancel"))
             .caller(&alice())
             .json(&json!({ "reason": "Alert withdrawn by UKHSA" })),
     )
@@ -534,13 +529,13 @@ async fn every_route_answers_as_described() {
 
     let (req, res) = call(
         &stack,
-        HttpRequest::new("GET", "/practices").caller(&alice()),
+        ApiRequest::new("GET", "/practices").caller(&alice()),
     )
     .await;
     checker.check("/practices", &req, &res);
     let (req, res) = call(
         &stack,
-        HttpRequest::new("PUT", &format!("/practices/{}", ods[2]))
+        ApiRequest::new("PUT", &format!("/practices/{}", ods[2]))
             .caller(&alice())
             .json(&json!({
                 "ods": ods[2],
@@ -555,7 +550,7 @@ async fn every_route_answers_as_described() {
     checker.check("/practices/{ods}", &req, &res);
     let (req, res) = call(
         &stack,
-        HttpRequest::new("PUT", "/practices/G12345")
+        ApiRequest::new("PUT", "/practices/G12345")
             .caller(&alice())
             .json(&json!({ "ods": ods[2], "name": "x", "notice_email": "a@b.nhs.uk" })),
     )
@@ -569,7 +564,7 @@ async fn every_route_answers_as_described() {
     // Everything the caller gets wrong is a described 4xx.
     let (req, res) = call(
         &stack,
-        HttpRequest::new("POST", "/campaigns")
+        ApiRequest::new("POST", "/campaigns")
             .caller(&alice())
             .json(&json!({ "name": "x" })),
     )
@@ -577,7 +572,7 @@ async fn every_route_answers_as_described() {
     checker.check("/campaigns", &req, &res);
     checker.error(&res, 400);
     assert_eq!(res.json_body().expect("json")["field"], "message");
-    let mut malformed = HttpRequest::new("POST", "/campaigns").caller(&alice());
+    let mut malformed = ApiRequest::new("POST", "/campaigns").caller(&alice());
     malformed.body = b"{\"name\": \"x\",\n  \"message\": }".to_vec();
     let (req, res) = call(&stack, malformed).await;
     checker.check("/campaigns", &req, &res);
@@ -591,32 +586,32 @@ async fn every_route_answers_as_described() {
     );
     let (req, res) = call(
         &stack,
-        HttpRequest::new("GET", "/campaigns/NOT-AN-ID").caller(&alice()),
+        ApiRequest::new("GET", "/campaigns/NOT-AN-ID").caller(&alice()),
     )
     .await;
     checker.check("/campaigns/{id}", &req, &res);
     checker.error(&res, 400);
     let (req, res) = call(
         &stack,
-        HttpRequest::new("GET", "/campaigns/0123456789ab/report").caller(&alice()),
+        ApiRequest::new("GET", "/campaigns/0123456789ab/report").caller(&alice()),
     )
     .await;
     checker.check("/campaigns/{id}/report", &req, &res);
     checker.error(&res, 404);
-    let (req, res) = call(&stack, HttpRequest::new("GET", "/campaigns")).await;
+    let (req, res) = call(&stack, ApiRequest::new("GET", "/campaigns")).await;
     checker.check("/campaigns", &req, &res);
     checker.error(&res, 403);
-    let (_, res) = call(&stack, HttpRequest::new("GET", "/nowhere").caller(&alice())).await;
+    let (_, res) = call(&stack, ApiRequest::new("GET", "/nowhere").caller(&alice())).await;
     checker.error(&res, 404);
     let (_, res) = call(
         &stack,
-        HttpRequest::new("DELETE", "/campaigns").caller(&alice()),
+        ApiRequest::new("DELETE", "/campaigns").caller(&alice()),
     )
     .await;
     checker.error(&res, 405);
     assert_eq!(res.header("allow"), Some("GET, POST"));
 
-    let every: BTreeSet<(String, String)> = http::ROUTES
+    let every: BTreeSet<(String, String)> = http::routes()
         .iter()
         .flat_map(|r| {
             r.methods
@@ -634,6 +629,7 @@ async fn every_route_answers_as_described() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_never_gets_a_5xx() {
     let stack = LocalStack::start(config(2, 200, 5)).await.expect("stack");
+    let router = http::router(stack.hub.clone());
     let deep = "[".repeat(100_000);
     let long = "a".repeat(300_000);
     let bodies: Vec<Vec<u8>> = vec![
@@ -674,9 +670,9 @@ async fn garbage_never_gets_a_5xx() {
     for path in paths {
         for method in ["GET", "POST", "PUT", "DELETE", "get"] {
             for body in &bodies {
-                let mut request = HttpRequest::new(method, path).caller(&alice());
+                let mut request = ApiRequest::new(method, path).caller(&alice());
                 request.body = body.clone();
-                let response = http::route(&stack.hub, &request).await;
+                let response = send(&router, request).await;
                 assert!(
                     response.status < 500,
                     "{method} {path} with {} bytes: {} {}",
@@ -700,4 +696,44 @@ async fn garbage_never_gets_a_5xx() {
         .await
         .expect("list")
         .is_empty());
+}
+
+/// A path reaches its template with its `{parameter}`, a trailing slash is
+/// ignored, and anything else is a 404; only the opt-out link is served
+/// without a caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_match_their_templates() {
+    let stack = LocalStack::start(config(2, 100, 8)).await.expect("stack");
+    let router = http::router(stack.hub.clone());
+    let res = send(
+        &router,
+        ApiRequest::new("POST", "/campaigns/0123456789ab/opt-outs")
+            .caller(&alice())
+            .json(&json!({ "ods": "G85001" })),
+    )
+    .await;
+    assert_eq!(res.status, 404);
+    assert_eq!(
+        res.json_body().expect("json")["message"],
+        "campaign 0123456789ab not found"
+    );
+    let res = send(
+        &router,
+        ApiRequest::new("GET", "/campaigns/").caller(&alice()),
+    )
+    .await;
+    assert_eq!(res.status, 200, "as /campaigns");
+    for path in ["/campaigns//approve", "/nope", "/"] {
+        let res = send(&router, ApiRequest::new("POST", path).caller(&alice())).await;
+        assert_eq!(res.status, 404, "{path}");
+        assert_eq!(res.json_body().expect("json")["code"], "not_found");
+    }
+    let res = send(&router, ApiRequest::new("GET", "/optout")).await;
+    assert_eq!(
+        res.status, 400,
+        "public: the token is missing, not the caller"
+    );
+    assert_eq!(res.json_body().expect("json")["field"], "token");
+    let res = send(&router, ApiRequest::new("GET", "/campaigns")).await;
+    assert_eq!(res.status, 403);
 }

@@ -1,6 +1,12 @@
-//! The optout-link function: the staff router (hub_core::http) behind API Gateway.
+//! The optout-link function: the practice's opt-out link behind a public
+//! API Gateway route; only the public routes (hub_core::http), every other
+//! path a 404.
+
+use functions::lambda::{api_gateway, init_tracing};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    functions::lambda::run_http_function(true).await
+    init_tracing();
+    let wired = functions::wiring::hub_from_env().await?;
+    lambda_http::run(api_gateway(hub_core::http::public_router(wired.hub))).await
 }

@@ -119,7 +119,8 @@ pub struct HttpServers {
     pub postal: NotifyServer,
     pub fhir: FhirServer,
     pub receipts_url: String,
-    _receipts: tokio::task::JoinHandle<()>,
+    /// Serving from when the hub is built.
+    _receipts: Option<JoinHandle<()>>,
 }
 
 pub struct LocalStack {
@@ -154,7 +155,7 @@ impl LocalStack {
         let mut wiring = match config.transport {
             Transport::InProcess => Wiring::in_process(&gateways, &postal, &estate, &sink),
             Transport::Http => {
-                Wiring::over_http(&gateways, &postal, &estate, &sink, &mut practices).await?
+                Wiring::over_http(&gateways, &postal, &estate, &mut practices).await?
             }
         };
         wiring.use_external(&config.external, &mut practices)?;
@@ -180,6 +181,9 @@ impl LocalStack {
         .build()?;
         if let Ok(mut slot) = sink.hub.lock() {
             *slot = Some(hub.clone());
+        }
+        if let (Some(http), Some(receipts)) = (wiring.http.as_mut(), wiring.receipts.take()) {
+            http._receipts = Some(receipts.serve(&hub));
         }
         for practice in &practices {
             hub.store.put_practice(practice).await?;
@@ -472,6 +476,8 @@ struct Wiring {
     letters: Arc<dyn LetterProvider>,
     gp: Arc<dyn GpConnector>,
     http: Option<HttpServers>,
+    /// The HTTP stack's receipts endpoint, to serve once the hub is built.
+    receipts: Option<ReceiptsEndpoint>,
 }
 
 impl Wiring {
@@ -500,6 +506,7 @@ impl Wiring {
             letters: postal.clone(),
             gp: estate.clone(),
             http: None,
+            receipts: None,
         }
     }
 
@@ -510,14 +517,13 @@ impl Wiring {
         gateways: &[Arc<GatewaySim>],
         postal: &Arc<GatewaySim>,
         estate: &Arc<GpEstate>,
-        sink: &Arc<ReceiptsHandler>,
         practices: &mut [hub_core::ports::Practice],
     ) -> anyhow::Result<Self> {
-        let callback_token = Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string()));
-        let receipts = start_receipts(sink.clone(), callback_token.clone()).await?;
+        let receipts = ReceiptsEndpoint::bind().await?;
+        let receipts_url = receipts.url()?;
         let target = CallbackTarget {
-            url: receipts.0.clone(),
-            bearer: SecretString::from(callback_token.expose_secret().to_string()),
+            url: receipts_url.clone(),
+            bearer: SecretString::from(receipts.token.expose_secret().to_string()),
         };
         let templates = NotifyTemplates {
             sms: uuid::Uuid::new_v4().to_string(),
@@ -570,9 +576,10 @@ impl Wiring {
                 notify,
                 postal: postal_server,
                 fhir,
-                receipts_url: receipts.0,
-                _receipts: receipts.1,
+                receipts_url,
+                _receipts: None,
             }),
+            receipts: Some(receipts),
         })
     }
 
@@ -614,45 +621,41 @@ impl Wiring {
 }
 
 /// The local receipts endpoint: what API Gateway and the receipts function
-/// are on AWS. Returns its URL and its server task.
-async fn start_receipts(
-    sink: Arc<ReceiptsHandler>,
-    token: Arc<SecretString>,
-) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
-    use axum::http::{HeaderMap, StatusCode};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/receipts", listener.local_addr()?);
-    let app = axum::Router::new().route(
-        "/receipts",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let sink = sink.clone();
-            let token = token.clone();
-            async move {
-                let hub = sink.hub.lock().ok().and_then(|h| h.clone());
-                let Some(hub) = hub else {
-                    return StatusCode::SERVICE_UNAVAILABLE;
-                };
-                let authorization = headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok());
-                let status = hub_core::handlers::receipts::handle_delivery_callback(
-                    &hub,
-                    authorization,
-                    &body,
-                    &token,
-                    hub_adapters::notify::parse_callback,
-                )
-                .await;
-                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+/// are on AWS, with the receipts function's router. Bound first, for the
+/// simulated providers' callback URL; served once the hub exists.
+struct ReceiptsEndpoint {
+    listener: tokio::net::TcpListener,
+    token: SecretString,
+}
+
+impl ReceiptsEndpoint {
+    async fn bind() -> anyhow::Result<Self> {
+        Ok(Self {
+            listener: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            token: SecretString::from(uuid::Uuid::new_v4().to_string()),
+        })
+    }
+
+    /// The path the template gives the receipts function, for Notify.
+    fn url(&self) -> anyhow::Result<String> {
+        Ok(format!(
+            "http://{}/receipts/notify",
+            self.listener.local_addr()?
+        ))
+    }
+
+    fn serve(self, hub: &Hub) -> JoinHandle<()> {
+        let router = hub_core::http::receipts_router(
+            hub.clone(),
+            self.token,
+            hub_adapters::notify::parse_callback,
+        );
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(self.listener, router).await {
+                tracing::error!(%error, "receipts endpoint stopped");
             }
-        }),
-    );
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "receipts endpoint stopped");
-        }
-    });
-    Ok((url, task))
+        })
+    }
 }
 
 impl Drop for LocalStack {

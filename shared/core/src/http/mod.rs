@@ -1,341 +1,388 @@
-//! HTTP routing of the staff API and the public opt-out link, independent
-//! of any web framework. The `api` and `optout-link` Lambda functions (via
-//! `lambda_http`) and `hub local serve` (via hyper) each turn their request
-//! into an [`HttpRequest`], authenticate the caller their own way, call
-//! [`route`] and send back the [`HttpResponse`].
+//! The staff API, the practice's opt-out link and the providers' delivery
+//! callbacks as axum routers: one HTTP path. The `api`, `optout-link` and
+//! `receipts` Lambda functions serve them with `lambda_http::run`, and
+//! `hub local serve` and the local stack with `axum::serve`.
 //!
-//! Every error has the shared JSON shape of [`ApiError::body`]
-//! (`{code, message, field, errors[]}`); whatever the caller got wrong is a
-//! 4xx, and a panic in a handler becomes a 500 rather than a dead process.
+//! Whoever authenticates in front of the router (the Lambda glue from API
+//! Gateway's IAM principal, `hub local serve` from a SigV4 signature) puts
+//! the [`Caller`] in the request's extensions; the staff routes take it
+//! out and refuse a request without one.
+//!
+//! Every error has one JSON shape, `{code, message, field, errors[]}`,
+//! written in one place ([`HttpError`]'s `IntoResponse`): whatever the
+//! caller got wrong is a 4xx, and a panic in a handler becomes a 500
+//! rather than a dead process.
 
+mod json;
 mod optout;
+mod receipts;
 
-use crate::domain::StaffId;
+pub use json::{from_json, parse_body, parse_json, JsonBody, RawBody};
+pub use receipts::receipts_router;
+
+use crate::domain::{CampaignId, OdsCode, StaffId};
 use crate::handlers::api::{self, ApiError, CreateCampaignRequest, PracticeRequest};
 use crate::handlers::Hub;
-use futures::FutureExt;
-use serde::de::DeserializeOwned;
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::handler::Handler;
+use axum::http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter};
+use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::panic::AssertUnwindSafe;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
 
 /// Largest request body accepted (the biggest real one, a campaign, is a
 /// few kilobytes).
 pub const MAX_BODY: usize = 256 * 1024;
 
-/// A request as the router sees it.
-#[derive(Debug, Clone, Default)]
-pub struct HttpRequest {
-    /// `GET`, `POST`, ... (any case).
-    pub method: String,
-    /// The path, without the query string; e.g. `/campaigns/0123abcd4567`.
-    pub path: String,
-    /// The raw query string without the `?`, still percent-encoded.
-    pub query: String,
-    /// Header names in lowercase.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    /// The authenticated caller (the IAM principal on AWS, the verified
-    /// local identity in `hub local serve`); `None` when unauthenticated.
-    pub caller: Option<StaffId>,
+/// The authenticated caller, in the request's extensions: the IAM
+/// principal on AWS, the verified local identity in `hub local serve`.
+/// As an extractor it refuses a request without one with a 403.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub StaffId);
+
+/// Why the authentication in front of the router found no caller (a bad
+/// signature, say), in the request's extensions: the 403's message. A
+/// request that was simply not signed needs none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAuthenticated(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let reason = match parts.extensions.get::<NotAuthenticated>() {
+            Some(NotAuthenticated(reason)) => reason.clone(),
+            None => "the request must be signed by an authorised staff identity".to_string(),
+        };
+        tracing::info!(method = %parts.method, %reason, "request refused");
+        Err(ApiError::Forbidden(reason))
+    }
 }
 
-impl HttpRequest {
-    /// A request for `path_and_query`, e.g. `/campaigns?dry_run=true`.
-    pub fn new(method: &str, path_and_query: &str) -> Self {
-        let (path, query) = path_and_query
-            .split_once('?')
-            .unwrap_or((path_and_query, ""));
-        Self {
-            method: method.to_string(),
-            path: path.to_string(),
-            query: query.to_string(),
-            ..Self::default()
+/// Every error the routers answer with. The handlers' own errors are
+/// [`ApiError`]s; the rest arise before a handler runs.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("no such route: {0}")]
+    NoRoute(String),
+    #[error("{path} accepts {allow}")]
+    MethodNotAllowed { path: &'static str, allow: String },
+    #[error("the request body must be at most {MAX_BODY} bytes")]
+    PayloadTooLarge,
+}
+
+impl HttpError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Api(error) => {
+                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
-
-    /// A JSON body.
-    pub fn json(mut self, body: &Value) -> Self {
-        self.body = body.to_string().into_bytes();
-        self.headers
-            .push(("content-type".into(), "application/json".into()));
-        self
-    }
-
-    pub fn caller(mut self, caller: &StaffId) -> Self {
-        self.caller = Some(caller.clone());
-        self
-    }
-
-    /// The first value of a header, by case-insensitive name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The first value of a query parameter, decoded.
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.query.as_bytes())
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.into_owned())
-    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpResponse {
-    pub status: u16,
-    /// Header names in lowercase.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn json(status: u16, body: &impl Serialize) -> Self {
-        match serde_json::to_vec(body) {
-            Ok(body) => Self {
-                status,
-                headers: vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("cache-control".into(), "no-store".into()),
-                ],
-                body,
-            },
-            Err(error) => {
-                tracing::error!(%error, "response not serialisable");
-                error_response(500, "internal", "internal error")
+/// The one place an error becomes a response.
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = match &self {
+            Self::Api(error) => {
+                if let ApiError::Internal(source) = error {
+                    tracing::error!(error = %format!("{source:#}"), "request failed");
+                }
+                error.body()
+            }
+            other => {
+                let code = match other {
+                    Self::NoRoute(_) => "not_found",
+                    Self::MethodNotAllowed { .. } => "method_not_allowed",
+                    _ => "payload_too_large",
+                };
+                serde_json::json!({
+                    "code": code,
+                    "message": other.to_string(),
+                    "field": null,
+                    "errors": [],
+                })
+            }
+        };
+        let mut response = json_bytes(self.status(), body.to_string().into_bytes());
+        if let Self::MethodNotAllowed { allow, .. } = &self {
+            if let Ok(allow) = HeaderValue::from_str(allow) {
+                response.headers_mut().insert(ALLOW, allow);
             }
         }
-    }
-
-    pub fn html(status: u16, page: String) -> Self {
-        Self {
-            status,
-            headers: vec![
-                ("content-type".into(), "text/html; charset=utf-8".into()),
-                ("cache-control".into(), "no-store".into()),
-                (
-                    "content-security-policy".into(),
-                    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
-                     frame-ancestors 'none'"
-                        .into(),
-                ),
-                ("x-content-type-options".into(), "nosniff".into()),
-                ("referrer-policy".into(), "no-referrer".into()),
-            ],
-            body: page.into_bytes(),
-        }
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as JSON, if it is JSON.
-    pub fn json_body(&self) -> Option<Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
-
-    fn with_header(mut self, name: &str, value: String) -> Self {
-        self.headers.push((name.to_string(), value));
-        self
+        response
     }
 }
 
-/// One route: a path template (`{name}` matches one segment) and its methods.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        HttpError::Api(self).into_response()
+    }
+}
+
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A JSON response that no cache keeps.
+pub fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(body) => json_bytes(status, body),
+        Err(error) => ApiError::Internal(anyhow::anyhow!("response not serialisable: {error}"))
+            .into_response(),
+    }
+}
+
+/// The methods the routes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Get,
+    Post,
+    Put,
+}
+
+impl Verb {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Self::Get => MethodFilter::GET,
+            Self::Post => MethodFilter::POST,
+            Self::Put => MethodFilter::PUT,
+        }
+    }
+}
+
+/// One operation: a path (`{name}` matches one segment), a method and its
+/// handler.
+struct Operation<S = Hub> {
+    path: &'static str,
+    verb: Verb,
+    /// Served without a caller.
+    public: bool,
+    handler: MethodRouter<S>,
+}
+
+fn operation<H, T, S>(path: &'static str, verb: Verb, public: bool, handler: H) -> Operation<S>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    Operation {
+        path,
+        verb,
+        public,
+        handler: axum::routing::on(verb.filter(), handler),
+    }
+}
+
+/// Every operation of the staff API and the opt-out link: the one table
+/// the routers are built from and [`routes`] lists.
+fn operations() -> Vec<Operation> {
+    use Verb::{Get, Post, Put};
+    let staff = false;
+    let public = true;
+    vec![
+        operation("/campaigns", Get, staff, list_campaigns),
+        operation("/campaigns", Post, staff, create_campaign),
+        operation("/campaigns/{id}", Get, staff, campaign_detail),
+        operation("/campaigns/{id}/approve", Post, staff, approve),
+        operation("/campaigns/{id}/cancel", Post, staff, cancel),
+        operation("/campaigns/{id}/deadline", Post, staff, deadline),
+        operation("/campaigns/{id}/opt-outs", Post, staff, opt_out),
+        operation("/campaigns/{id}/report", Get, staff, report),
+        operation("/campaigns/{id}/audit", Get, staff, audit),
+        operation("/practices", Get, staff, list_practices),
+        operation("/practices/{ods}", Put, staff, put_practice),
+        operation("/optout", Get, public, optout::ask),
+        operation("/optout", Post, public, optout::confirm),
+    ]
+}
+
+/// One route of a router: its path template and its methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
     pub path: &'static str,
-    pub methods: &'static [&'static str],
+    pub methods: Vec<&'static str>,
     /// Served without a caller (the practice's opt-out link).
     pub public: bool,
 }
 
-const fn staff(path: &'static str, methods: &'static [&'static str]) -> RouteSpec {
-    RouteSpec {
-        path,
-        methods,
-        public: false,
-    }
+/// Every route of [`router`]; `openapi.yaml` describes exactly these.
+pub fn routes() -> Vec<RouteSpec> {
+    by_path(operations())
+        .into_iter()
+        .map(|(route, _)| route)
+        .collect()
 }
 
-/// Every route of the router; `openapi.yaml` describes exactly these.
-pub const ROUTES: &[RouteSpec] = &[
-    staff("/campaigns", &["GET", "POST"]),
-    staff("/campaigns/{id}", &["GET"]),
-    staff("/campaigns/{id}/approve", &["POST"]),
-    staff("/campaigns/{id}/cancel", &["POST"]),
-    staff("/campaigns/{id}/deadline", &["POST"]),
-    staff("/campaigns/{id}/opt-outs", &["POST"]),
-    staff("/campaigns/{id}/report", &["GET"]),
-    staff("/campaigns/{id}/audit", &["GET"]),
-    staff("/practices", &["GET"]),
-    staff("/practices/{ods}", &["PUT"]),
-    RouteSpec {
-        path: "/optout",
-        methods: &["GET", "POST"],
-        public: true,
-    },
-];
-
-/// The route a path belongs to, with the values of its `{parameters}`.
-pub fn match_route(path: &str) -> Option<(&'static RouteSpec, Vec<String>)> {
-    let path = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(path);
-    let segments: Vec<&str> = path.split('/').collect();
-    ROUTES.iter().find_map(|route| {
-        let template: Vec<&str> = route.path.split('/').collect();
-        if template.len() != segments.len() {
-            return None;
-        }
-        let mut params = Vec::new();
-        for (t, s) in template.iter().zip(&segments) {
-            if t.starts_with('{') {
-                if s.is_empty() {
-                    return None;
-                }
-                params.push(decode_segment(s));
-            } else if t != s {
-                return None;
+fn by_path<S: Clone + Send + Sync + 'static>(
+    operations: Vec<Operation<S>>,
+) -> Vec<(RouteSpec, MethodRouter<S>)> {
+    let mut routes: Vec<(RouteSpec, MethodRouter<S>)> = Vec::new();
+    for operation in operations {
+        match routes
+            .iter_mut()
+            .find(|(route, _)| route.path == operation.path)
+        {
+            Some((route, handlers)) => {
+                route.methods.push(operation.verb.name());
+                route.public &= operation.public;
+                *handlers = std::mem::take(handlers).merge(operation.handler);
             }
+            None => routes.push((
+                RouteSpec {
+                    path: operation.path,
+                    methods: vec![operation.verb.name()],
+                    public: operation.public,
+                },
+                operation.handler,
+            )),
         }
-        Some((route, params))
-    })
+    }
+    routes
 }
 
-fn decode_segment(segment: &str) -> String {
-    // `+` is literal in a path; decode only `%XX`.
-    let escaped = segment.replace('+', "%2B");
-    form_urlencoded::parse(format!("x={escaped}").as_bytes())
-        .next()
+/// The staff API and the opt-out link, for the api function and `hub
+/// local serve`.
+pub fn router(hub: Hub) -> Router {
+    build(operations()).with_state(hub)
+}
+
+/// Only the opt-out link, for the public optout-link function: every other
+/// path is a 404.
+pub fn public_router(hub: Hub) -> Router {
+    build(operations().into_iter().filter(|o| o.public).collect()).with_state(hub)
+}
+
+/// A router of `operations` with what every router has: a 405 naming the
+/// allowed methods, a 404 for any other path, a trailing slash ignored,
+/// the body limit and a panic caught as a 500.
+fn build<S: Clone + Send + Sync + 'static>(operations: Vec<Operation<S>>) -> Router<S> {
+    let mut router = Router::new();
+    for (route, handlers) in by_path(operations) {
+        let path = route.path;
+        let allow = route.methods.join(", ");
+        let refuse = move || {
+            let error = HttpError::MethodNotAllowed {
+                path,
+                allow: allow.clone(),
+            };
+            async move { error }
+        };
+        // A GET route would also answer HEAD.
+        let handlers = handlers.head(refuse.clone()).fallback(refuse);
+        router = router
+            .route(path, handlers.clone())
+            .route(&format!("{path}/"), handlers);
+    }
+    router
+        .fallback(no_route)
+        .route_layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::map_response(too_large_in_json))
+        .layer(CatchPanicLayer::custom(panicked))
+}
+
+async fn no_route(uri: Uri) -> HttpError {
+    HttpError::NoRoute(uri.path().chars().take(100).collect())
+}
+
+/// The body limit refuses a request whose `Content-Length` is too large
+/// before any handler runs, in plain text.
+async fn too_large_in_json(response: Response) -> Response {
+    let json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return HttpError::PayloadTooLarge.into_response();
+    }
+    response
+}
+
+/// Logged without the panic's message, which may hold request data.
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
+}
+
+/// One path segment, percent-decoded; `field` names it in an error. An
+/// empty segment (`/campaigns//approve`) is no route at all.
+async fn segment(parts: &mut Parts, field: &str) -> Result<String, HttpError> {
+    match Path::<String>::from_request_parts(parts, &()).await {
+        Ok(Path(segment)) if segment.is_empty() => Err(no_route(parts.uri.clone()).await),
+        Ok(Path(segment)) => Ok(segment),
+        Err(_) => Err(ApiError::field(field, "must be valid UTF-8 once percent-decoded").into()),
+    }
+}
+
+/// The `{id}` of a campaign route.
+struct CampaignPath(CampaignId);
+
+impl<S: Send + Sync> FromRequestParts<S> for CampaignPath {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        Ok(Self(api::parse_campaign_id(&segment(parts, "id").await?)?))
+    }
+}
+
+/// The `{ods}` of a practice route.
+struct OdsPath(OdsCode);
+
+impl<S: Send + Sync> FromRequestParts<S> for OdsPath {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        let ods = segment(parts, "ods").await?;
+        OdsCode::parse(&ods)
+            .map(Self)
+            .map_err(|error| ApiError::field("ods", error.to_string()).into())
+    }
+}
+
+/// The first value of a query parameter, decoded.
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(n, _)| n == name)
         .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
-/// Whether `path` is served without a caller; an adapter skips its
-/// authentication for these.
-pub fn is_public(path: &str) -> bool {
-    match_route(path).is_some_and(|(route, _)| route.public)
-}
-
-/// A JSON error body with the shape of [`ApiError::body`], for the errors
-/// that arise before a handler runs.
-pub fn error_response(status: u16, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::json(
-        status,
-        &serde_json::json!({
-            "code": code,
-            "message": message,
-            "field": null,
-            "errors": [],
-        }),
-    )
-}
-
-fn api_error(error: &ApiError) -> HttpResponse {
-    if let ApiError::Internal(source) = error {
-        tracing::error!(error = %format!("{source:#}"), "request failed");
+fn flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    match query_param(query, name).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::field(name, "must be true or false")),
     }
-    HttpResponse::json(error.status(), &error.body())
-}
-
-/// Serves one request. Never panics: a panic in a handler is caught and
-/// answered with a 500.
-pub async fn route(hub: &Hub, request: &HttpRequest) -> HttpResponse {
-    match AssertUnwindSafe(dispatch(hub, request))
-        .catch_unwind()
-        .await
-    {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::error!(method = %request.method, "request handler panicked");
-            error_response(500, "internal", "internal error")
-        }
-    }
-}
-
-async fn dispatch(hub: &Hub, request: &HttpRequest) -> HttpResponse {
-    let Some((route, params)) = match_route(&request.path) else {
-        let shown: String = request.path.chars().take(100).collect();
-        return error_response(404, "not_found", &format!("no such route: {shown}"));
-    };
-    let method = request.method.to_ascii_uppercase();
-    if !route.methods.contains(&method.as_str()) {
-        let allowed = route.methods.join(", ");
-        return error_response(
-            405,
-            "method_not_allowed",
-            &format!("{} accepts {allowed}", route.path),
-        )
-        .with_header("allow", allowed);
-    }
-    if request.body.len() > MAX_BODY {
-        return error_response(
-            413,
-            "payload_too_large",
-            &format!("the request body must be at most {MAX_BODY} bytes"),
-        );
-    }
-    if route.public {
-        return optout::serve(hub, request, &method).await;
-    }
-    let Some(caller) = &request.caller else {
-        return error_response(
-            403,
-            "forbidden",
-            "the request must be signed by an authorised staff identity",
-        );
-    };
-    let param = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
-    let result = match (route.path, method.as_str()) {
-        ("/campaigns", "GET") => api::list(hub)
-            .await
-            .map(|campaigns| HttpResponse::json(200, &CampaignList { campaigns })),
-        ("/campaigns", "POST") => create(hub, caller, request).await,
-        ("/campaigns/{id}", "GET") => match api::parse_campaign_id(param(0)) {
-            Ok(id) => api::detail(hub, &id)
-                .await
-                .map(|detail| HttpResponse::json(200, &detail)),
-            Err(error) => Err(error),
-        },
-        ("/campaigns/{id}/approve", "POST") => match api::parse_campaign_id(param(0)) {
-            Ok(id) => api::approve(hub, caller, &id)
-                .await
-                .map(|view| HttpResponse::json(200, &view)),
-            Err(error) => Err(error),
-        },
-        ("/campaigns/{id}/cancel", "POST") => cancel(hub, caller, param(0), request).await,
-        ("/campaigns/{id}/deadline", "POST") => deadline(hub, caller, param(0), request).await,
-        ("/campaigns/{id}/opt-outs", "POST") => opt_out(hub, caller, param(0), request).await,
-        ("/campaigns/{id}/report", "GET") => match api::parse_campaign_id(param(0)) {
-            Ok(id) => api::report(hub, &id)
-                .await
-                .map(|report| HttpResponse::json(200, &report)),
-            Err(error) => Err(error),
-        },
-        ("/campaigns/{id}/audit", "GET") => match api::parse_campaign_id(param(0)) {
-            Ok(id) => api::audit(hub, &id)
-                .await
-                .map(|events| HttpResponse::json(200, &AuditList { events })),
-            Err(error) => Err(error),
-        },
-        ("/practices", "GET") => api::list_practices(hub)
-            .await
-            .map(|practices| HttpResponse::json(200, &PracticeList { practices })),
-        ("/practices/{ods}", "PUT") => put_practice(hub, caller, param(0), request).await,
-        _ => Ok(error_response(
-            404,
-            "not_found",
-            "no such route for this method",
-        )),
-    };
-    result.unwrap_or_else(|error| api_error(&error))
 }
 
 #[derive(Debug, Serialize)]
@@ -375,104 +422,21 @@ pub struct OptOutRequest {
     pub ods: String,
 }
 
-/// Parses a JSON body; a syntax error names the position.
-pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::field("body", "is required: a JSON object"));
-    }
-    serde_json::from_slice(body)
-        .map_err(|error| ApiError::field("body", format!("is not valid JSON: {error}")))
+type Answer = Result<Response, ApiError>;
+
+async fn list_campaigns(State(hub): State<Hub>, _: Caller) -> Answer {
+    let campaigns = api::list(&hub).await?;
+    Ok(json(StatusCode::OK, &CampaignList { campaigns }))
 }
 
-/// Reads a request type out of JSON; an error names the field by its path
-/// (`target.postcodes[0]`). The body must have exactly the shape the type
-/// reads: serde would also take an array for a struct, or ignore a stray
-/// field beside an enum's tag.
-pub fn from_json<T: DeserializeOwned + Serialize>(value: Value) -> Result<T, ApiError> {
-    let read: T = serde_path_to_error::deserialize(&value).map_err(|error| {
-        let path = error.path().to_string();
-        let message = error.into_inner().to_string();
-        let named = ["missing field `", "unknown field `"]
-            .iter()
-            .find_map(|prefix| message.strip_prefix(prefix))
-            .and_then(|rest| rest.split('`').next());
-        let field = match (path.as_str(), named) {
-            (".", Some(name)) => name.to_string(),
-            (".", None) => "body".to_string(),
-            (path, Some(name)) if path == name || path.ends_with(&format!(".{name}")) => {
-                path.to_string()
-            }
-            (path, Some(name)) => format!("{path}.{name}"),
-            (path, None) => path.to_string(),
-        };
-        let message = match message.split_once(", expected struct ") {
-            Some((head, _)) => format!("{head}, expected a JSON object"),
-            None => message,
-        };
-        ApiError::field(&field, message)
-    })?;
-    let echo = serde_json::to_value(&read).map_err(|error| {
-        ApiError::Internal(anyhow::anyhow!("request not serialisable: {error}"))
-    })?;
-    match stray(&value, &echo, "") {
-        Some((field, message)) => Err(ApiError::field(&field, message)),
-        None => Ok(read),
-    }
-}
-
-/// The first place where `input` has more, or another shape, than what
-/// was read from it (`echo`).
-fn stray(input: &Value, echo: &Value, path: &str) -> Option<(String, String)> {
-    let at = |key: &str| {
-        if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        }
-    };
-    match (input, echo) {
-        (Value::Object(input), Value::Object(echo)) => {
-            input.iter().find_map(|(key, value)| match echo.get(key) {
-                Some(read) => stray(value, read, &at(key)),
-                None => Some((at(key), "unknown field".to_string())),
-            })
-        }
-        (_, Value::Object(_)) => Some((
-            if path.is_empty() {
-                "body".into()
-            } else {
-                path.to_string()
-            },
-            "must be a JSON object".to_string(),
-        )),
-        (Value::Array(input), Value::Array(echo)) => input
-            .iter()
-            .zip(echo)
-            .enumerate()
-            .find_map(|(i, (value, read))| stray(value, read, &format!("{path}[{i}]"))),
-        _ => None,
-    }
-}
-
-fn parse_body<T: DeserializeOwned + Serialize>(body: &[u8]) -> Result<T, ApiError> {
-    from_json(parse_json(body)?)
-}
-
-fn flag(request: &HttpRequest, name: &str) -> Result<bool, ApiError> {
-    match request.query_param(name).as_deref() {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(_) => Err(ApiError::field(name, "must be true or false")),
-    }
-}
-
-async fn create(
-    hub: &Hub,
-    caller: &StaffId,
-    request: &HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let mut dry_run = flag(request, "dry_run")?;
-    let mut body = parse_json(&request.body)?;
+async fn create_campaign(
+    State(hub): State<Hub>,
+    Caller(caller): Caller,
+    RawQuery(query): RawQuery,
+    RawBody(body): RawBody,
+) -> Answer {
+    let mut dry_run = flag(query.as_deref(), "dry_run")?;
+    let mut body = parse_json(&body)?;
     if let Value::Object(fields) = &mut body {
         match fields.remove("dry_run") {
             None => {}
@@ -482,46 +446,62 @@ async fn create(
     }
     let create: CreateCampaignRequest = from_json(body)?;
     if dry_run {
-        let preview = api::dry_run(hub, &create).await?;
-        return Ok(HttpResponse::json(200, &preview));
+        let preview = api::dry_run(&hub, &create).await?;
+        return Ok(json(StatusCode::OK, &preview));
     }
-    let created = api::create_campaign(hub, caller, &create).await?;
-    let location = format!("/campaigns/{}", created.campaign.id);
-    Ok(HttpResponse::json(201, &created).with_header("location", location))
+    let created = api::create_campaign(&hub, &caller, &create).await?;
+    let location = HeaderValue::from_str(&format!("/campaigns/{}", created.campaign.id))
+        .map_err(|error| ApiError::Internal(anyhow::anyhow!("campaign location: {error}")))?;
+    let mut response = json(StatusCode::CREATED, &created);
+    response.headers_mut().insert(LOCATION, location);
+    Ok(response)
+}
+
+async fn campaign_detail(
+    State(hub): State<Hub>,
+    _: Caller,
+    CampaignPath(id): CampaignPath,
+) -> Answer {
+    Ok(json(StatusCode::OK, &api::detail(&hub, &id).await?))
+}
+
+async fn approve(
+    State(hub): State<Hub>,
+    Caller(caller): Caller,
+    CampaignPath(id): CampaignPath,
+) -> Answer {
+    Ok(json(
+        StatusCode::OK,
+        &api::approve(&hub, &caller, &id).await?,
+    ))
 }
 
 async fn cancel(
-    hub: &Hub,
-    caller: &StaffId,
-    id: &str,
-    request: &HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let id = api::parse_campaign_id(id)?;
-    let body: CancelRequest = parse_body(&request.body)?;
-    let view = api::cancel(hub, caller, &id, &body.reason).await?;
-    Ok(HttpResponse::json(200, &view))
+    State(hub): State<Hub>,
+    Caller(caller): Caller,
+    CampaignPath(id): CampaignPath,
+    JsonBody(body): JsonBody<CancelRequest>,
+) -> Answer {
+    let view = api::cancel(&hub, &caller, &id, &body.reason).await?;
+    Ok(json(StatusCode::OK, &view))
 }
 
 async fn deadline(
-    hub: &Hub,
-    caller: &StaffId,
-    id: &str,
-    request: &HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let id = api::parse_campaign_id(id)?;
-    let body: DeadlineRequest = parse_body(&request.body)?;
-    let view = api::reschedule_deadline(hub, caller, &id, &body.optout_deadline).await?;
-    Ok(HttpResponse::json(200, &view))
+    State(hub): State<Hub>,
+    Caller(caller): Caller,
+    CampaignPath(id): CampaignPath,
+    JsonBody(body): JsonBody<DeadlineRequest>,
+) -> Answer {
+    let view = api::reschedule_deadline(&hub, &caller, &id, &body.optout_deadline).await?;
+    Ok(json(StatusCode::OK, &view))
 }
 
 async fn opt_out(
-    hub: &Hub,
-    caller: &StaffId,
-    id: &str,
-    request: &HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let id = api::parse_campaign_id(id)?;
-    let body: OptOutRequest = parse_body(&request.body)?;
+    State(hub): State<Hub>,
+    Caller(caller): Caller,
+    CampaignPath(id): CampaignPath,
+    JsonBody(body): JsonBody<OptOutRequest>,
+) -> Answer {
     // Practices join a campaign when it is approved; before that there is
     // nothing to opt out of yet (rather than "not found").
     if let Some(campaign) = hub.store.get_campaign(&id).await? {
@@ -531,88 +511,160 @@ async fn opt_out(
             )));
         }
     }
-    let participation = api::record_opt_out(hub, &caller.0, &id, &body.ods).await?;
-    Ok(HttpResponse::json(200, &participation))
+    let participation = api::record_opt_out(&hub, &caller.0, &id, &body.ods).await?;
+    Ok(json(StatusCode::OK, &participation))
+}
+
+async fn report(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
+    Ok(json(StatusCode::OK, &api::report(&hub, &id).await?))
+}
+
+async fn audit(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
+    let events = api::audit(&hub, &id).await?;
+    Ok(json(StatusCode::OK, &AuditList { events }))
+}
+
+async fn list_practices(State(hub): State<Hub>, _: Caller) -> Answer {
+    let practices = api::list_practices(&hub).await?;
+    Ok(json(StatusCode::OK, &PracticeList { practices }))
 }
 
 async fn put_practice(
-    hub: &Hub,
-    caller: &StaffId,
-    ods: &str,
-    request: &HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let path_ods = crate::domain::OdsCode::parse(ods)
-        .map_err(|error| ApiError::field("ods", error.to_string()))?;
-    let body: PracticeRequest = parse_body(&request.body)?;
-    if crate::domain::OdsCode::parse(&body.ods).is_ok_and(|ods| ods != path_ods) {
+    State(hub): State<Hub>,
+    Caller(caller): Caller,
+    OdsPath(path_ods): OdsPath,
+    JsonBody(body): JsonBody<PracticeRequest>,
+) -> Answer {
+    if OdsCode::parse(&body.ods).is_ok_and(|ods| ods != path_ods) {
         return Err(ApiError::field(
             "ods",
             format!("must match the practice in the path ({path_ods})"),
         ));
     }
-    let practice = api::put_practice(hub, caller, &body).await?;
-    Ok(HttpResponse::json(200, &practice))
+    let practice = api::put_practice(&hub, &caller, &body).await?;
+    Ok(json(StatusCode::OK, &practice))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+
+    async fn body(response: Response) -> Value {
+        let bytes = axum::body::to_bytes(response.into_body(), MAX_BODY)
+            .await
+            .expect("body");
+        serde_json::from_slice(&bytes).expect("JSON")
+    }
 
     #[test]
-    fn routes_match_their_templates() {
-        let (route, params) = match_route("/campaigns/abc12345/opt-outs").expect("route");
-        assert_eq!(route.path, "/campaigns/{id}/opt-outs");
-        assert_eq!(params, vec!["abc12345".to_string()]);
+    fn routes_list_each_path_once_with_its_methods() {
+        let routes = routes();
+        let campaigns = routes
+            .iter()
+            .find(|r| r.path == "/campaigns")
+            .expect("route");
+        assert_eq!(campaigns.methods, ["GET", "POST"]);
+        assert!(!campaigns.public);
+        let optout = routes.iter().find(|r| r.path == "/optout").expect("route");
+        assert_eq!(optout.methods, ["GET", "POST"]);
+        assert!(optout.public);
+        assert_eq!(routes.iter().filter(|r| r.public).count(), 1);
+        assert_eq!(routes.len(), 11);
+    }
+
+    async fn call(router: &Router, method: &str, path: &str, body: Body) -> Response {
+        use tower::ServiceExt;
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(body)
+            .expect("request");
+        router
+            .clone()
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|never| match never {})
+    }
+
+    #[tokio::test]
+    async fn the_layers_answer_in_the_one_shape() {
+        let router: Router = build(vec![
+            operation("/boom", Verb::Get, true, || async {
+                if true {
+                    panic!("a bug, with request data in its message");
+                }
+            }),
+            operation(
+                "/echo",
+                Verb::Post,
+                true,
+                |RawBody(body): RawBody| async move { body.len().to_string() },
+            ),
+        ]);
+        let response = call(&router, "GET", "/boom", Body::empty()).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body(response).await["message"], "internal error");
+
+        let response = call(&router, "POST", "/echo", Body::from(vec![b'x'; MAX_BODY])).await;
         assert_eq!(
-            match_route("/campaigns/").map(|(r, _)| r.path),
-            Some("/campaigns")
+            response.status(),
+            StatusCode::OK,
+            "the limit itself is allowed"
         );
-        assert!(match_route("/campaigns//approve").is_none());
-        assert!(match_route("/nope").is_none());
-        assert!(match_route("").is_none());
-        assert!(is_public("/optout"));
-        assert!(!is_public("/campaigns"));
+        // Refused on its Content-Length, and while being read.
+        let large = vec![b'x'; MAX_BODY + 1];
+        let response = call(&router, "POST", "/echo", Body::from(large.clone())).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body(response).await["code"], "payload_too_large");
+        let streamed = Body::from_stream(futures::stream::iter([Ok::<_, std::io::Error>(large)]));
+        let response = call(&router, "POST", "/echo", streamed).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body(response).await["code"], "payload_too_large");
+
+        let response = call(&router, "HEAD", "/boom", Body::empty()).await;
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[ALLOW], "GET");
+        let response = call(&router, "GET", "/echo/", Body::empty()).await;
+        assert_eq!(
+            response.headers()[ALLOW],
+            "POST",
+            "a trailing slash is the same route"
+        );
+        let response = call(&router, "GET", "/nowhere", Body::empty()).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(body(response).await["message"], "no such route: /nowhere");
     }
 
-    #[test]
-    fn json_errors_name_the_field() {
-        let error = parse_body::<CreateCampaignRequest>(b"{\"name\": 1}").unwrap_err();
-        assert_eq!(error.body()["field"], "name");
-        let error = parse_body::<CreateCampaignRequest>(b"{\"nme\": \"x\"}").unwrap_err();
-        assert_eq!(error.body()["field"], "nme");
-        let error =
-            parse_body::<CreateCampaignRequest>(br#"{"target": {"min_agee": 1}}"#).unwrap_err();
-        assert_eq!(error.body()["field"], "target.min_agee");
-        let error = parse_body::<CreateCampaignRequest>(br#"{"target": {}}"#).unwrap_err();
-        assert_eq!(error.body()["field"], "name");
-        let error = parse_body::<CreateCampaignRequest>(
-            br#"{"name":"a","message":"b","optout_deadline":"c","justification":"d","target":{"postcodes":[1]}}"#,
-        )
-        .unwrap_err();
-        assert_eq!(error.body()["field"], "target.postcodes[0]");
-        let error = parse_body::<CreateCampaignRequest>(b"{\"name\": ").unwrap_err();
-        assert_eq!(error.body()["field"], "body");
-        assert!(error.body()["errors"][0]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("line 1 column")));
-        let error = parse_body::<CreateCampaignRequest>(b"[]").unwrap_err();
-        assert!(error.body()["errors"][0]["message"]
-            .as_str()
-            .is_some_and(|m| m.ends_with("expected a JSON object")));
-        let error = parse_body::<CreateCampaignRequest>(b"{}").unwrap_err();
-        assert_eq!(error.body()["field"], "name");
-    }
-
-    #[test]
-    fn bodies_must_have_the_shape_of_the_type() {
-        let base = r#""name":"a","message":"b","optout_deadline":"c","justification":"d""#;
-        let ok = format!(r#"{{{base},"target":{{"min_age":null}}}}"#);
-        assert!(parse_body::<CreateCampaignRequest>(ok.as_bytes()).is_ok());
-        let array = format!(r#"{{{base},"target":[null, null]}}"#);
-        let error = parse_body::<CreateCampaignRequest>(array.as_bytes()).unwrap_err();
-        assert_eq!(error.body()["field"], "target");
-        let stray = br#"{"ods":"G85001","name":"n","notice_email":"a@b.c","connection":{"kind":"simulated","x":1}}"#;
-        let error = parse_body::<PracticeRequest>(stray).unwrap_err();
-        assert_eq!(error.body()["field"], "connection.x");
+    #[tokio::test]
+    async fn every_error_has_the_one_shape() {
+        let refused = HttpError::MethodNotAllowed {
+            path: "/campaigns",
+            allow: "GET, POST".into(),
+        }
+        .into_response();
+        assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(refused.headers()[ALLOW], "GET, POST");
+        assert_eq!(refused.headers()[CACHE_CONTROL], "no-store");
+        assert_eq!(
+            body(refused).await,
+            serde_json::json!({
+                "code": "method_not_allowed",
+                "message": "/campaigns accepts GET, POST",
+                "field": null,
+                "errors": [],
+            })
+        );
+        let too_large = HttpError::PayloadTooLarge.into_response();
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body(too_large).await["code"], "payload_too_large");
+        let invalid = ApiError::field("name", "is required").into_response();
+        assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+        let invalid = body(invalid).await;
+        assert_eq!(invalid["field"], "name");
+        assert_eq!(invalid["errors"][0]["message"], "is required");
+        let panicked = panicked(Box::new("boom")).into_response();
+        assert_eq!(panicked.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body(panicked).await["code"], "internal");
     }
 }

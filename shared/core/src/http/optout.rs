@@ -3,27 +3,52 @@
 //! the opt-out. Two steps, so that an email security scanner that follows
 //! every link in the notice cannot opt a practice out by itself.
 
-use super::{HttpRequest, HttpResponse};
+use super::{query_param, RawBody};
 use crate::domain::{Campaign, OdsCode, ParticipationState};
 use crate::handlers::api::{self, ApiError};
 use crate::handlers::{optout_token, Hub};
+use axum::extract::{RawQuery, State};
+use axum::http::header::{
+    ACCEPT, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY,
+    X_CONTENT_TYPE_OPTIONS,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 
-pub(super) async fn serve(hub: &Hub, request: &HttpRequest, method: &str) -> HttpResponse {
-    let result = match method {
-        "POST" => confirm(hub, request).await,
-        _ => ask(hub, request).await,
+/// `GET /optout`: the page with the button.
+pub(super) async fn ask(
+    State(hub): State<Hub>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let result = match token(query.as_deref(), &[]) {
+        Ok(token) => show(&hub, &token).await,
+        Err(error) => Err(error),
     };
-    result.unwrap_or_else(|error| error_page(request, &error))
+    result.unwrap_or_else(|error| error_page(&headers, error))
 }
 
-fn token(request: &HttpRequest) -> Result<String, ApiError> {
+/// `POST /optout`: the button, with the token in the form (or the query).
+pub(super) async fn confirm(
+    State(hub): State<Hub>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    RawBody(body): RawBody,
+) -> Response {
+    let result = match token(query.as_deref(), &body) {
+        Ok(token) => record(&hub, &token).await,
+        Err(error) => Err(error),
+    };
+    result.unwrap_or_else(|error| error_page(&headers, error))
+}
+
+fn token(query: Option<&str>, form: &[u8]) -> Result<String, ApiError> {
     let from_form = || {
-        form_urlencoded::parse(&request.body)
+        form_urlencoded::parse(form)
             .find(|(name, _)| name == "token")
             .map(|(_, value)| value.into_owned())
     };
-    request
-        .query_param("token")
+    query_param(query, "token")
         .or_else(from_form)
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
@@ -64,9 +89,8 @@ async fn context(hub: &Hub, token: &str) -> Result<Context, ApiError> {
     })
 }
 
-async fn ask(hub: &Hub, request: &HttpRequest) -> Result<HttpResponse, ApiError> {
-    let token = token(request)?;
-    let cx = context(hub, &token).await?;
+async fn show(hub: &Hub, token: &str) -> Result<Response, ApiError> {
+    let cx = context(hub, token).await?;
     let practice = format!("{} ({})", escape(&cx.practice_name), cx.ods);
     let deadline = cx
         .campaign
@@ -107,15 +131,14 @@ async fn ask(hub: &Hub, request: &HttpRequest) -> Result<HttpResponse, ApiError>
              {about}\
              <form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{}\">\
              <button type=\"submit\">Opt {practice} out</button></form>",
-            escape(&token)
+            escape(token)
         ),
     ))
 }
 
-async fn confirm(hub: &Hub, request: &HttpRequest) -> Result<HttpResponse, ApiError> {
-    let token = token(request)?;
-    let participation = api::opt_out_by_link(hub, &token).await?;
-    let cx = context(hub, &token).await?;
+async fn record(hub: &Hub, token: &str) -> Result<Response, ApiError> {
+    let participation = api::opt_out_by_link(hub, token).await?;
+    let cx = context(hub, token).await?;
     let when = participation
         .opted_out_at
         .map(|at| at.format(" at %H:%M on %d %B %Y (UTC)").to_string())
@@ -134,14 +157,15 @@ async fn confirm(hub: &Hub, request: &HttpRequest) -> Result<HttpResponse, ApiEr
 }
 
 /// A browser gets an HTML page; anything else the shared JSON shape.
-fn error_page(request: &HttpRequest, error: &ApiError) -> HttpResponse {
-    let wants_html = request
-        .header("accept")
-        .is_some_and(|accept| accept.contains("text/html"));
+fn error_page(headers: &HeaderMap, error: ApiError) -> Response {
+    let wants_html = headers
+        .get_all(ACCEPT)
+        .iter()
+        .any(|accept| String::from_utf8_lossy(accept.as_bytes()).contains("text/html"));
     if !wants_html {
-        return super::api_error(error);
+        return error.into_response();
     }
-    let detail = match error {
+    let detail = match &error {
         ApiError::Validation(errors) => errors
             .iter()
             .map(|e| format!("{}: {}", e.field, e.message))
@@ -159,10 +183,9 @@ fn error_page(request: &HttpRequest, error: &ApiError) -> HttpResponse {
     )
 }
 
-fn page(status: u16, title: &str, body: &str) -> HttpResponse {
-    HttpResponse::html(
-        status,
-        format!(
+fn page(status: u16, title: &str, body: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let html = format!(
             "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
              <title>{title} — SMS Engagement Hub</title>\
@@ -170,11 +193,23 @@ fn page(status: u16, title: &str, body: &str) -> HttpResponse {
              blockquote{{border-left:4px solid #005eb8;padding-left:1em}}\
              button{{background:#005eb8;color:#fff;border:0;padding:.6em 1.2em;font-size:1em}}</style>\
              </head><body><h1>{title}</h1>{body}</body></html>"
+    );
+    let headers = [
+        (CONTENT_TYPE, "text/html; charset=utf-8"),
+        (CACHE_CONTROL, "no-store"),
+        (
+            CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+             frame-ancestors 'none'",
         ),
-    )
+        (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (REFERRER_POLICY, "no-referrer"),
+    ]
+    .map(|(name, value)| (name, HeaderValue::from_static(value)));
+    (status, headers, html).into_response()
 }
 
-pub(crate) fn escape(text: &str) -> String {
+fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
