@@ -4,14 +4,14 @@
 //! queries need.
 
 use super::db::{from_json, to_json, Db, DbError, SqlContext};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use hub_core::domain::{
     AuditEvent, Campaign, CampaignId, ChunkId, ChunkRecord, ChunkStage, Contact, DedupeKey,
     DeliveryStatus, NhsNumber, OdsCode, OutcomeCounts, Participation, Personal, Progress,
     Recipient, RecipientStatus,
 };
 use hub_core::ports::{HubStore, PatientDataStore, Placement, Practice, StatusUpdate, StoreError};
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -399,24 +399,39 @@ impl HubStore for SqliteStore {
     }
 
     async fn list_campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
-        self.db
+        let mut campaigns: Vec<Campaign> = self
+            .db
             .call(|conn| {
-                // rowid order is creation order.
-                Ok(query_json(
+                query_json(
                     conn,
                     "list_campaigns",
                     "campaign",
                     "SELECT data FROM hub_campaigns ORDER BY rowid",
                     [],
-                )?)
+                )
+                .map_err(StoreError::from)
             })
-            .await
+            .await?;
+        // Oldest first, as DynamoDB's index lists them (a stable sort: ties
+        // stay in insertion order).
+        campaigns.sort_by_key(|c| c.created_at);
+        Ok(campaigns)
     }
 
     async fn update_campaign(&self, campaign: &Campaign) -> Result<Campaign, StoreError> {
-        let campaign = campaign.clone();
+        let mut campaign = campaign.clone();
         self.db
-            .call(move |conn| cas_campaign(conn, &campaign))
+            .call(move |conn| {
+                // The counters belong to the operations that move them: the
+                // stored ones win over the copy's.
+                let tx = write_tx(conn)?;
+                if let Some(stored) = load_campaign(&tx, &campaign.id)? {
+                    campaign.progress = stored.progress;
+                }
+                let stored = cas_campaign(&tx, &campaign)?;
+                tx.commit().op("update_campaign: commit")?;
+                Ok(stored)
+            })
             .await
     }
 
