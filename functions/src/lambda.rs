@@ -1,9 +1,9 @@
 //! Glue between Lambda's event types and the handlers: the only module that
 //! sees a Lambda type, so the domain and the handlers never do.
 
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use hub_core::handlers::jobs::{handle_batch, Message};
 use hub_core::handlers::Hub;
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -80,7 +80,6 @@ pub async fn handle_sqs(
 
 /// The whole `main` of an SQS-triggered function: wire the hub from the
 /// environment once, then hand each batch to the handlers.
-#[cfg(feature = "aws")]
 pub async fn run_sqs_function(concurrency: usize) -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let wired = crate::wiring::hub_from_env().await?;
@@ -145,7 +144,6 @@ pub fn http_response(
 
 /// The whole `main` of the api and optout-link functions: the staff router
 /// behind API Gateway. `public_only` refuses every route that needs a caller.
-#[cfg(feature = "aws")]
 pub async fn run_http_function(public_only: bool) -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let wired = crate::wiring::hub_from_env().await?;

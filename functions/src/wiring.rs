@@ -2,6 +2,7 @@
 //! adapters, GOV.UK Notify from its secret, FHIR for the GP systems.
 //! Read once at start-up; a missing variable or secret fails fast.
 
+use anyhow::Context;
 use hub_adapters::aws::{
     self, env, DynamoHubStore, DynamoPatientStore, EventBridgeScheduler, ScheduleTargets, Secrets,
     SecretsManagerSecrets, SqsJobQueue,
@@ -10,7 +11,6 @@ use hub_adapters::fhir::{FhirConfig, FhirGpConnector};
 use hub_adapters::notify::{NotifyClient, NotifyConfig, NotifyTemplates};
 use hub_core::handlers::{Hub, HubConfig, ProviderRouter};
 use hub_core::ports::{SmsProvider, SystemClock};
-use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::sync::Arc;

@@ -1,7 +1,6 @@
 //! Helpers for the end-to-end tests: a small embedded stack per test, a
 //! campaign driven to its deadline, and the invariants every run must keep.
 
-use hub_sim::{GatewayConfig, RegionSpec};
 use hub_core::domain::{
     CampaignId, CampaignState, ContactPreference, NhsNumber, ParticipationState, StaffId, UkMobile,
 };
@@ -10,6 +9,7 @@ use hub_core::handlers::report::CampaignReport;
 use hub_core::handlers::HubConfig;
 use hub_local::demo::wait_until;
 use hub_local::{LocalStack, LocalStackConfig};
+use hub_sim::{GatewayConfig, RegionSpec};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,9 +1,9 @@
 //! The Lambda glue, driven with JSON event fixtures as Lambda delivers them.
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use hub_tests::config;
 use functions::lambda::{handle_sqs, sqs_messages};
 use hub_local::LocalStack;
+use hub_tests::config;
 
 fn fixture() -> SqsEvent {
     serde_json::from_str(include_str!("../data/sqs_event.json")).expect("fixture parses")

@@ -1,12 +1,12 @@
 //! Whole campaigns on the embedded stack, with faults injected.
 
-use hub_tests::*;
 use hub_core::domain::{CampaignState, ExclusionReason, ParticipationState, StaffId};
 use hub_core::handlers::api::{self, ApiError};
 use hub_core::handlers::deadline::{fire_deadline, DeadlineOutcome};
+use hub_core::ports::{Job, JobQueue, QueueName};
 use hub_local::demo::{self, wait_until, DemoOptions, Quiet};
 use hub_local::LocalStack;
-use hub_core::ports::{Job, JobQueue, QueueName};
+use hub_tests::*;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -47,9 +47,7 @@ async fn a_whole_demo_logs_no_patient_data() {
     config.visibility_timeout = std::time::Duration::from_secs(2);
     config.hub.stale_after = chrono::Duration::seconds(5);
     config.hub.send_deadline = std::time::Duration::from_secs(2);
-    let stack = hub_local::LocalStack::start(config)
-        .await
-        .expect("stack");
+    let stack = hub_local::LocalStack::start(config).await.expect("stack");
     // Faults make the error paths log too.
     stack.gateways[0].inject_server_errors(30);
     stack.gateways[1].inject_rate_limit_burst(30);

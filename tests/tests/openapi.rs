@@ -2,9 +2,6 @@
 //! schemas that match the serde request types, and a real response from
 //! every route that validates against its schema.
 
-use hub_tests::*;
-use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
 use hub_core::domain::{CampaignState, OdsCode};
 use hub_core::handlers::api::{CreateCampaignRequest, PracticeRequest, TargetRequest};
 use hub_core::handlers::optout_token::{self, OptOutClaim};
@@ -12,6 +9,9 @@ use hub_core::http::{
     self, CancelRequest, DeadlineRequest, HttpRequest, HttpResponse, OptOutRequest,
 };
 use hub_local::LocalStack;
+use hub_tests::*;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -7,16 +7,8 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures::StreamExt;
-use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
 use hub_adapters::fhir::{FhirConfig, FhirGpConnector};
 use hub_adapters::notify::{parse_callback, NotifyClient, NotifyConfig, NotifyTemplates};
-use hub_sim::http::{
-    start_fhir, start_notify, CallbackTarget, FhirServer, FhirServerConfig, NotifyServer,
-    NotifyServerConfig,
-};
-use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
 use hub_core::domain::{
     DeliveryStatus, GpPatient, NhsNumber, OdsCode, Personal, PostalAddress, Postcode, UkMobile,
 };
@@ -27,6 +19,14 @@ use hub_core::ports::{
     LetterRequest, Practice, ProviderError, SmsProvider, SmsRequest, WritebackEntry,
     WritebackResult,
 };
+use hub_sim::http::{
+    start_fhir, start_notify, CallbackTarget, FhirServer, FhirServerConfig, NotifyServer,
+    NotifyServerConfig,
+};
+use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1071,9 +1071,7 @@ fn emitted_fhir_passes_an_independent_r4_validator() {
     let mut resources = vec![bundle.clone()];
     // The simulator's UK Core Patients, every variation of shape included.
     for (row, patient) in estate.patients(&ods).enumerate().take(300) {
-        resources.push(hub_sim::http::patient_resource(
-            &patient, &ods, row as u64,
-        ));
+        resources.push(hub_sim::http::patient_resource(&patient, &ods, row as u64));
     }
     // And a broken one, to show the validator has teeth.
     let mut broken = bundle;

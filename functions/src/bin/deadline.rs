@@ -1,9 +1,9 @@
 //! The deadline function: invoked by the one-time EventBridge Scheduler
 //! schedule at a campaign's opt-out deadline.
 
-use lambda_runtime::{service_fn, Error, LambdaEvent};
 use hub_core::handlers::deadline::{fire_deadline, DeadlineOutcome};
 use hub_core::ports::ScheduledAction;
+use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

@@ -2,9 +2,9 @@
 //! and the daily safety-net sweep from EventBridge Scheduler.
 
 use aws_lambda_events::event::sqs::SqsEvent;
+use hub_core::handlers::{purge, Hub};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
-use hub_core::handlers::{purge, Hub};
 
 async fn handle(hub: &Hub, event: Value) -> Result<Value, Error> {
     if event.get("Records").is_some() {

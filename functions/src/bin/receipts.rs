@@ -1,8 +1,8 @@
 //! The receipts function: GOV.UK Notify delivery-status callbacks, behind a
 //! public API Gateway route checked with our bearer token.
 
-use lambda_http::{service_fn, Body, Error, Request, Response};
 use hub_core::handlers::receipts::handle_delivery_callback;
+use lambda_http::{service_fn, Body, Error, Request, Response};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

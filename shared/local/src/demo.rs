@@ -2,13 +2,13 @@
 //! purge, on the embedded stack, with a report that must add up.
 
 use super::{LocalStack, LocalStackConfig};
-use hub_sim::{GatewayConfig, RegionSpec};
+use anyhow::{bail, Context};
 use hub_core::domain::{CampaignId, CampaignState, ExclusionReason, StaffId};
 use hub_core::handlers::api::{self, CreateCampaignRequest, TargetRequest};
 use hub_core::handlers::optout_token::{self, OptOutClaim};
 use hub_core::handlers::report::CampaignReport;
 use hub_core::handlers::HubConfig;
-use anyhow::{bail, Context};
+use hub_sim::{GatewayConfig, RegionSpec};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

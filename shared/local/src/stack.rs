@@ -3,15 +3,11 @@
 //! local queues the way Lambda polls SQS (batches, partial batch failure,
 //! visibility timeout, dead-letter queues) and a timer for the schedules.
 
-
 use crate::embedded::{LocalQueue, LocalScheduler, SqliteStore};
+use anyhow::Context;
+use async_trait::async_trait;
 use hub_adapters::fhir::{FhirConfig, FhirGpConnector};
 use hub_adapters::notify::{NotifyClient, NotifyTemplates};
-use hub_sim::http::{
-    start_fhir, start_notify, CallbackTarget, FhirServer, FhirServerConfig, NotifyServer,
-    NotifyServerConfig,
-};
-use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
 use hub_core::handlers::jobs::{handle_batch, Message};
 use hub_core::handlers::{Hub, HubConfig, ProviderRouter};
 use hub_core::ports::{
@@ -19,8 +15,11 @@ use hub_core::ports::{
     SystemClock,
 };
 use hub_core::ports::{EmailProvider, GpConnector, LetterProvider};
-use anyhow::Context;
-use async_trait::async_trait;
+use hub_sim::http::{
+    start_fhir, start_notify, CallbackTarget, FhirServer, FhirServerConfig, NotifyServer,
+    NotifyServerConfig,
+};
+use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -3,13 +3,13 @@
 //! and runtime fault injection. It records what it accepted so tests can
 //! prove there were no duplicate sends; it never logs a number or a body.
 
+use async_trait::async_trait;
+use chrono::{NaiveDate, Utc};
 use hub_core::domain::{DeliveryStatus, UkMobile};
 use hub_core::ports::{
     Accepted, DeliveryReceipt, EmailProvider, EmailRequest, LetterProvider, LetterRequest,
     ProviderError, ProviderRecord, ReceiptSink, SmsProvider, SmsRequest,
 };
-use async_trait::async_trait;
-use chrono::{NaiveDate, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{HashMap, HashSet};

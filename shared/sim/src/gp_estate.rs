@@ -16,11 +16,13 @@
 //! they are unique per person, and the NHS number maps back to the person
 //! (which is how write-back knows whether a practice has a patient).
 
-use hub_core::domain::{check_digit, ContactPreference, GpPatient, NhsNumber, OdsCode, Personal};
-use hub_core::ports::{GpConnection, GpConnector, GpError, Practice, WritebackEntry, WritebackResult};
 use async_trait::async_trait;
 use chrono::{Days, NaiveDate, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
+use hub_core::domain::{check_digit, ContactPreference, GpPatient, NhsNumber, OdsCode, Personal};
+use hub_core::ports::{
+    GpConnection, GpConnector, GpError, Practice, WritebackEntry, WritebackResult,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{HashMap, HashSet};
@@ -1416,8 +1418,8 @@ const STREETS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hub_core::domain::{Postcode, UkMobile};
     use futures::StreamExt;
+    use hub_core::domain::{Postcode, UkMobile};
     use std::sync::atomic::AtomicBool;
 
     fn today() -> NaiveDate {

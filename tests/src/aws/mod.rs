@@ -17,12 +17,12 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, SseSpecification, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
-use rand::Rng;
-use serde_yaml::Value;
 use hub_adapters::aws::{
     self, DynamoHubStore, DynamoPatientStore, EventBridgeScheduler, ScheduleTargets,
     SecretsManagerSecrets, SqsJobQueue,
 };
+use rand::Rng;
+use serde_yaml::Value;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

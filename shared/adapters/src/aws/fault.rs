@@ -5,8 +5,8 @@
 //! message can echo request content, and on the patient-data table that
 //! content is personal.
 
-use hub_core::ports::{QueueError, StoreError};
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use hub_core::ports::{QueueError, StoreError};
 use std::fmt;
 use std::time::Duration;
 

@@ -8,7 +8,6 @@
 //! replaces the schedule; cancelling a schedule that is gone is a no-op.
 
 use super::fault::{backoff, Fault, FaultKind};
-use hub_core::ports::{Job, QueueError, ScheduledAction, Scheduler};
 use async_trait::async_trait;
 use aws_sdk_scheduler::types::{
     ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, ScheduleState,
@@ -16,6 +15,7 @@ use aws_sdk_scheduler::types::{
 };
 use aws_sdk_scheduler::Client;
 use chrono::{DateTime, Duration, DurationRound, Utc};
+use hub_core::ports::{Job, QueueError, ScheduledAction, Scheduler};
 
 const ATTEMPTS: u32 = 4;
 const BACKOFF_BASE: std::time::Duration = std::time::Duration::from_millis(100);

@@ -6,11 +6,11 @@
 //! whatever still fails is reported (callers are idempotent and retry).
 
 use super::fault::{backoff, Fault, FaultKind};
-use hub_core::ports::{Job, JobQueue, QueueError, QueueName};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 use futures::{StreamExt, TryStreamExt};
+use hub_core::ports::{Job, JobQueue, QueueError, QueueName};
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -4,14 +4,14 @@
 //! Error and event mapping are pure functions over the SDK's error types
 //! and the event JSON, so they are tested without a network.
 
-use hub_core::domain::DeliveryStatus;
-use hub_core::ports::{
-    Accepted, DeliveryReceipt, ProviderError, ProviderRecord, SmsProvider, SmsRequest,
-};
 use async_trait::async_trait;
 use aws_sdk_pinpointsmsvoicev2::error::SdkError;
 use aws_sdk_pinpointsmsvoicev2::operation::send_text_message::SendTextMessageError;
 use aws_sdk_pinpointsmsvoicev2::types::{ConflictExceptionReason, MessageType};
+use hub_core::domain::DeliveryStatus;
+use hub_core::ports::{
+    Accepted, DeliveryReceipt, ProviderError, ProviderRecord, SmsProvider, SmsRequest,
+};
 use serde::Deserialize;
 
 pub use aws_sdk_pinpointsmsvoicev2::Client as EumSdkClient;

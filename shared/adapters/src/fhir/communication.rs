@@ -3,8 +3,8 @@
 //! write-back finds the first one instead of recording the message twice.
 
 use super::patient::NHS_NUMBER_SYSTEM;
-use hub_core::ports::{WritebackEntry, WritebackResult};
 use chrono::SecondsFormat;
+use hub_core::ports::{WritebackEntry, WritebackResult};
 use serde_json::{json, Value};
 
 /// The identifier system of the hub's message references. A real
@@ -117,8 +117,8 @@ fn result_for_status(status: &str) -> WritebackResult {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use hub_core::domain::{NhsNumber, Personal};
     use chrono::{TimeZone, Utc};
+    use hub_core::domain::{NhsNumber, Personal};
 
     fn entry(n: u32) -> WritebackEntry {
         WritebackEntry {

@@ -18,11 +18,13 @@ pub use patient::{
     ODS_SYSTEM, PREFERRED_CONTACT_METHOD_SYSTEM,
 };
 
-use hub_core::domain::GpPatient;
-use hub_core::ports::{GpConnection, GpConnector, GpError, Practice, WritebackEntry, WritebackResult};
 use async_trait::async_trait;
 use chrono::Utc;
 use futures::stream::{self, BoxStream, StreamExt};
+use hub_core::domain::GpPatient;
+use hub_core::ports::{
+    GpConnection, GpConnector, GpError, Practice, WritebackEntry, WritebackResult,
+};
 use reqwest::header::{
     HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LOCATION, CONTENT_TYPE, RETRY_AFTER,
 };

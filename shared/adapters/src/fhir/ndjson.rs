@@ -16,7 +16,7 @@ pub enum Line {
 
 /// Lines out of a byte stream whose errors are of type `E`.
 pub struct LineSplitter<E> {
-    source: BoxStream<'static, Result<axum::body::Bytes, E>>,
+    source: BoxStream<'static, Result<bytes::Bytes, E>>,
     buffer: Vec<u8>,
     /// Set while skipping the rest of an over-long line.
     skipping: bool,
@@ -27,7 +27,7 @@ pub struct LineSplitter<E> {
 
 impl<E: Send + 'static> LineSplitter<E> {
     pub fn new(
-        source: impl Stream<Item = Result<axum::body::Bytes, E>> + Send + 'static,
+        source: impl Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
         max_line: usize,
     ) -> Self {
         Self {
@@ -105,9 +105,9 @@ mod tests {
     use super::*;
 
     async fn lines(chunks: &[&str], max: usize) -> Vec<Line> {
-        let owned: Vec<Result<axum::body::Bytes, ()>> = chunks
+        let owned: Vec<Result<bytes::Bytes, ()>> = chunks
             .iter()
-            .map(|c| Ok(axum::body::Bytes::from(c.to_string())))
+            .map(|c| Ok(bytes::Bytes::from(c.to_string())))
             .collect();
         let mut splitter = LineSplitter::new(futures::stream::iter(owned), max);
         let mut out = Vec::new();
@@ -140,10 +140,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_source_error_ends_the_lines() {
-        let source = futures::stream::iter(vec![
-            Ok(axum::body::Bytes::from_static(b"a\nb")),
-            Err("reset"),
-        ]);
+        let source =
+            futures::stream::iter(vec![Ok(bytes::Bytes::from_static(b"a\nb")), Err("reset")]);
         let mut splitter = LineSplitter::new(source, 100);
         assert_eq!(splitter.next_line().await, Some(Ok(text("a"))));
         assert_eq!(splitter.next_line().await, Some(Err("reset")));

@@ -2,8 +2,8 @@
 //! about what is missing or unknown, strict about shape: a resource whose
 //! fields have the wrong JSON types is a malformed record.
 
-use hub_core::domain::{ContactPreference, GpPatient, Personal};
 use chrono::{DateTime, NaiveDate, Utc};
+use hub_core::domain::{ContactPreference, GpPatient, Personal};
 use serde::Deserialize;
 
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";

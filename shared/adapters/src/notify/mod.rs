@@ -12,12 +12,12 @@ mod key;
 pub use callback::{parse_callback, CallbackError};
 pub use key::{NotifyApiKey, NotifyConfigError};
 
+use async_trait::async_trait;
 use hub_core::domain::DeliveryStatus;
 use hub_core::ports::{
     Accepted, EmailProvider, EmailRequest, LetterProvider, LetterRequest, ProviderError,
     ProviderRecord, SmsProvider, SmsRequest,
 };
-use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! opening a connection, running work off the async runtime, and turning
 //! errors into port errors without leaking record contents.
 
-use hub_core::ports::{QueueError, StoreError};
 use chrono::{DateTime, Utc};
+use hub_core::ports::{QueueError, StoreError};
 use rusqlite::{Connection, ErrorCode};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;

@@ -3,9 +3,9 @@
 //! dead-letter queue per queue after `max_receive_count` receives.
 
 use super::db::{millis, to_json, Db, DbError, SqlContext};
-use hub_core::ports::{Job, JobQueue, QueueError, QueueName};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use hub_core::ports::{Job, JobQueue, QueueError, QueueName};
 use rusqlite::{params, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::Path;

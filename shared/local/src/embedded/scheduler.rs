@@ -3,9 +3,9 @@
 //! [`LocalScheduler::due`] and runs what it returns.
 
 use super::db::{from_json, from_millis, millis, to_json, Db, DbError, SqlContext};
-use hub_core::ports::{QueueError, ScheduledAction, Scheduler};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use hub_core::ports::{QueueError, ScheduledAction, Scheduler};
 use rusqlite::{params, TransactionBehavior};
 use std::path::Path;
 

@@ -9,18 +9,18 @@
 //! be injected per practice.
 
 use super::{bind, serve, ServerTask};
-use hub_adapters::fhir::{
-    CONTACT_PREFERENCE_URL, NHS_NUMBER_SYSTEM, ODS_SYSTEM, PREFERRED_CONTACT_METHOD_SYSTEM,
-};
 use crate::GpEstate;
-use hub_core::domain::{ContactPreference, GpPatient, NhsNumber, OdsCode, Personal};
-use hub_core::ports::{GpConnection, GpConnector, GpError, Practice, WritebackEntry};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hub_adapters::fhir::{
+    CONTACT_PREFERENCE_URL, NHS_NUMBER_SYSTEM, ODS_SYSTEM, PREFERRED_CONTACT_METHOD_SYSTEM,
+};
+use hub_core::domain::{ContactPreference, GpPatient, NhsNumber, OdsCode, Personal};
+use hub_core::ports::{GpConnection, GpConnector, GpError, Practice, WritebackEntry};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use std::collections::HashMap;

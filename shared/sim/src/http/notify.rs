@@ -6,11 +6,6 @@
 
 use super::{bind, serve, ServerTask};
 use crate::GatewaySim;
-use hub_core::domain::{measure, DeliveryStatus, Personal, PostalAddress, Postcode, UkMobile};
-use hub_core::ports::{
-    DeliveryReceipt, EmailProvider, EmailRequest, LetterProvider, LetterRequest, ProviderError,
-    ReceiptSink, SmsProvider, SmsRequest,
-};
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
@@ -21,6 +16,11 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use hub_core::domain::{measure, DeliveryStatus, Personal, PostalAddress, Postcode, UkMobile};
+use hub_core::ports::{
+    DeliveryReceipt, EmailProvider, EmailRequest, LetterProvider, LetterRequest, ProviderError,
+    ReceiptSink, SmsProvider, SmsRequest,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use sha2::Sha256;

@@ -29,11 +29,6 @@ use super::{
     DecodeError, Item, Table, TxError, TRANSACT_MAX,
 };
 use crate::aws::fault::FaultKind;
-use hub_core::domain::{
-    AuditEvent, Campaign, CampaignId, ChunkId, ChunkRecord, ChunkStage, OdsCode, OutcomeCounts,
-    Participation, Progress,
-};
-use hub_core::ports::{HubStore, Practice, StoreError};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
@@ -41,6 +36,11 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use futures::{StreamExt, TryStreamExt};
+use hub_core::domain::{
+    AuditEvent, Campaign, CampaignId, ChunkId, ChunkRecord, ChunkStage, OdsCode, OutcomeCounts,
+    Participation, Progress,
+};
+use hub_core::ports::{HubStore, Practice, StoreError};
 
 const META: &str = "META";
 const LIST_INDEX: &str = "gsi1";

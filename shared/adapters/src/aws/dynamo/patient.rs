@@ -18,15 +18,15 @@ use super::{
     build_error, decode, get_bool, get_json, get_s, n, s, to_json, DecodeError, Item, Table,
 };
 use crate::aws::fault::FaultKind;
-use hub_core::domain::{
-    CampaignId, ChunkId, DedupeKey, DeliveryStatus, OdsCode, Recipient, RecipientStatus,
-};
-use hub_core::ports::{PatientDataStore, Placement, StatusUpdate, StoreError};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
+use hub_core::domain::{
+    CampaignId, ChunkId, DedupeKey, DeliveryStatus, OdsCode, Recipient, RecipientStatus,
+};
+use hub_core::ports::{PatientDataStore, Placement, StatusUpdate, StoreError};
 
 fn campaign_pk(id: &CampaignId) -> String {
     format!("CAMPAIGN#{id}")
