@@ -1,16 +1,52 @@
 //! The store and queue contracts (`hub-testkit`) on the embedded adapters:
-//! `SqliteStore` (in memory) and `LocalQueue`.
+//! `SqliteStore` (on a temporary file) and `LocalQueue`.
 
 use async_trait::async_trait;
 use chrono::Utc;
+use hub_core::domain::{CampaignId, ChunkId};
 use hub_core::ports::{Job, QueueName};
 use hub_local::embedded::{LocalQueue, SqliteStore};
 use hub_testkit::queue::{QueueProbe, Queues};
-use hub_testkit::store::Stores;
+use hub_testkit::store::{Stores, Tamper};
+use std::path::PathBuf;
 use std::sync::Arc;
 
+/// A store on a file of its own, so a second connection can tamper with it.
 async fn stores() -> Stores {
-    Stores::both(SqliteStore::in_memory().expect("in-memory store"))
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("hub.db");
+    let store = Arc::new(SqliteStore::open(&path).expect("file store"));
+    Stores {
+        hub: store.clone(),
+        patients: store,
+        tamper: Arc::new(SqliteTamper { path, _dir: dir }),
+    }
+}
+
+struct SqliteTamper {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+#[async_trait]
+impl Tamper for SqliteTamper {
+    async fn set_stored_nhs_number(
+        &self,
+        campaign: &CampaignId,
+        chunk: &ChunkId,
+        index: u32,
+        value: &str,
+    ) -> anyhow::Result<()> {
+        let conn = rusqlite::Connection::open(&self.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let changed = conn.execute(
+            "UPDATE patient_recipients SET data = json_set(data, '$.nhs_number', ?1)
+             WHERE campaign = ?2 AND chunk = ?3 AND idx = ?4",
+            rusqlite::params![value, campaign.as_str(), chunk.as_str(), index],
+        )?;
+        anyhow::ensure!(changed == 1, "no such recipient");
+        Ok(())
+    }
 }
 
 struct LocalProbe(LocalQueue);

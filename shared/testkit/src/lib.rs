@@ -7,7 +7,8 @@
 //!
 //! ```ignore
 //! async fn stores() -> hub_testkit::store::Stores {
-//!     hub_testkit::store::Stores::both(SqliteStore::in_memory().unwrap())
+//!     let store = Arc::new(SqliteStore::in_memory().unwrap());
+//!     Stores { hub: store.clone(), patients: store, tamper: Arc::new(MyTamper) }
 //! }
 //! mod store {
 //!     hub_testkit::store_contract!(super::stores);
@@ -52,6 +53,7 @@ macro_rules! store_contract {
             a_practice_retry_deletes_only_its_recipients,
             purge_deletes_a_campaign_to_zero,
             large_reads_return_everything,
+            errors_never_quote_stored_patient_data,
         );
     };
 }
