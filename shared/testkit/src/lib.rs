@@ -18,6 +18,7 @@
 //! A dev-dependency only: no production crate depends on it.
 
 pub mod fixtures;
+pub mod logs;
 pub mod queue;
 pub mod store;
 
