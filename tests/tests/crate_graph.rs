@@ -63,7 +63,13 @@ fn no_function_binary_depends_on_sqlite_the_simulators_or_the_local_stack() {
     let graph = normal_dependencies();
     let functions = closure(&graph, "hub-functions");
     assert!(functions.contains("hub-core") && functions.contains("aws-sdk-dynamodb"));
-    for forbidden in ["rusqlite", "libsqlite3-sys", "hub-sim", "hub-local", "hub-testkit"] {
+    for forbidden in [
+        "rusqlite",
+        "libsqlite3-sys",
+        "hub-sim",
+        "hub-local",
+        "hub-testkit",
+    ] {
         assert!(
             !functions.contains(forbidden),
             "hub-functions depends on {forbidden}"

@@ -6,8 +6,7 @@ use super::report::{self, CampaignReport, CampaignView};
 use super::Hub;
 use crate::domain::{
     plan, AgeBand, Campaign, CampaignId, CampaignOptions, CampaignState, LifecycleError,
-    MessageTemplate, OdsCode, Participation, ParticipationState, PostcodeFilter, Progress, StaffId,
-    Target,
+    MessageTemplate, OdsCode, Participation, PostcodeFilter, Progress, StaffId, Target,
 };
 use crate::ports::{GpConnection, Job, Practice, QueueError, ScheduledAction, StoreError};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -89,7 +88,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => Self::Conflict(format!(
                 "changed by someone else; reload and retry ({what})"
             )),
-            StoreError::Unavailable(why) => Self::Unavailable(why),
+            StoreError::Unavailable { what, .. } => Self::Unavailable(what),
             StoreError::Unexpected(error) => Self::Internal(error),
         }
     }
@@ -588,19 +587,11 @@ pub async fn record_opt_out(
                 "practice {ods} in campaign {id}"
             )));
         };
-        match participation.state {
-            ParticipationState::OptedOut => return Ok(participation),
-            ParticipationState::Notified => {}
-            other => {
-                return Err(ApiError::Conflict(format!(
-                    "practice {ods} is {} and can no longer opt out",
-                    other.as_str()
-                )))
-            }
+        match participation.opt_out(actor, hub.now()) {
+            Ok(true) => {}
+            Ok(false) => return Ok(participation),
+            Err(refused) => return Err(ApiError::Conflict(refused.to_string())),
         }
-        participation.state = ParticipationState::OptedOut;
-        participation.opted_out_at = Some(hub.now());
-        participation.opted_out_by = Some(actor.to_string());
         match hub.store.update_participation(&participation).await {
             Ok(stored) => {
                 hub.audit(

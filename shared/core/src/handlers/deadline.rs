@@ -41,17 +41,12 @@ pub async fn fire_deadline(hub: &Hub, id: &CampaignId) -> Result<DeadlineOutcome
 
     let mut participations = hub.store.list_participations(id).await?;
     let mut frozen = Vec::new();
+    // A practice frozen by an earlier attempt that died before the campaign
+    // moved on (on DynamoDB a freeze of more than 99 practices takes several
+    // transactions) is still part of this freeze.
     for participation in participations.iter_mut() {
-        match participation.state {
-            ParticipationState::Notified => {
-                participation.state = ParticipationState::Participating;
-                frozen.push(participation.clone());
-            }
-            // Frozen by an earlier attempt that died before the campaign
-            // moved on (on DynamoDB a freeze of more than 99 practices
-            // takes several transactions): still part of this freeze.
-            ParticipationState::Participating => frozen.push(participation.clone()),
-            _ => {}
+        if participation.freeze() {
+            frozen.push(participation.clone());
         }
     }
     campaign.begin_extraction(frozen.len() as u64, now)?;

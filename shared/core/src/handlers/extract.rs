@@ -8,7 +8,7 @@
 use super::{Hub, JobError};
 use crate::domain::{
     CampaignId, CampaignState, ChunkId, ChunkRecord, Contact, ContactPreference, DedupeKey,
-    ExclusionReason, GpPatient, NhsNumber, OdsCode, OutcomeCounts, Participation,
+    ExclusionReason, ExtractionStart, GpPatient, NhsNumber, OdsCode, OutcomeCounts, Participation,
     ParticipationState, Personal, PostalAddress, Postcode, Recipient, RecipientStatus, UkMobile,
 };
 use crate::ports::{GpError, Job, Placement, Practice, StoreError};
@@ -256,26 +256,20 @@ pub async fn extract_practice(
             "practice {ods} does not take part in campaign {campaign_id}"
         )));
     };
-    let now = hub.now();
-    match participation.state {
-        ParticipationState::Participating => {}
-        ParticipationState::Extracting => {
-            let started = participation.extraction_started_at.unwrap_or(now);
-            if now - started < hub.config.stale_after {
-                return Err(JobError::Retry(format!(
-                    "practice {ods} is being extracted by another worker"
-                )));
-            }
+    let was = participation.state;
+    match participation.start_extraction(hub.now(), hub.config.stale_after) {
+        ExtractionStart::Started if was == ParticipationState::Extracting => {
             tracing::warn!(campaign = %campaign_id, ods = %ods, "taking over a stale extraction");
         }
-        ParticipationState::Extracted => return queue_chunks(hub, &participation).await,
-        ParticipationState::Notified
-        | ParticipationState::OptedOut
-        | ParticipationState::ExtractionFailed => return Ok(()),
+        ExtractionStart::Started => {}
+        ExtractionStart::Busy => {
+            return Err(JobError::retry(format!(
+                "practice {ods} is being extracted by another worker"
+            )))
+        }
+        ExtractionStart::AlreadyExtracted => return queue_chunks(hub, &participation).await,
+        ExtractionStart::NotTakingPart => return Ok(()),
     }
-    participation.state = ParticipationState::Extracting;
-    participation.extraction_attempts += 1;
-    participation.extraction_started_at = Some(now);
     participation = match hub.store.update_participation(&participation).await {
         Ok(stored) => stored,
         // Another delivery of the same job took it: that worker does the work.
@@ -303,7 +297,7 @@ pub async fn extract_practice(
         }
         Err(ReadError::Job(error)) => Err(error),
         Err(ReadError::Gp(error)) => {
-            give_up_or_retry(hub, participation, &error, receive_count).await
+            give_up_or_retry(hub, participation, error, receive_count).await
         }
     }
 }
@@ -397,11 +391,7 @@ async fn commit(hub: &Hub, mut participation: Participation, built: Built) -> Re
         return Ok(());
     }
     hub.store.put_chunks(&built.chunks).await?;
-    participation.state = ParticipationState::Extracted;
-    participation.chunks = built.chunks.len() as u32;
-    participation.counts = built.counts;
-    participation.malformed_records = built.malformed;
-    participation.last_error = None;
+    participation.finish_extraction(built.chunks.len() as u32, built.counts, built.malformed);
     let progress = hub
         .store
         .commit_extraction(&participation, built.chunks.len() as u64)
@@ -485,21 +475,22 @@ async fn queue_chunks(hub: &Hub, participation: &Participation) -> Result<(), Jo
 async fn give_up_or_retry(
     hub: &Hub,
     mut participation: Participation,
-    error: &GpError,
+    error: GpError,
     receive_count: u32,
 ) -> Result<(), JobError> {
     let campaign_id = participation.campaign.clone();
     let ods = participation.ods.clone();
     let last_attempt = receive_count >= hub.config.max_extract_attempts;
     // The error text comes from our adapters and names the system, not patients.
-    participation.last_error = Some(error.to_string());
+    participation.extraction_failed(error.to_string(), last_attempt);
     if !last_attempt {
-        participation.state = ParticipationState::Participating;
         hub.store.update_participation(&participation).await?;
         tracing::warn!(campaign = %campaign_id, ods = %ods, attempt = receive_count, %error, "extraction failed; will retry");
-        return Err(JobError::Retry(format!("GP system of {ods}: {error}")));
+        return Err(JobError::retry_because(
+            format!("GP system of {ods}"),
+            error,
+        ));
     }
-    participation.state = ParticipationState::ExtractionFailed;
     let progress = hub.store.commit_extraction(&participation, 0).await?;
     hub.patients
         .delete_practice_recipients(&campaign_id, &ods)
