@@ -22,4 +22,4 @@ if [[ -z ${HUB_MOTO_ENDPOINT:-} ]]; then
     trap 'infra/moto.sh stop' EXIT
 fi
 echo "AWS wire tests against $HUB_MOTO_ENDPOINT"
-cargo test -p hub-tests --features aws --test aws_wire
+cargo test -p hub-tests --features aws --test aws_wire --test aws_contract

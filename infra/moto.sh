@@ -6,7 +6,7 @@
 #   infra/moto.sh endpoint   print the endpoint of the running emulator
 #   infra/moto.sh stop       stop it
 #
-# Then: HUB_MOTO_ENDPOINT=$(infra/moto.sh start) cargo test -p hub-tests --features aws --test aws_wire
+# Then: HUB_MOTO_ENDPOINT=$(infra/moto.sh start) cargo test -p hub-tests --features aws --test aws_wire --test aws_contract
 #
 # HUB_VENV        the venv (default: <repo>/.venv-aws)
 # HUB_MOTO_PORT   a fixed port instead of a free one

@@ -4,34 +4,17 @@
 
 use hub_core::domain::{NhsNumber, UkMobile};
 use hub_local::demo::{self, DemoOptions, Quiet};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use hub_testkit::logs::CapturedLogs;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_whole_demo_logs_no_patient_data() {
-    let captured = Captured::default();
+    let captured = CapturedLogs::default();
     let writer = captured.clone();
     // Everything of ours at the most verbose level; libraries at info, as in
     // production.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "info,shared=trace,hub_tests=trace",
+            "info,hub_core=trace,hub_adapters=trace,hub_sim=trace,hub_local=trace,hub_tests=trace",
         ))
         .with_ansi(false)
         .with_writer(move || writer.clone())
@@ -57,7 +40,7 @@ async fn a_whole_demo_logs_no_patient_data() {
         .await
         .expect("demo");
     assert!(report.sent > 1_000);
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).expect("utf-8 log");
+    let log = captured.text();
     assert!(log.lines().count() > 40, "the run was logged");
     assert!(log.contains("will retry"), "the fault paths were logged");
 

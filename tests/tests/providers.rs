@@ -24,6 +24,7 @@ use hub_sim::http::{
     NotifyServerConfig,
 };
 use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
+use hub_testkit::logs::CapturedLogs;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -1089,22 +1090,6 @@ fn emitted_fhir_passes_an_independent_r4_validator() {
     assert_ne!(last, "ok", "a misspelt element is caught");
 }
 
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Everything above, logged at TRACE (HTTP stacks included), searched for
 /// every NHS number, mobile, surname and message body that went through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1162,7 +1147,7 @@ async fn the_adapters_log_no_patient_data_even_at_trace() {
         .collect();
     connector.write_back(&practice, &entries).await.unwrap();
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.len() > 1_000, "the run was logged");
     let mut secrets: Vec<String> = vec!["Thistlewaite".into(), body.into()];
     for n in (100..105).chain([120]) {
