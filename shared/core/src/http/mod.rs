@@ -173,6 +173,7 @@ pub const ROUTES: &[RouteSpec] = &[
     staff("/campaigns/{id}/opt-outs", &["POST"]),
     staff("/campaigns/{id}/report", &["GET"]),
     staff("/campaigns/{id}/audit", &["GET"]),
+    staff("/campaigns/{id}/evidence", &["GET"]),
     staff("/practices", &["GET"]),
     staff("/practices/{ods}", &["PUT"]),
     RouteSpec {
@@ -323,6 +324,12 @@ async fn dispatch(hub: &Hub, request: &HttpRequest) -> HttpResponse {
             Ok(id) => api::audit(hub, &id)
                 .await
                 .map(|events| HttpResponse::json(200, &AuditList { events })),
+            Err(error) => Err(error),
+        },
+        ("/campaigns/{id}/evidence", "GET") => match api::parse_campaign_id(param(0)) {
+            Ok(id) => crate::handlers::evidence::for_campaign(hub, &id)
+                .await
+                .map(|evidence| HttpResponse::json(200, &evidence)),
             Err(error) => Err(error),
         },
         ("/practices", "GET") => api::list_practices(hub)
