@@ -685,10 +685,18 @@ pub fn evidence_text(e: &Evidence) -> String {
         let _ = writeln!(out, "{text}");
     };
     line(format!("Evidence for campaign {} — {}", e.campaign, e.name));
-    line(format!("Generated {}; state {}", when(e.generated_at), e.state));
+    line(format!(
+        "Generated {}; state {}",
+        when(e.generated_at),
+        e.state
+    ));
     line(String::new());
     line("Authorisation".into());
-    line(format!("  created    {} by {}", when(e.created_at), e.created_by));
+    line(format!(
+        "  created    {} by {}",
+        when(e.created_at),
+        e.created_by
+    ));
     line(format!(
         "  approved   {} by {}",
         maybe(e.approved_at),
@@ -721,7 +729,11 @@ pub fn evidence_text(e: &Evidence) -> String {
     line(String::new());
     line("States".into());
     for s in &e.states {
-        line(format!("  {}  {}", s.at.format("%Y-%m-%d %H:%M:%S"), s.state));
+        line(format!(
+            "  {}  {}",
+            s.at.format("%Y-%m-%d %H:%M:%S"),
+            s.state
+        ));
     }
     line(String::new());
     line("Practices".into());
@@ -770,7 +782,10 @@ pub fn evidence_text(e: &Evidence) -> String {
     line(format!("    delivered   {:>12}", thousands(t.delivered)));
     line(format!("    failed      {:>12}", thousands(t.failed)));
     line(format!("  letters       {:>12}", thousands(t.letters)));
-    line(format!("  excluded      {:>12}", thousands(t.excluded_total())));
+    line(format!(
+        "  excluded      {:>12}",
+        thousands(t.excluded_total())
+    ));
     for (reason, count) in &t.excluded {
         line(format!("    {reason:<22}{:>8}", thousands(*count)));
     }
