@@ -324,7 +324,10 @@ fn a_staff_members_first_campaign() {
         "items deleted",
         "remaining now 0",
     ] {
-        assert!(readable.stdout.contains(wanted), "evidence shows {wanted:?}");
+        assert!(
+            readable.stdout.contains(wanted),
+            "evidence shows {wanted:?}"
+        );
     }
     let evidence = server.json(&ALICE, &["campaign", "evidence", &id]);
     assert_eq!(evidence["approved_by"], BOB.arn);
@@ -442,7 +445,8 @@ fn patient_data_in(text: &str, estate: &hub_sim::GpEstate) -> Vec<&'static str> 
         }
         if let Some(mobile) = patient.mobile.expose() {
             let digits: String = mobile.chars().filter(char::is_ascii_digit).collect();
-            if digits.len() >= 10 && (text.contains(mobile.as_str()) || text.contains(&digits[1..])) {
+            if digits.len() >= 10 && (text.contains(mobile.as_str()) || text.contains(&digits[1..]))
+            {
                 found.push("a mobile number");
             }
         }
