@@ -31,7 +31,7 @@ async fn a_whole_demo_logs_no_patient_data() {
     // production.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "info,shared=trace,hub_tests=trace",
+            "info,hub_core=trace,hub_adapters=trace,hub_local=trace,hub_sim=trace,hub_tests=trace",
         ))
         .with_ansi(false)
         .with_writer(move || writer.clone())
