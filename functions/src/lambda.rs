@@ -2,8 +2,9 @@
 //! sees a Lambda type, so the domain and the handlers never do.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use hub_core::handlers::jobs::{handle_batch, Message};
+use hub_core::handlers::jobs::{handle_batch, Failure, Message};
 use hub_core::handlers::Hub;
+use hub_core::ports::QueueName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -52,41 +53,47 @@ pub fn sqs_messages(event: SqsEvent) -> Result<Vec<Message>, EventError> {
 }
 
 /// `ReportBatchItemFailures`: only the failed messages go back to the queue.
-pub fn batch_response(failed: Vec<String>) -> SqsBatchResponse {
+/// A failure that cannot succeed later goes back too: SQS moves it to the
+/// dead-letter queue after `maxReceiveCount` deliveries, where it is kept.
+pub fn batch_response(failed: Vec<Failure>) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed
         .into_iter()
-        .map(|id| {
+        .map(|failed| {
             let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
+            failure.item_identifier = failed.id;
             failure
         })
         .collect();
     response
 }
 
-/// An SQS-triggered function's whole body.
+/// An SQS-triggered function's whole body: the jobs of `queue` only.
 pub async fn handle_sqs(
     hub: &Hub,
+    queue: QueueName,
     event: SqsEvent,
     concurrency: usize,
 ) -> Result<SqsBatchResponse, EventError> {
     let messages = sqs_messages(event)?;
     let count = messages.len();
-    let failed = handle_batch(hub, messages, concurrency).await;
+    let failed = handle_batch(hub, queue, messages, concurrency).await;
     tracing::info!(messages = count, failed = failed.len(), "batch handled");
     Ok(batch_response(failed))
 }
 
 /// The whole `main` of an SQS-triggered function: wire the hub from the
 /// environment once, then hand each batch to the handlers.
-pub async fn run_sqs_function(concurrency: usize) -> Result<(), lambda_runtime::Error> {
+pub async fn run_sqs_function(
+    queue: QueueName,
+    concurrency: usize,
+) -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let wired = crate::wiring::hub_from_env().await?;
     let hub = &wired.hub;
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
-            handle_sqs(hub, event.payload, concurrency)
+            handle_sqs(hub, queue, event.payload, concurrency)
                 .await
                 .map_err(lambda_runtime::Error::from)
         },

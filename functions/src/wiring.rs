@@ -9,7 +9,7 @@ use hub_adapters::aws::{
 };
 use hub_adapters::fhir::{FhirConfig, FhirGpConnector};
 use hub_adapters::notify::{NotifyClient, NotifyConfig, NotifyTemplates};
-use hub_core::handlers::{Hub, HubConfig, ProviderRouter};
+use hub_core::handlers::{Hub, HubConfig, HubParts};
 use hub_core::ports::{SmsProvider, SystemClock};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -135,35 +135,24 @@ pub async fn hub_from_env() -> anyhow::Result<Wired> {
         )
         .await
         .context("reading the callback token")?;
-    let config = HubConfig {
-        optout_base_url: lookup(env::PUBLIC_BASE_URL).unwrap_or_default(),
-        ..HubConfig::default()
-    };
-    config.validate().map_err(anyhow::Error::msg)?;
-    // Each concurrent send invocation paces itself at its share of the rate.
-    let router = ProviderRouter::new(providers, share).with_deadline(config.send_deadline);
-    let mut config = config;
-    config.providers = router
-        .rates()
-        .into_iter()
-        .map(|mut rate| {
-            rate.fragments_per_second *= f64::from(share.max(1));
-            rate
-        })
-        .collect();
-    let hub = Hub {
+    let hub = HubParts {
         store,
         patients,
         queue,
         scheduler,
-        sms: Arc::new(router),
+        sms: providers,
+        send_workers: share,
         email: primary.clone(),
         letters: primary,
         gp: Arc::new(FhirGpConnector::new(FhirConfig::default())?),
         clock: Arc::new(SystemClock),
-        optout_key: Arc::new(optout_key),
-        config: Arc::new(config),
-    };
+        optout_key,
+        config: HubConfig {
+            optout_base_url: lookup(env::PUBLIC_BASE_URL).unwrap_or_default(),
+            ..HubConfig::default()
+        },
+    }
+    .build()?;
     Ok(Wired {
         hub,
         callback_token,

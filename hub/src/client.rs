@@ -1,14 +1,12 @@
-//! The staff API client: settings from flags, environment and config file,
-//! credentials from the standard AWS chain (environment, profiles, SSO,
-//! ...), every request SigV4-signed for `execute-api`.
+//! The staff API client: credentials from the standard AWS chain
+//! (environment, profiles, SSO, ...), every request SigV4-signed for
+//! `execute-api`; what went wrong, and so the exit code.
 
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
-use serde::Deserialize;
 use serde_json::Value;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 /// What went wrong, and so the exit code.
@@ -82,65 +80,14 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Global options shared by every staff command.
-#[derive(clap::Args, Debug, Clone)]
-#[command(next_help_heading = "Connection to the hub")]
-pub struct Connection {
-    /// Base URL of the staff API (API Gateway stage URL, or
-    /// http://127.0.0.1:PORT for `hub local serve`).
-    #[arg(long, env = "HUB_ENDPOINT", global = true)]
-    pub endpoint: Option<String>,
-    /// AWS region the API is in (default: the AWS chain's, else eu-west-2);
-    /// for `local serve`, the region requests must be signed for.
-    #[arg(long, global = true)]
-    pub region: Option<String>,
-    /// AWS profile for credentials (default: the AWS chain's).
-    #[arg(long, global = true)]
-    pub profile: Option<String>,
-    /// Config file (default: $HUB_CONFIG, else ~/.config/hub/config.toml).
-    #[arg(long, global = true)]
-    pub config: Option<PathBuf>,
-    /// Seconds to wait for the hub before giving up.
-    #[arg(long, default_value_t = 30, global = true)]
-    pub timeout: u64,
-}
-
-/// `~/.config/hub/config.toml`: defaults for the options above.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    pub endpoint: Option<String>,
+/// Where and how to reach the hub, resolved from flags and config file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Base URL without a trailing slash.
+    pub endpoint: String,
     pub region: Option<String>,
     pub profile: Option<String>,
-    /// Price of one SMS fragment, for cost estimates.
-    pub price_per_fragment: Option<f64>,
-    /// Currency symbol for cost estimates (default £).
-    pub currency: Option<String>,
-}
-
-impl ConfigFile {
-    pub fn load(explicit: Option<&PathBuf>) -> Result<Self, CliError> {
-        let path = match explicit {
-            Some(path) => Some(path.clone()),
-            None => std::env::var_os("HUB_CONFIG")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    let base = std::env::var_os("XDG_CONFIG_HOME")
-                        .map(PathBuf::from)
-                        .or_else(|| {
-                            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config"))
-                        })?;
-                    let path = base.join("hub").join("config.toml");
-                    path.exists().then_some(path)
-                }),
-        };
-        let Some(path) = path else {
-            return Ok(Self::default());
-        };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))
-    }
+    pub timeout: Duration,
 }
 
 pub struct Client {
@@ -151,29 +98,13 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(connection: &Connection, file: &ConfigFile) -> Result<Self, CliError> {
-        let endpoint = connection
-            .endpoint
-            .clone()
-            .or_else(|| file.endpoint.clone())
-            .ok_or_else(|| {
-                CliError::usage(
-                    "no hub endpoint: pass --endpoint URL, set HUB_ENDPOINT, \
-                     or put endpoint = \"...\" in ~/.config/hub/config.toml",
-                )
-            })?;
-        let endpoint = endpoint.trim().trim_end_matches('/').to_string();
-        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
-            return Err(CliError::usage(format!(
-                "the endpoint must be an http(s) URL, not {endpoint:?}"
-            )));
-        }
+    pub async fn connect(settings: Settings) -> Result<Self, CliError> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(profile) = connection.profile.as_ref().or(file.profile.as_ref()) {
+        if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);
         }
-        if let Some(region) = connection.region.as_ref().or(file.region.as_ref()) {
-            loader = loader.region(aws_config::Region::new(region.clone()));
+        if let Some(region) = settings.region {
+            loader = loader.region(aws_config::Region::new(region));
         }
         let sdk = loader.load().await;
         let region = sdk
@@ -184,12 +115,12 @@ impl Client {
             CliError::usage("no AWS credentials provider is configured (see `aws configure`)")
         })?;
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(connection.timeout.max(1)))
+            .timeout(settings.timeout)
             .build()
             .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             http,
-            endpoint,
+            endpoint: settings.endpoint,
             region,
             credentials,
         })

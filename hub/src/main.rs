@@ -4,10 +4,13 @@
 //! 3 refused by the hub (4xx), 4 failure (5xx or network).
 
 mod client;
+mod commands;
+mod config;
 mod demo;
+mod format;
+mod render;
 mod serve;
 mod sigv4;
-mod staff;
 mod views;
 mod watch;
 
@@ -24,7 +27,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
-    connection: client::Connection,
+    connection: config::Connection,
     /// Print the hub's answer as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -36,10 +39,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Campaigns: create, approve, cancel, watch, report, ...
     #[command(subcommand)]
-    Campaign(staff::CampaignCommand),
+    Campaign(commands::campaign::CampaignCommand),
     /// The practice registry.
     #[command(subcommand)]
-    Practices(staff::PracticesCommand),
+    Practices(commands::practices::PracticesCommand),
     /// The embedded local stack.
     #[command(subcommand)]
     Local(LocalCommand),
@@ -92,15 +95,15 @@ fn main() -> ExitCode {
         Command::Campaign(command) => {
             init_tracing(CLIENT_LOGS);
             runtime.block_on(async {
-                let cx = staff::Context::new(&cli.connection, cli.json).await?;
-                staff::campaign(command, &cx).await
+                let cx = commands::Context::new(&cli.connection, cli.json).await?;
+                commands::campaign::run(command, &cx).await
             })
         }
         Command::Practices(command) => {
             init_tracing(CLIENT_LOGS);
             runtime.block_on(async {
-                let cx = staff::Context::new(&cli.connection, cli.json).await?;
-                staff::practices(command, &cx).await
+                let cx = commands::Context::new(&cli.connection, cli.json).await?;
+                commands::practices::run(command, &cx).await
             })
         }
     };

@@ -1,9 +1,20 @@
 //! What the CLI reads from the staff API's answers: only the fields it
 //! shows, so a hub that adds fields does not break older tools.
 
+use crate::client::CliError;
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+
+/// One of the views below, read from the hub's JSON answer.
+pub fn read<T: DeserializeOwned>(answer: serde_json::Value) -> Result<T, CliError> {
+    serde_json::from_value(answer).map_err(|e| {
+        CliError::Failure(anyhow::anyhow!(
+            "the hub's answer is not what this tool expects: {e}"
+        ))
+    })
+}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Duration {

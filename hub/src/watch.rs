@@ -1,8 +1,9 @@
 //! `hub campaign watch ID`: live progress bars until the campaign is done.
 
-use crate::client::CliError;
-use crate::staff::{duration, thousands, Context};
-use crate::views::Detail;
+use crate::client::{CliError, Client};
+use crate::format::{duration, thousands};
+use crate::render;
+use crate::views::{self, Detail};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -124,8 +125,11 @@ impl Bars {
     }
 }
 
+/// Polls `/campaigns/ID` (`id` already a path segment) every `interval`
+/// seconds; with `json`, prints each answer as one line instead of bars.
 pub async fn watch(
-    cx: &Context,
+    client: &Client,
+    json: bool,
     id: &str,
     interval: f64,
     max_wait: Option<u64>,
@@ -136,25 +140,21 @@ pub async fn watch(
         ));
     }
     let interval = Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
-    let visible = !cx.json && std::io::stderr().is_terminal();
+    let visible = !json && std::io::stderr().is_terminal();
     let bars = Bars::new(visible);
     let started = Instant::now();
     let mut last: Option<(Instant, u64)> = None;
     let mut last_state = String::new();
     let mut rate = None;
     loop {
-        let answer = match cx.client.get(&format!("/campaigns/{id}")).await {
+        let answer = match client.get(&format!("/campaigns/{id}")).await {
             Ok(answer) => answer,
             Err(error) => {
                 bars.finish();
                 return Err(error);
             }
         };
-        let detail: Detail = serde_json::from_value(answer.clone()).map_err(|e| {
-            CliError::Failure(anyhow::anyhow!(
-                "the hub's answer is not what this tool expects: {e}"
-            ))
-        })?;
+        let detail: Detail = views::read(answer.clone())?;
         let sent = detail.campaign.totals.as_ref().map(|t| t.sent).unwrap_or(0);
         let now = Instant::now();
         if let Some((then, before)) = last {
@@ -164,7 +164,7 @@ pub async fn watch(
             }
         }
         last = Some((now, sent));
-        if cx.json {
+        if json {
             println!("{answer}");
         } else {
             bars.update(&detail, rate);
@@ -175,8 +175,8 @@ pub async fn watch(
         last_state.clone_from(&detail.campaign.state);
         if matches!(last_state.as_str(), "completed" | "cancelled") {
             bars.finish();
-            if !cx.json {
-                print_summary(&detail, started.elapsed());
+            if !json {
+                print!("{}", render::watched(&detail, started.elapsed()));
             }
             return Ok(());
         }
@@ -189,21 +189,4 @@ pub async fn watch(
         }
         tokio::time::sleep(interval).await;
     }
-}
-
-fn print_summary(d: &Detail, elapsed: Duration) {
-    let c = &d.campaign;
-    let t = c.totals.clone().unwrap_or_default();
-    println!(
-        "Campaign {} {} (watched {}): cohort {}, sent {}, delivered {}, failed {}, letters {}, excluded {}",
-        c.id,
-        c.state,
-        duration(elapsed.as_secs()),
-        thousands(t.cohort),
-        thousands(t.sent),
-        thousands(t.delivered),
-        thousands(t.failed),
-        thousands(t.letters),
-        thousands(t.excluded_total())
-    );
 }

@@ -16,7 +16,7 @@ use hub_core::domain::{CampaignId, CampaignState, ParticipationState, StaffId};
 use hub_core::handlers::api;
 use hub_core::handlers::deadline::{fire_deadline, DeadlineOutcome};
 use hub_core::handlers::report::CampaignReport;
-use hub_core::handlers::{Hub, HubConfig, ProviderRouter};
+use hub_core::handlers::{Hub, HubConfig, HubParts};
 use hub_core::ports::{Job, QueueName, ScheduledAction, SmsProvider, SystemClock};
 use hub_local::demo::wait_until;
 use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
@@ -117,9 +117,12 @@ impl AwsHub {
             send_deadline: Duration::from_secs(2),
             ..HubConfig::default()
         };
-        config.validate().expect("valid config");
-        let router = ProviderRouter::new(
-            gateways
+        let hub = HubParts {
+            store: Arc::new(stack.hub_store().expect("hub store")),
+            patients: Arc::new(stack.patient_store().expect("patient store")),
+            queue: Arc::new(stack.job_queue().expect("job queue")),
+            scheduler: Arc::new(stack.scheduler().expect("scheduler")),
+            sms: gateways
                 .iter()
                 .map(|g| {
                     (
@@ -128,24 +131,16 @@ impl AwsHub {
                     )
                 })
                 .collect(),
-            1,
-        )
-        .with_deadline(config.send_deadline);
-        let mut config = config;
-        config.providers = router.rates();
-        let hub = Hub {
-            store: Arc::new(stack.hub_store().expect("hub store")),
-            patients: Arc::new(stack.patient_store().expect("patient store")),
-            queue: Arc::new(stack.job_queue().expect("job queue")),
-            scheduler: Arc::new(stack.scheduler().expect("scheduler")),
-            sms: Arc::new(router),
+            send_workers: 1,
             email: postal.clone(),
             letters: postal.clone(),
             gp: estate.clone(),
             clock: Arc::new(SystemClock),
-            optout_key: Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string())),
-            config: Arc::new(config),
-        };
+            optout_key: SecretString::from(uuid::Uuid::new_v4().to_string()),
+            config,
+        }
+        .build()
+        .expect("valid config");
         if let Ok(mut slot) = sink.hub.lock() {
             *slot = Some(hub.clone());
         }

@@ -1072,8 +1072,13 @@ async fn faults_map_to_the_right_store_errors() {
         .build();
     let unreachable = DynamoPatientStore::new(aws_sdk_dynamodb::Client::from_conf(config), "t");
     match unreachable.count_campaign(&CampaignId::new()).await {
-        Err(StoreError::Unavailable(message)) => {
-            assert!(message.contains("Query"), "{message}")
+        Err(StoreError::Unavailable {
+            what: message,
+            source,
+        }) => {
+            assert!(message.contains("Query"), "{message}");
+            // The SDK's fault stays attached as the cause.
+            assert!(source.is_some_and(|cause| cause.to_string().contains("Query failed")));
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }

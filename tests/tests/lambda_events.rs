@@ -2,6 +2,7 @@
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use functions::lambda::{handle_sqs, sqs_messages};
+use hub_core::ports::QueueName;
 use hub_local::LocalStack;
 use hub_tests::config;
 
@@ -29,7 +30,9 @@ fn a_record_without_an_id_fails_the_whole_batch() {
 async fn only_the_failed_message_ids_are_reported() {
     // GIVEN a batch with a purge of an unknown campaign and an unparseable body
     let stack = LocalStack::start(config(2, 100, 5)).await.expect("stack");
-    let response = handle_sqs(&stack.hub, fixture(), 4).await.expect("handled");
+    let response = handle_sqs(&stack.hub, QueueName::Purge, fixture(), 4)
+        .await
+        .expect("handled");
     let failed: Vec<_> = response
         .batch_item_failures
         .iter()
@@ -57,7 +60,9 @@ async fn only_the_failed_message_ids_are_reported() {
         "{{\"job\":\"purge\",\"campaign\":\"{}\"}}",
         created.campaign.id
     ));
-    let response = handle_sqs(&stack.hub, event, 4).await.expect("handled");
+    let response = handle_sqs(&stack.hub, QueueName::Purge, event, 4)
+        .await
+        .expect("handled");
     assert!(response.batch_item_failures.is_empty());
     let campaign = stack
         .hub
@@ -65,6 +70,47 @@ async fn only_the_failed_message_ids_are_reported() {
         .await
         .expect("campaign");
     assert!(campaign.purged_at.is_some(), "the purge ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_refuses_the_jobs_of_another_queue() {
+    // GIVEN a cancelled campaign whose purge job arrives at the send function
+    let stack = LocalStack::start(config(2, 100, 7)).await.expect("stack");
+    let created = hub_core::handlers::api::create_campaign(
+        &stack.hub,
+        &hub_tests::alice(),
+        &hub_tests::request("Stay safe: www.nhs.uk"),
+    )
+    .await
+    .expect("campaign");
+    hub_core::handlers::api::cancel(&stack.hub, &hub_tests::bob(), &created.campaign.id, "test")
+        .await
+        .expect("cancelled");
+    let mut event = fixture();
+    event.records.truncate(1);
+    event.records[0].body = Some(format!(
+        "{{\"job\":\"purge\",\"campaign\":\"{}\"}}",
+        created.campaign.id
+    ));
+    let response = handle_sqs(&stack.hub, QueueName::Send, event.clone(), 4)
+        .await
+        .expect("handled");
+    // THEN it is reported failed and the purge did not run
+    assert_eq!(response.batch_item_failures.len(), 1);
+    let campaign = stack
+        .hub
+        .campaign(&created.campaign.id)
+        .await
+        .expect("campaign");
+    assert!(
+        campaign.purged_at.is_none(),
+        "the send function ran a purge"
+    );
+    // AND the purge function runs it
+    let response = handle_sqs(&stack.hub, QueueName::Purge, event, 4)
+        .await
+        .expect("handled");
+    assert!(response.batch_item_failures.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    functions::lambda::run_sqs_function(1).await
+    functions::lambda::run_sqs_function(hub_core::ports::QueueName::Extract, 1).await
 }

@@ -3,13 +3,14 @@
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use hub_core::handlers::{purge, Hub};
+use hub_core::ports::QueueName;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
 async fn handle(hub: &Hub, event: Value) -> Result<Value, Error> {
     if event.get("Records").is_some() {
         let event: SqsEvent = serde_json::from_value(event)?;
-        let response = functions::lambda::handle_sqs(hub, event, 2).await?;
+        let response = functions::lambda::handle_sqs(hub, QueueName::Purge, event, 2).await?;
         return Ok(serde_json::to_value(response)?);
     }
     let purged = purge::purge_sweep(hub).await?;

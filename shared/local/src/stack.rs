@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use hub_adapters::fhir::{FhirConfig, FhirGpConnector};
 use hub_adapters::notify::{NotifyClient, NotifyTemplates};
 use hub_core::handlers::jobs::{handle_batch, Message};
-use hub_core::handlers::{Hub, HubConfig, ProviderRouter};
+use hub_core::handlers::{Hub, HubConfig, HubParts};
 use hub_core::ports::{
     DeliveryReceipt, Job, QueueName, ReceiptSink, ScheduledAction, Scheduler, SmsProvider,
     SystemClock,
@@ -138,32 +138,8 @@ pub struct LocalStack {
 
 impl LocalStack {
     pub async fn start(config: LocalStackConfig) -> anyhow::Result<Arc<Self>> {
-        let (store, queue, scheduler) = match &config.database {
-            Some(path) => (
-                SqliteStore::open(path).context("opening the local store")?,
-                LocalQueue::open(&path.with_extension("queue.sqlite"))
-                    .context("opening the local queue")?,
-                LocalScheduler::open(&path.with_extension("schedules.sqlite"))
-                    .context("opening the local scheduler")?,
-            ),
-            None => (
-                SqliteStore::in_memory()?,
-                LocalQueue::in_memory()?,
-                LocalScheduler::in_memory()?,
-            ),
-        };
-        for name in QueueName::ALL {
-            queue.set_config(
-                name,
-                crate::embedded::QueueConfig {
-                    visibility_timeout: config.visibility_timeout,
-                    max_receive_count: config.max_receive_count,
-                },
-            );
-        }
-        let store = Arc::new(store);
-        let queue = Arc::new(queue);
-        let scheduler = Arc::new(scheduler);
+        config.check_retry_span()?;
+        let (store, queue, scheduler) = open_embedded(&config)?;
         let estate = Arc::new(GpEstate::generate(config.region));
         let sink = Arc::new(ReceiptsHandler {
             hub: Mutex::new(None),
@@ -174,147 +150,31 @@ impl LocalStack {
             .map(|gateway| Arc::new(GatewaySim::new(gateway.clone())))
             .collect();
         let postal = Arc::new(GatewaySim::new(config.postal_gateway.clone()));
-        let callback_token = Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string()));
         let mut practices = estate.practices();
-        let wiring = match config.transport {
-            Transport::InProcess => {
-                for gateway in &gateways {
-                    gateway.set_receipt_sink(sink.clone());
-                }
-                let providers = gateways
-                    .iter()
-                    .map(|g| {
-                        (
-                            g.clone() as Arc<dyn SmsProvider>,
-                            g.config().rate_per_second,
-                        )
-                    })
-                    .collect();
-                Wiring {
-                    providers,
-                    email: postal.clone(),
-                    letters: postal.clone(),
-                    gp: estate.clone(),
-                    http: None,
-                }
-            }
+        let mut wiring = match config.transport {
+            Transport::InProcess => Wiring::in_process(&gateways, &postal, &estate, &sink),
             Transport::Http => {
-                let receipts = start_receipts(sink.clone(), callback_token.clone()).await?;
-                let target = CallbackTarget {
-                    url: receipts.0.clone(),
-                    bearer: SecretString::from(callback_token.expose_secret().to_string()),
-                };
-                let templates = NotifyTemplates {
-                    sms: uuid::Uuid::new_v4().to_string(),
-                    email: Some(uuid::Uuid::new_v4().to_string()),
-                    letter: Some(uuid::Uuid::new_v4().to_string()),
-                };
-                let mut notify = Vec::new();
-                let mut providers: Vec<(Arc<dyn SmsProvider>, f64)> = Vec::new();
-                for gateway in &gateways {
-                    let (_, server) = start_notify(
-                        (**gateway).clone(),
-                        NotifyServerConfig {
-                            callback: Some(target.clone()),
-                            ..NotifyServerConfig::default()
-                        },
-                    )
-                    .await?;
-                    let mut client_config = hub_adapters::notify::NotifyConfig::new(
-                        server.base_url(),
-                        server.api_key(),
-                        templates.clone(),
-                    );
-                    client_config.name = gateway.config().name.clone();
-                    providers.push((
-                        Arc::new(NotifyClient::new(client_config)?),
-                        gateway.config().rate_per_second,
-                    ));
-                    notify.push(server);
-                }
-                let (_, postal_server) =
-                    start_notify((*postal).clone(), NotifyServerConfig::default()).await?;
-                let postal_client = Arc::new(NotifyClient::from_key(
-                    &postal_server.base_url(),
-                    postal_server.api_key(),
-                    templates.clone(),
-                )?);
-                let (_, fhir) = start_fhir((*estate).clone(), FhirServerConfig::default()).await?;
-                // Half the practices export in bulk, half answer paged search.
-                for (i, practice) in practices.iter_mut().enumerate() {
-                    if let Some(connected) = fhir.practice(&practice.ods, i % 2 == 0, None) {
-                        *practice = connected;
-                    }
-                }
-                Wiring {
-                    providers,
-                    email: postal_client.clone(),
-                    letters: postal_client,
-                    gp: Arc::new(FhirGpConnector::new(FhirConfig::default())?),
-                    http: Some(HttpServers {
-                        notify,
-                        postal: postal_server,
-                        fhir,
-                        receipts_url: receipts.0,
-                        _receipts: receipts.1,
-                    }),
-                }
+                Wiring::over_http(&gateways, &postal, &estate, &sink, &mut practices).await?
             }
         };
-        let mut wiring = wiring;
-        if let Some(notify) = &config.external.notify {
-            let client = Arc::new(NotifyClient::from_key(
-                &notify.base_url,
-                notify.api_key.clone(),
-                notify.templates.clone(),
-            )?);
-            // The simulated estate's mobiles look real: with it, a real
-            // provider is only ever given Ofcom's drama-range numbers.
-            let provider: Arc<dyn SmsProvider> = if config.external.fhir_base_url.is_none() {
-                Arc::new(DramaRangeOnly(client.clone()))
-            } else {
-                client.clone()
-            };
-            wiring.providers = vec![(provider, notify.rate_per_second)];
-            wiring.email = client.clone();
-            wiring.letters = client;
-        }
-        if let Some(base_url) = &config.external.fhir_base_url {
-            for practice in practices.iter_mut() {
-                practice.connection = hub_core::ports::GpConnection::Fhir {
-                    base_url: base_url.clone(),
-                    bulk_export: false,
-                    secret: None,
-                };
-            }
-            wiring.gp = Arc::new(FhirGpConnector::new(FhirConfig::default())?);
-        }
-        config.hub.validate().map_err(anyhow::Error::msg)?;
-        // A send job retried while its claims are too young to reclaim must
-        // not run out of receives first (on AWS: 5 x 5,400 s against 20 min).
-        let retry_span = config.visibility_timeout * config.max_receive_count;
-        if retry_span <= config.hub.stale_after.to_std().unwrap_or_default() {
-            anyhow::bail!(
-                "visibility_timeout x max_receive_count ({retry_span:?}) must exceed stale_after"
-            );
-        }
-        let router =
-            ProviderRouter::new(wiring.providers, 1).with_deadline(config.hub.send_deadline);
-        let mut hub_config = config.hub.clone();
-        hub_config.providers = router.rates();
-        let hub = Hub {
+        wiring.use_external(&config.external, &mut practices)?;
+        let hub = HubParts {
             store: store.clone(),
             patients: store.clone(),
             queue: queue.clone(),
             scheduler: scheduler.clone(),
-            sms: Arc::new(router),
+            sms: wiring.providers,
+            // Each local send worker paces at the whole rate: the router is
+            // shared by every worker of this one process.
+            send_workers: 1,
             email: wiring.email,
             letters: wiring.letters,
             gp: wiring.gp,
             clock: Arc::new(SystemClock),
-            optout_key: Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string())),
-            config: Arc::new(hub_config),
-        };
+            optout_key: SecretString::from(uuid::Uuid::new_v4().to_string()),
+            config: config.hub.clone(),
+        }
+        .build()?;
         if let Ok(mut slot) = sink.hub.lock() {
             *slot = Some(hub.clone());
         }
@@ -383,7 +243,7 @@ impl LocalStack {
             // visibility timeout is set above the function timeout); here the
             // harness keeps extending it instead, so only a crashed worker's
             // messages come back.
-            let handling = handle_batch(&self.hub, messages, batch);
+            let handling = handle_batch(&self.hub, name, messages, batch);
             tokio::pin!(handling);
             let mut heartbeat = tokio::time::interval(self.config.visibility_timeout / 3);
             heartbeat.tick().await;
@@ -404,10 +264,21 @@ impl LocalStack {
                 }
             };
             for message in received {
-                if !failed.contains(&message.receipt_handle) {
-                    if let Err(error) = self.queue.delete(name, &message.receipt_handle).await {
-                        tracing::warn!(queue = name.as_str(), %error, "delete failed");
+                match failed.iter().find(|f| f.id == message.receipt_handle) {
+                    None => {
+                        if let Err(error) = self.queue.delete(name, &message.receipt_handle).await {
+                            tracing::warn!(queue = name.as_str(), %error, "delete failed");
+                        }
                     }
+                    // No later delivery can succeed: let it reach the
+                    // dead-letter queue now rather than after the timeouts.
+                    Some(failure) if !failure.retryable => {
+                        let _ = self
+                            .queue
+                            .change_visibility(name, &message.receipt_handle, chrono::Utc::now())
+                            .await;
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -546,12 +417,197 @@ impl<P: SmsProvider> SmsProvider for DramaRangeOnly<P> {
     }
 }
 
+/// The SQLite store, queue and scheduler: in one file each beside
+/// `config.database`, or in memory.
+fn open_embedded(
+    config: &LocalStackConfig,
+) -> anyhow::Result<(Arc<SqliteStore>, Arc<LocalQueue>, Arc<LocalScheduler>)> {
+    let (store, queue, scheduler) = match &config.database {
+        Some(path) => (
+            SqliteStore::open(path).context("opening the local store")?,
+            LocalQueue::open(&path.with_extension("queue.sqlite"))
+                .context("opening the local queue")?,
+            LocalScheduler::open(&path.with_extension("schedules.sqlite"))
+                .context("opening the local scheduler")?,
+        ),
+        None => (
+            SqliteStore::in_memory()?,
+            LocalQueue::in_memory()?,
+            LocalScheduler::in_memory()?,
+        ),
+    };
+    for name in QueueName::ALL {
+        queue.set_config(
+            name,
+            crate::embedded::QueueConfig {
+                visibility_timeout: config.visibility_timeout,
+                max_receive_count: config.max_receive_count,
+            },
+        );
+    }
+    Ok((Arc::new(store), Arc::new(queue), Arc::new(scheduler)))
+}
+
+impl LocalStackConfig {
+    /// A send job retried while its claims are too young to reclaim must
+    /// not run out of receives first (on AWS: 5 x 5,400 s against 20 min).
+    fn check_retry_span(&self) -> anyhow::Result<()> {
+        let retry_span = self.visibility_timeout * self.max_receive_count;
+        if retry_span <= self.hub.stale_after.to_std().unwrap_or_default() {
+            anyhow::bail!(
+                "visibility_timeout x max_receive_count ({retry_span:?}) must exceed stale_after"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The providers and GP systems a local hub talks to.
 struct Wiring {
     providers: Vec<(Arc<dyn SmsProvider>, f64)>,
     email: Arc<dyn EmailProvider>,
     letters: Arc<dyn LetterProvider>,
     gp: Arc<dyn GpConnector>,
     http: Option<HttpServers>,
+}
+
+impl Wiring {
+    /// Direct calls to the simulators.
+    fn in_process(
+        gateways: &[Arc<GatewaySim>],
+        postal: &Arc<GatewaySim>,
+        estate: &Arc<GpEstate>,
+        sink: &Arc<ReceiptsHandler>,
+    ) -> Self {
+        for gateway in gateways {
+            gateway.set_receipt_sink(sink.clone());
+        }
+        let providers = gateways
+            .iter()
+            .map(|g| {
+                (
+                    g.clone() as Arc<dyn SmsProvider>,
+                    g.config().rate_per_second,
+                )
+            })
+            .collect();
+        Self {
+            providers,
+            email: postal.clone(),
+            letters: postal.clone(),
+            gp: estate.clone(),
+            http: None,
+        }
+    }
+
+    /// The real Notify and FHIR adapters, over HTTP, to simulators that
+    /// speak those APIs; delivery callbacks come back to a local receipts
+    /// endpoint. Connects each practice to its FHIR base URL.
+    async fn over_http(
+        gateways: &[Arc<GatewaySim>],
+        postal: &Arc<GatewaySim>,
+        estate: &Arc<GpEstate>,
+        sink: &Arc<ReceiptsHandler>,
+        practices: &mut [hub_core::ports::Practice],
+    ) -> anyhow::Result<Self> {
+        let callback_token = Arc::new(SecretString::from(uuid::Uuid::new_v4().to_string()));
+        let receipts = start_receipts(sink.clone(), callback_token.clone()).await?;
+        let target = CallbackTarget {
+            url: receipts.0.clone(),
+            bearer: SecretString::from(callback_token.expose_secret().to_string()),
+        };
+        let templates = NotifyTemplates {
+            sms: uuid::Uuid::new_v4().to_string(),
+            email: Some(uuid::Uuid::new_v4().to_string()),
+            letter: Some(uuid::Uuid::new_v4().to_string()),
+        };
+        let mut notify = Vec::new();
+        let mut providers: Vec<(Arc<dyn SmsProvider>, f64)> = Vec::new();
+        for gateway in gateways {
+            let (_, server) = start_notify(
+                (**gateway).clone(),
+                NotifyServerConfig {
+                    callback: Some(target.clone()),
+                    ..NotifyServerConfig::default()
+                },
+            )
+            .await?;
+            let mut client_config = hub_adapters::notify::NotifyConfig::new(
+                server.base_url(),
+                server.api_key(),
+                templates.clone(),
+            );
+            client_config.name = gateway.config().name.clone();
+            providers.push((
+                Arc::new(NotifyClient::new(client_config)?),
+                gateway.config().rate_per_second,
+            ));
+            notify.push(server);
+        }
+        let (_, postal_server) =
+            start_notify((**postal).clone(), NotifyServerConfig::default()).await?;
+        let postal_client = Arc::new(NotifyClient::from_key(
+            &postal_server.base_url(),
+            postal_server.api_key(),
+            templates.clone(),
+        )?);
+        let (_, fhir) = start_fhir((**estate).clone(), FhirServerConfig::default()).await?;
+        // Half the practices export in bulk, half answer paged search.
+        for (i, practice) in practices.iter_mut().enumerate() {
+            if let Some(connected) = fhir.practice(&practice.ods, i % 2 == 0, None) {
+                *practice = connected;
+            }
+        }
+        Ok(Self {
+            providers,
+            email: postal_client.clone(),
+            letters: postal_client,
+            gp: Arc::new(FhirGpConnector::new(FhirConfig::default())?),
+            http: Some(HttpServers {
+                notify,
+                postal: postal_server,
+                fhir,
+                receipts_url: receipts.0,
+                _receipts: receipts.1,
+            }),
+        })
+    }
+
+    /// A real Notify service and/or FHIR server in place of the simulators.
+    fn use_external(
+        &mut self,
+        external: &External,
+        practices: &mut [hub_core::ports::Practice],
+    ) -> anyhow::Result<()> {
+        if let Some(notify) = &external.notify {
+            let client = Arc::new(NotifyClient::from_key(
+                &notify.base_url,
+                notify.api_key.clone(),
+                notify.templates.clone(),
+            )?);
+            // The simulated estate's mobiles look real: with it, a real
+            // provider is only ever given Ofcom's drama-range numbers.
+            let provider: Arc<dyn SmsProvider> = if external.fhir_base_url.is_none() {
+                Arc::new(DramaRangeOnly(client.clone()))
+            } else {
+                client.clone()
+            };
+            self.providers = vec![(provider, notify.rate_per_second)];
+            self.email = client.clone();
+            self.letters = client;
+        }
+        if let Some(base_url) = &external.fhir_base_url {
+            for practice in practices.iter_mut() {
+                practice.connection = hub_core::ports::GpConnection::Fhir {
+                    base_url: base_url.clone(),
+                    bulk_export: false,
+                    secret: None,
+                };
+            }
+            self.gp = Arc::new(FhirGpConnector::new(FhirConfig::default())?);
+        }
+        Ok(())
+    }
 }
 
 /// The local receipts endpoint: what API Gateway and the receipts function

@@ -225,7 +225,8 @@ impl Poller {
 
         // Lambda's visibility timeout outlasts the function; here the
         // harness extends it while the function runs instead.
-        let handling = functions::lambda::handle_sqs(&self.hub, event, self.batch as usize);
+        let handling =
+            functions::lambda::handle_sqs(&self.hub, self.queue, event, self.batch as usize);
         tokio::pin!(handling);
         let mut heartbeat = tokio::time::interval(self.options.visibility_timeout / 3);
         heartbeat.tick().await;

@@ -131,7 +131,9 @@ impl Fault {
 
     pub fn into_store_error(self) -> StoreError {
         match self.kind {
-            FaultKind::Transient => StoreError::Unavailable(self.to_string()),
+            FaultKind::Transient => {
+                StoreError::unavailable_because(format!("{} on DynamoDB", self.operation), self)
+            }
             FaultKind::Condition => StoreError::Conflict(self.to_string()),
             FaultKind::NotFound | FaultKind::Permanent => {
                 let context = format!("{} on DynamoDB", self.operation);

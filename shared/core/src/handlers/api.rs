@@ -89,7 +89,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => Self::Conflict(format!(
                 "changed by someone else; reload and retry ({what})"
             )),
-            StoreError::Unavailable(why) => Self::Unavailable(why),
+            StoreError::Unavailable { what, .. } => Self::Unavailable(what),
             StoreError::Unexpected(error) => Self::Internal(error),
         }
     }

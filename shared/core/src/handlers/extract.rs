@@ -262,7 +262,7 @@ pub async fn extract_practice(
         ParticipationState::Extracting => {
             let started = participation.extraction_started_at.unwrap_or(now);
             if now - started < hub.config.stale_after {
-                return Err(JobError::Retry(format!(
+                return Err(JobError::retry(format!(
                     "practice {ods} is being extracted by another worker"
                 )));
             }
@@ -303,7 +303,7 @@ pub async fn extract_practice(
         }
         Err(ReadError::Job(error)) => Err(error),
         Err(ReadError::Gp(error)) => {
-            give_up_or_retry(hub, participation, &error, receive_count).await
+            give_up_or_retry(hub, participation, error, receive_count).await
         }
     }
 }
@@ -485,7 +485,7 @@ async fn queue_chunks(hub: &Hub, participation: &Participation) -> Result<(), Jo
 async fn give_up_or_retry(
     hub: &Hub,
     mut participation: Participation,
-    error: &GpError,
+    error: GpError,
     receive_count: u32,
 ) -> Result<(), JobError> {
     let campaign_id = participation.campaign.clone();
@@ -497,7 +497,10 @@ async fn give_up_or_retry(
         participation.state = ParticipationState::Participating;
         hub.store.update_participation(&participation).await?;
         tracing::warn!(campaign = %campaign_id, ods = %ods, attempt = receive_count, %error, "extraction failed; will retry");
-        return Err(JobError::Retry(format!("GP system of {ods}: {error}")));
+        return Err(JobError::retry_because(
+            format!("GP system of {ods}"),
+            error,
+        ));
     }
     participation.state = ParticipationState::ExtractionFailed;
     let progress = hub.store.commit_extraction(&participation, 0).await?;

@@ -71,7 +71,7 @@ pub async fn send_letters(
     let stored = hub.patients.load_chunk(campaign_id, chunk_id).await?;
     let letters: Vec<_> = stored.iter().filter(|r| !r.is_sms()).collect();
     if retry || letters.iter().any(|r| !r.status.is_final()) {
-        return Err(JobError::Retry(format!(
+        return Err(JobError::retry(format!(
             "chunk {chunk_id}: letters left to send"
         )));
     }

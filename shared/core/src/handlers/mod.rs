@@ -22,7 +22,7 @@ use crate::domain::{
 };
 use crate::ports::{
     Clock, EmailProvider, GpConnector, HubStore, JobQueue, LetterProvider, PatientDataStore,
-    QueueError, ScheduledAction, Scheduler, StoreError,
+    QueueError, ScheduledAction, Scheduler, SmsProvider, StoreError,
 };
 use secrecy::SecretString;
 use std::sync::Arc;
@@ -62,18 +62,25 @@ pub struct HubConfig {
     pub max_deadline_ahead: chrono::Duration,
 }
 
+/// Settings the hub refuses to run with.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid hub configuration: {0}")]
+pub struct ConfigError(String);
+
 impl HubConfig {
     /// Refuses settings under which a live sender could be overtaken.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let stale = self.stale_after.to_std().unwrap_or_default();
         if stale <= self.send_deadline * 2 {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "stale_after ({stale:?}) must be more than twice send_deadline ({:?})",
                 self.send_deadline
-            ));
+            )));
         }
         if self.chunk_size == 0 || self.send_batch == 0 {
-            return Err("chunk_size and send_batch must be at least 1".into());
+            return Err(ConfigError(
+                "chunk_size and send_batch must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -117,18 +124,114 @@ pub struct Hub {
     pub config: Arc<HubConfig>,
 }
 
-/// Why a queued job did not finish. Every variant leaves the message on
-/// the queue to be tried again; after `maxReceiveCount` it goes to the DLQ.
+/// What a [`Hub`] is made of. [`HubParts::build`] is the one place that
+/// turns adapters into a hub: the Lambda wiring, the local stack and the
+/// tests all go through it.
+pub struct HubParts {
+    pub store: Arc<dyn HubStore>,
+    pub patients: Arc<dyn PatientDataStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub scheduler: Arc<dyn Scheduler>,
+    /// The SMS providers, each with its rate in fragments per second.
+    pub sms: Vec<(Arc<dyn SmsProvider>, f64)>,
+    /// How many send invocations run at once and share those rates.
+    pub send_workers: u32,
+    pub email: Arc<dyn EmailProvider>,
+    pub letters: Arc<dyn LetterProvider>,
+    pub gp: Arc<dyn GpConnector>,
+    pub clock: Arc<dyn Clock>,
+    pub optout_key: SecretString,
+    pub config: HubConfig,
+}
+
+impl HubParts {
+    /// Validates the configuration, builds the provider router and plans
+    /// against the providers' whole rate.
+    pub fn build(self) -> Result<Hub, ConfigError> {
+        self.config.validate()?;
+        let share = self.send_workers.max(1);
+        let router = ProviderRouter::new(self.sms, share).with_deadline(self.config.send_deadline);
+        let mut config = self.config;
+        // Each send invocation paces itself at its share; the plan and the
+        // ETA count what all of them send together.
+        config.providers = router
+            .rates()
+            .into_iter()
+            .map(|mut rate| {
+                rate.fragments_per_second *= f64::from(share);
+                rate
+            })
+            .collect();
+        Ok(Hub {
+            store: self.store,
+            patients: self.patients,
+            queue: self.queue,
+            scheduler: self.scheduler,
+            sms: Arc::new(router),
+            email: self.email,
+            letters: self.letters,
+            gp: self.gp,
+            clock: self.clock,
+            optout_key: Arc::new(self.optout_key),
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Any error kept as the cause of another.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a queued job did not finish. A failed message is reported back to its
+/// queue; [`JobError::retryable`] says whether another delivery can help.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("will retry: {0}")]
-    Retry(String),
-    #[error("message is malformed: {0}")]
+    /// Transient: a provider, GP system or lock that may answer later.
+    #[error("will retry: {reason}")]
+    Retry {
+        reason: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The message names something that does not exist or cannot be acted
+    /// on; no later delivery will change that.
+    #[error("message cannot be handled: {0}")]
     Malformed(String),
-    #[error(transparent)]
+    #[error("store: {0}")]
     Store(#[from] StoreError),
-    #[error(transparent)]
+    #[error("queue: {0}")]
     Queue(#[from] QueueError),
+}
+
+impl JobError {
+    /// A transient failure with nothing underneath.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// A transient failure caused by `source`.
+    pub fn retry_because(
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The one place that says whether a failed job is worth another
+    /// delivery. A conflict is retried (the handler re-reads); a missing
+    /// record or a malformed message is not.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Retry { .. } | Self::Queue(_) => true,
+            Self::Malformed(_) => false,
+            Self::Store(error) => error.retryable(),
+        }
+    }
 }
 
 impl Hub {
@@ -182,7 +285,7 @@ impl Hub {
                 Err(other) => return Err(other),
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "campaign {id} kept changing under an update"
         )))
     }

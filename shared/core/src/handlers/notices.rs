@@ -105,7 +105,7 @@ pub async fn send_notice(
             .await?;
             return Ok(());
         }
-        Err(error) => return Err(JobError::Retry(format!("notice to {ods}: {error}"))),
+        Err(error) => return Err(JobError::retry_because(format!("notice to {ods}"), error)),
     }
     participation.notice_sent_at = Some(hub.now());
     match hub.store.update_participation(&participation).await {

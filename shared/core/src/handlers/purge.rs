@@ -42,7 +42,7 @@ pub async fn purge_campaign(hub: &Hub, campaign_id: &CampaignId) -> Result<(), J
     )
     .await?;
     if remaining > 0 {
-        return Err(JobError::Retry(format!(
+        return Err(JobError::retry(format!(
             "campaign {campaign_id}: {remaining} patient-data items written during the purge"
         )));
     }

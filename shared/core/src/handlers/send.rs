@@ -71,7 +71,7 @@ pub async fn send_chunk(
         unfinished |= send_step(hub, &campaign, step, &practice_name).await?;
     }
     if unfinished {
-        return Err(JobError::Retry(format!(
+        return Err(JobError::retry(format!(
             "chunk {chunk_id}: some messages could not be sent yet"
         )));
     }
@@ -84,7 +84,7 @@ pub async fn send_chunk(
             RecipientStatus::Sent { .. } => counts.sent += 1,
             RecipientStatus::Rejected => counts.exclude(ExclusionReason::ProviderRejected),
             _ => {
-                return Err(JobError::Retry(format!(
+                return Err(JobError::retry(format!(
                     "chunk {chunk_id} has recipients still in flight"
                 )))
             }
@@ -242,8 +242,8 @@ async fn send_step(
     hub.patients.set_status(&campaign.id, &updates).await?;
     if unauthorised {
         tracing::error!(campaign = %campaign.id, chunk = %chunk, "every SMS provider refused our credentials: sending stopped");
-        return Err(JobError::Retry(
-            "every SMS provider refused our credentials".into(),
+        return Err(JobError::retry(
+            "every SMS provider refused our credentials",
         ));
     }
     Ok(unfinished)

@@ -23,7 +23,7 @@ pub async fn write_back_chunk(
         return Ok(());
     }
     if !record.send_done {
-        return Err(JobError::Retry(format!(
+        return Err(JobError::retry(format!(
             "chunk {chunk_id} is still sending"
         )));
     }
@@ -62,10 +62,10 @@ pub async fn write_back_chunk(
                 }
             }
             Err(error) if receive_count < MAX_WRITEBACK_ATTEMPTS => {
-                return Err(JobError::Retry(format!(
-                    "write-back to {}: {error}",
-                    practice.ods
-                )))
+                return Err(JobError::retry_because(
+                    format!("write-back to {}", practice.ods),
+                    error,
+                ))
             }
             Err(error) => {
                 tracing::error!(campaign = %campaign_id, chunk = %chunk_id, %error, "write-back failed for good");
@@ -82,7 +82,7 @@ pub async fn write_back_chunk(
         .mark_written_back(campaign_id, chunk_id, &indexes)
         .await?;
     if failed > 0 && receive_count < MAX_WRITEBACK_ATTEMPTS {
-        return Err(JobError::Retry(format!(
+        return Err(JobError::retry(format!(
             "chunk {chunk_id}: {failed} write-backs to retry"
         )));
     }

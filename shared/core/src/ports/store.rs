@@ -17,10 +17,44 @@ pub enum StoreError {
     #[error("not found: {0}")]
     NotFound(String),
     /// Throttling or a transient fault: retry the whole message.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+    /// A bug or a misconfiguration; the chain says what went wrong.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
+}
+
+impl StoreError {
+    /// Transient, with nothing underneath.
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// Transient, caused by `source`.
+    pub fn unavailable_because(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// Whether trying the same work again can succeed: a lost conditional
+    /// write is re-read and retried, an outage may pass; a missing record
+    /// stays missing. An unexpected error is retried too, so nothing is
+    /// dropped on a first surprise; its dead-letter queue catches a repeat.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, Self::NotFound(_))
+    }
 }
 
 /// How a practice's GP system is reached.

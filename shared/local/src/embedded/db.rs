@@ -28,7 +28,7 @@ pub(super) enum DbError {
 impl From<DbError> for StoreError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Busy(op) => StoreError::Unavailable(format!("{op}: database busy")),
+            DbError::Busy(op) => StoreError::unavailable(format!("{op}: database busy")),
             DbError::Other(e) => StoreError::Unexpected(e),
         }
     }

@@ -1,0 +1,221 @@
+//! `hub practices ...`: the practice registry: list, import a CSV, set one.
+
+use super::{segment, Context};
+use crate::client::{CliError, Refusal};
+use crate::format::plural;
+use crate::render::{self, print_json};
+use crate::views::{self, Practice};
+use clap::Subcommand;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand, Debug)]
+pub enum PracticesCommand {
+    /// The practice registry.
+    List,
+    /// Add or update practices from a CSV file with the columns
+    /// ods,name,notice_email[,dsa_signed][,list_size][,fhir_base_url][,fhir_secret].
+    Import { file: PathBuf },
+    /// Add or change one practice.
+    Set {
+        ods: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Where the campaign notice is emailed.
+        #[arg(long)]
+        email: Option<String>,
+        /// Date the data sharing agreement was signed (YYYY-MM-DD), or `none`.
+        #[arg(long)]
+        dsa_signed: Option<String>,
+        /// Registered list size (for estimates).
+        #[arg(long)]
+        list_size: Option<u64>,
+        /// FHIR R4 base URL of the practice's GP system.
+        #[arg(long)]
+        fhir_url: Option<String>,
+    },
+}
+
+pub async fn run(command: PracticesCommand, cx: &Context) -> Result<(), CliError> {
+    match command {
+        PracticesCommand::List => {
+            let answer = cx.client.get("/practices").await?;
+            cx.reply(answer, Some("practices"), |p: Vec<Practice>| {
+                render::practices(&p)
+            })
+        }
+        PracticesCommand::Import { file } => import(cx, &file).await,
+        PracticesCommand::Set {
+            ods,
+            name,
+            email,
+            dsa_signed,
+            list_size,
+            fhir_url,
+        } => {
+            let answer = cx.client.get("/practices").await?;
+            let existing: Vec<Practice> = views::read(answer["practices"].clone())?;
+            let wanted = ods.trim().to_ascii_uppercase();
+            let current = existing.into_iter().find(|p| p.ods == wanted);
+            let mut body = match &current {
+                Some(p) => json!({
+                    "ods": p.ods,
+                    "name": p.name,
+                    "notice_email": p.notice_email,
+                    "dsa_signed": p.dsa_signed,
+                    "connection": p.connection,
+                    "list_size": p.list_size,
+                }),
+                None if name.is_some() && email.is_some() => json!({ "ods": wanted }),
+                None => {
+                    return Err(CliError::usage(format!(
+                    "practice {wanted} is not in the registry: give --name and --email to add it"
+                )))
+                }
+            };
+            if let Some(name) = name {
+                body["name"] = json!(name);
+            }
+            if let Some(email) = email {
+                body["notice_email"] = json!(email);
+            }
+            if let Some(dsa) = dsa_signed {
+                body["dsa_signed"] = match dsa.trim() {
+                    "" | "none" | "-" => Value::Null,
+                    date => json!(date),
+                };
+            }
+            if let Some(size) = list_size {
+                body["list_size"] = json!(size);
+            }
+            if let Some(url) = fhir_url {
+                body["connection"] = json!({ "kind": "fhir", "base_url": url });
+            }
+            if body.get("connection").is_some_and(Value::is_null) {
+                if let Some(fields) = body.as_object_mut() {
+                    fields.remove("connection");
+                }
+            }
+            let saved = cx.client.put(&path(&wanted), &body).await?;
+            cx.done(saved, |p: Practice| {
+                format!(
+                    "Saved {} {} (DSA signed: {}).",
+                    p.ods,
+                    p.name,
+                    p.dsa_signed.as_deref().unwrap_or("no")
+                )
+            })
+        }
+    }
+}
+
+/// `/practices/ODS`.
+fn path(ods: &str) -> String {
+    format!("/practices/{}", segment(ods))
+}
+
+const IMPORT_COLUMNS: [&str; 7] = [
+    "ods",
+    "name",
+    "notice_email",
+    "dsa_signed",
+    "list_size",
+    "fhir_base_url",
+    "fhir_secret",
+];
+
+/// One PUT per row; a refused row is reported and the rest go on.
+async fn import(cx: &Context, file: &Path) -> Result<(), CliError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(file)
+        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| CliError::usage(format!("{}: {e}", file.display())))?
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    if let Some(unknown) = headers
+        .iter()
+        .find(|h| !IMPORT_COLUMNS.contains(&h.as_str()))
+    {
+        return Err(CliError::usage(format!(
+            "{}: unknown column {unknown:?}; the columns are {}",
+            file.display(),
+            IMPORT_COLUMNS.join(",")
+        )));
+    }
+    for required in ["ods", "name", "notice_email"] {
+        if !headers.iter().any(|h| h == required) {
+            return Err(CliError::usage(format!(
+                "{}: the column {required:?} is required",
+                file.display()
+            )));
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = i + 2;
+        let record =
+            record.map_err(|e| CliError::usage(format!("{} line {line}: {e}", file.display())))?;
+        let cell = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h == name)
+                .and_then(|at| record.get(at))
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let mut body = json!({
+            "ods": cell("ods").unwrap_or_default(),
+            "name": cell("name").unwrap_or_default(),
+            "notice_email": cell("notice_email").unwrap_or_default(),
+            "dsa_signed": cell("dsa_signed"),
+        });
+        if let Some(size) = cell("list_size") {
+            let size: u64 = size.replace(',', "").parse().map_err(|_| {
+                CliError::usage(format!(
+                    "{} line {line}: list_size must be a whole number",
+                    file.display()
+                ))
+            })?;
+            body["list_size"] = json!(size);
+        }
+        if let Some(url) = cell("fhir_base_url") {
+            body["connection"] =
+                json!({ "kind": "fhir", "base_url": url, "secret": cell("fhir_secret") });
+        }
+        rows.push((line, body));
+    }
+    let mut imported = Vec::new();
+    let mut refused = Vec::new();
+    for (line, body) in rows {
+        let ods = body["ods"].as_str().unwrap_or_default().to_string();
+        match cx.client.put(&path(&ods), &body).await {
+            Ok(_) => imported.push(ods),
+            Err(CliError::Refused(refusal)) => refused.push(json!({
+                "line": line,
+                "ods": ods,
+                "error": refusal.to_string(),
+            })),
+            Err(other) => return Err(other),
+        }
+    }
+    if cx.json {
+        print_json(&json!({ "imported": imported, "refused": refused }));
+    } else {
+        print!("{}", render::imported(imported.len(), file, &refused));
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Refused(Refusal {
+            status: 400,
+            body: json!({
+                "code": "validation_failed",
+                "message": format!("{} row{} refused; see above", refused.len(), plural(refused.len() as u64)),
+            }),
+        }))
+    }
+}
