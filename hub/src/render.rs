@@ -4,8 +4,9 @@
 
 use crate::format::{duration, money, plural, relative, short_identity, thousands, truncate, when};
 use crate::views::{
-    AuditEvent, CampaignView, Detail, Practice, PracticeReport, Preview, Report, Totals,
+    AuditEvent, CampaignView, Detail, Evidence, Practice, PracticeReport, Preview, Report, Totals,
 };
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::fmt::Display;
 use std::path::Path;
@@ -195,6 +196,162 @@ pub fn report(r: &Report) -> String {
     ));
     out.line("");
     out.0.push_str(&practice_rows(&r.practices));
+    out.0
+}
+
+fn maybe(at: Option<DateTime<Utc>>) -> String {
+    at.map(when).unwrap_or_else(|| "—".into())
+}
+
+/// `hub campaign evidence`: the evidence export as a document a DPO or
+/// Caldicott Guardian can read.
+pub fn evidence(e: &Evidence) -> String {
+    let mut out = Lines::default();
+    let mut line = |text: String| out.line(text);
+    line(format!("Evidence for campaign {} — {}", e.campaign, e.name));
+    line(format!(
+        "Generated {}; state {}",
+        when(e.generated_at),
+        e.state
+    ));
+    line(String::new());
+    line("Authorisation".into());
+    line(format!(
+        "  created    {} by {}",
+        when(e.created_at),
+        e.created_by
+    ));
+    line(format!(
+        "  approved   {} by {}",
+        maybe(e.approved_at),
+        e.approved_by.as_deref().unwrap_or("—")
+    ));
+    if let Some(by) = &e.cancelled_by {
+        line(format!(
+            "  cancelled  by {by}: {}",
+            e.cancel_reason.as_deref().unwrap_or("")
+        ));
+    }
+    line(format!("  justification: {}", e.justification));
+    line(format!("  message: {}", e.message_template));
+    line(format!(
+        "  opt-out deadline {}; reached {}",
+        when(e.optout_deadline),
+        maybe(e.deadline_reached_at)
+    ));
+    line(String::new());
+    line("Staff actions".into());
+    for a in &e.staff_actions {
+        line(format!(
+            "  {}  {:<22} {:<40} {}",
+            a.at.format("%Y-%m-%d %H:%M:%S"),
+            a.action,
+            a.actor,
+            a.detail
+        ));
+    }
+    line(String::new());
+    line("States".into());
+    for s in &e.states {
+        line(format!(
+            "  {}  {}",
+            s.at.format("%Y-%m-%d %H:%M:%S"),
+            s.state
+        ));
+    }
+    line(String::new());
+    line("Practices".into());
+    line(format!(
+        "  {:<8} {:<30} {:<18} {:<17} {:<17} {:>9} {:>9}",
+        "ODS", "practice", "state", "notified", "opted out", "cohort", "sent"
+    ));
+    for p in &e.practices {
+        line(format!(
+            "  {:<8} {:<30} {:<18} {:<17} {:<17} {:>9} {:>9}{}",
+            p.ods,
+            truncate(&p.name, 30),
+            p.state,
+            p.notified_at
+                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "—".into()),
+            p.opted_out_at
+                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "—".into()),
+            thousands(p.outcomes.cohort),
+            thousands(p.outcomes.sent),
+            if p.notice_rejected {
+                "  (notice address refused)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if !e.opt_outs.is_empty() {
+        line(String::new());
+        line("Opt-outs".into());
+        for o in &e.opt_outs {
+            line(format!(
+                "  {}  {} by {}",
+                o.ods,
+                maybe(o.at),
+                o.by.as_deref().unwrap_or("—")
+            ));
+        }
+    }
+    let t = &e.outcomes;
+    line(String::new());
+    line("Outcomes".into());
+    line(format!("  cohort        {:>12}", thousands(t.cohort)));
+    line(format!("  sent          {:>12}", thousands(t.sent)));
+    line(format!("    delivered   {:>12}", thousands(t.delivered)));
+    line(format!("    failed      {:>12}", thousands(t.failed)));
+    line(format!("  letters       {:>12}", thousands(t.letters)));
+    line(format!(
+        "  excluded      {:>12}",
+        thousands(t.excluded_total())
+    ));
+    for (reason, count) in &t.excluded {
+        line(format!("    {reason:<22}{:>8}", thousands(*count)));
+    }
+    line(format!("  written back  {:>12}", thousands(t.written_back)));
+    line(format!(
+        "  every patient accounted for: {}",
+        if e.adds_up { "yes" } else { "NO" }
+    ));
+    let d = &e.patient_data;
+    line(String::new());
+    line("Patient data".into());
+    line(format!(
+        "  extracted     {} to {} ({} practices, {} failed)",
+        maybe(d.extraction_started_at),
+        maybe(d.extraction_ended_at),
+        d.practices_extracted,
+        d.practices_failed
+    ));
+    line(format!(
+        "  held          {} recipients in {} chunks (TTL {} h; receipts awaited {} h)",
+        thousands(d.recipients_stored),
+        d.chunks,
+        d.ttl_hours,
+        d.receipt_window_hours
+    ));
+    for p in &d.purges {
+        line(format!(
+            "  purged        {}: {} items deleted, {} remaining",
+            when(p.at),
+            thousands(p.items_deleted),
+            p.items_remaining
+        ));
+    }
+    line(format!(
+        "  remaining now {}{}",
+        d.items_remaining,
+        if d.purged_at.is_none() {
+            " (not purged yet)"
+        } else {
+            ""
+        }
+    ));
     out.0
 }
 

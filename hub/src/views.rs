@@ -170,3 +170,108 @@ pub struct Participation {
     pub ods: String,
     pub state: String,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StaffAction {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StateChange {
+    pub at: DateTime<Utc>,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PracticeEvidence {
+    pub ods: String,
+    pub name: String,
+    pub state: String,
+    #[serde(default)]
+    pub notified_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub notice_rejected: bool,
+    #[serde(default)]
+    pub opted_out_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub outcomes: Totals,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OptOut {
+    pub ods: String,
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Purge {
+    pub at: DateTime<Utc>,
+    pub items_deleted: u64,
+    pub items_remaining: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PatientData {
+    #[serde(default)]
+    pub extraction_started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub extraction_ended_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub practices_extracted: u64,
+    #[serde(default)]
+    pub practices_failed: u64,
+    #[serde(default)]
+    pub chunks: u64,
+    #[serde(default)]
+    pub recipients_stored: u64,
+    #[serde(default)]
+    pub purges: Vec<Purge>,
+    #[serde(default)]
+    pub purged_at: Option<DateTime<Utc>>,
+    pub items_remaining: u64,
+    #[serde(default)]
+    pub ttl_hours: i64,
+    #[serde(default)]
+    pub receipt_window_hours: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Evidence {
+    pub campaign: String,
+    pub name: String,
+    pub state: String,
+    pub generated_at: DateTime<Utc>,
+    pub justification: String,
+    pub message_template: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    #[serde(default)]
+    pub approved_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub cancelled_by: Option<String>,
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
+    pub optout_deadline: DateTime<Utc>,
+    #[serde(default)]
+    pub deadline_reached_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub staff_actions: Vec<StaffAction>,
+    #[serde(default)]
+    pub states: Vec<StateChange>,
+    #[serde(default)]
+    pub practices: Vec<PracticeEvidence>,
+    #[serde(default)]
+    pub opt_outs: Vec<OptOut>,
+    pub outcomes: Totals,
+    pub adds_up: bool,
+    pub patient_data: PatientData,
+}

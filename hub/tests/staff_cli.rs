@@ -309,6 +309,42 @@ fn a_staff_members_first_campaign() {
             "{action} by {actor} in {events:?}"
         );
     }
+    // AND the evidence export, readable and as JSON, holds the record and
+    // none of the estate's patient data
+    let readable = server.hub(&ALICE, &["campaign", "evidence", &id]);
+    assert_eq!(readable.code, 0, "{}", readable.stderr);
+    for wanted in [
+        "Evidence for campaign",
+        ALICE.arn,
+        BOB.arn,
+        "practice_opted_out",
+        "Opt-outs",
+        ods[1].as_str(),
+        "every patient accounted for: yes",
+        "items deleted",
+        "remaining now 0",
+    ] {
+        assert!(
+            readable.stdout.contains(wanted),
+            "evidence shows {wanted:?}"
+        );
+    }
+    let evidence = server.json(&ALICE, &["campaign", "evidence", &id]);
+    assert_eq!(evidence["approved_by"], BOB.arn);
+    assert_eq!(evidence["opt_outs"][0]["ods"], ods[1].as_str());
+    assert_eq!(evidence["patient_data"]["items_remaining"], 0);
+    // `hub local serve --practices 4 --patients 3000 --seed 7` generated this estate.
+    let estate = hub_sim::GpEstate::generate(hub_sim::RegionSpec {
+        practices: 4,
+        patients: 3_000,
+        seed: 7,
+    });
+    let json_text = evidence.to_string();
+    for text in [readable.stdout.as_str(), json_text.as_str()] {
+        let leaks = patient_data_in(text, &estate);
+        assert!(leaks.is_empty(), "patient data in the evidence: {leaks:?}");
+    }
+
     for args in [
         vec!["campaign", "list"],
         vec!["campaign", "show", id.as_str()],
@@ -388,6 +424,44 @@ fn bad_input_and_bad_configuration_have_their_own_exit_codes() {
     let run = server.hub(&MALLORY, &["campaign", "list"]);
     assert_eq!(run.code, 3);
     assert!(run.stderr.contains("403"), "{}", run.stderr);
+}
+
+/// What of the estate's patient data appears in `text`: NHS numbers,
+/// mobiles, postcodes and surnames (whole words, practice names taken out
+/// first: a practice may be named after its GP).
+fn patient_data_in(text: &str, estate: &hub_sim::GpEstate) -> Vec<&'static str> {
+    let mut text = text.to_string();
+    for practice in estate.practices() {
+        text = text.replace(&practice.name, "");
+    }
+    let words: std::collections::HashSet<&str> = text
+        .split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '-')
+        .collect();
+    let mut found = Vec::new();
+    for patient in estate.all_patients() {
+        let nhs = patient.nhs_number.expose();
+        if nhs.len() >= 9 && text.contains(nhs.as_str()) {
+            found.push("an NHS number");
+        }
+        if let Some(mobile) = patient.mobile.expose() {
+            let digits: String = mobile.chars().filter(char::is_ascii_digit).collect();
+            if digits.len() >= 10 && (text.contains(mobile.as_str()) || text.contains(&digits[1..]))
+            {
+                found.push("a mobile number");
+            }
+        }
+        let postcode = patient.postcode.expose();
+        if postcode.len() >= 6 && text.contains(postcode.as_str()) {
+            found.push("a postcode");
+        }
+        let surname = patient.family_name.expose();
+        if !surname.is_empty() && words.contains(surname.as_str()) {
+            found.push("a surname");
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
 }
 
 /// One raw HTTP/1.1 request; the status and body of the answer.

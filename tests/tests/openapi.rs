@@ -459,6 +459,13 @@ async fn every_route_answers_as_described() {
     assert_eq!(res.json_body().expect("json")["adds_up"], true);
     let (req, res) = call(
         &stack,
+        ApiRequest::new("GET", &at("/evidence")).caller(&alice()),
+    )
+    .await;
+    checker.check("/campaigns/{id}/evidence", &req, &res);
+    assert_eq!(res.json_body().expect("json")["state"], "completed");
+    let (req, res) = call(
+        &stack,
         ApiRequest::new("GET", &at("/audit")).caller(&alice()),
     )
     .await;
@@ -660,6 +667,7 @@ async fn garbage_never_gets_a_5xx() {
         "/campaigns/0123456789ab/opt-outs",
         "/campaigns/0123456789ab/report",
         "/campaigns/0123456789ab/audit",
+        "/campaigns/0123456789ab/evidence",
         "/practices",
         "/practices/G85001",
         "/practices/%20",

@@ -57,6 +57,10 @@ pub enum CampaignCommand {
     Show { id: String },
     /// Who did what to a campaign, and when.
     Audit { id: String },
+    /// The information-governance evidence: who created, approved and
+    /// changed it, practices notified and opted out, counts by outcome and
+    /// reason, and when patient data was extracted and purged. No patient data.
+    Evidence { id: String },
     /// The delivery report: totals and one row per practice.
     Report {
         id: String,
@@ -154,6 +158,10 @@ pub async fn run(command: CampaignCommand, cx: &Context) -> Result<(), CliError>
             cx.reply(answer, Some("events"), |e: Vec<AuditEvent>| {
                 render::audit(&e)
             })
+        }
+        CampaignCommand::Evidence { id } => {
+            let answer = cx.client.get(&path(&id, "/evidence")).await?;
+            cx.reply(answer, None, |e: views::Evidence| render::evidence(&e))
         }
         CampaignCommand::Report { id, csv } => {
             let answer = cx.client.get(&path(&id, "/report")).await?;

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod deadline;
+pub mod evidence;
 pub mod extract;
 pub mod jobs;
 pub mod letters;

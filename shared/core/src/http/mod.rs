@@ -222,6 +222,7 @@ fn operations() -> Vec<Operation> {
         operation("/campaigns/{id}/opt-outs", Post, staff, opt_out),
         operation("/campaigns/{id}/report", Get, staff, report),
         operation("/campaigns/{id}/audit", Get, staff, audit),
+        operation("/campaigns/{id}/evidence", Get, staff, evidence),
         operation("/practices", Get, staff, list_practices),
         operation("/practices/{ods}", Put, staff, put_practice),
         operation("/optout", Get, public, optout::ask),
@@ -522,6 +523,11 @@ async fn report(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPat
 async fn audit(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
     let events = api::audit(&hub, &id).await?;
     Ok(json(StatusCode::OK, &AuditList { events }))
+}
+
+async fn evidence(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
+    let evidence = crate::handlers::evidence::for_campaign(&hub, &id).await?;
+    Ok(json(StatusCode::OK, &evidence))
 }
 
 async fn list_practices(State(hub): State<Hub>, _: Caller) -> Answer {
