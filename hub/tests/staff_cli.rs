@@ -200,6 +200,8 @@ fn a_staff_members_first_campaign() {
     assert_eq!(first["name"], "Lewisham Medical Centre, Ladywell");
     assert_eq!(first["list_size"], 1234);
     assert_eq!(first["dsa_signed"], "2026-01-15");
+    // AND a CSV without GP-system columns keeps each practice's connection
+    assert_eq!(first["connection"]["kind"], "fhir", "{first}");
     let run = server.hub(&ALICE, &["practices", "set", &ods[3], "--list-size", "777"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
 

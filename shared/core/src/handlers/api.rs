@@ -796,7 +796,16 @@ pub async fn put_practice(
     caller: &StaffId,
     request: &PracticeRequest,
 ) -> Result<Practice, ApiError> {
-    let practice = validate_practice(request, hub.config.simulated_gp)?;
+    let mut request = request.clone();
+    if request.connection.is_none() {
+        // A registry update that names no GP system keeps the one on record.
+        if let Ok(ods) = OdsCode::parse(&request.ods) {
+            if let Some(existing) = hub.store.get_practice(&ods).await? {
+                request.connection = Some(existing.connection);
+            }
+        }
+    }
+    let practice = validate_practice(&request, hub.config.simulated_gp)?;
     hub.store.put_practice(&practice).await?;
     hub.audit(
         None,
