@@ -125,7 +125,7 @@ pub fn from_api_gateway(request: lambda_http::Request) -> lambda_http::Request {
             .user_arn
             .clone()
             .filter(|arn| !arn.is_empty())
-            .map(|arn| Caller(StaffId(arn))),
+            .map(|arn| Caller(StaffId::new(arn))),
         _ => None,
     };
     let path = request.raw_http_path().to_string();

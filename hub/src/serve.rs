@@ -168,7 +168,7 @@ async fn authenticate(
         if identity.is_empty() || identity.len() > 200 {
             Err(format!("{TEST_IDENTITY_HEADER} must name the caller"))
         } else {
-            Ok(Some(StaffId(identity)))
+            Ok(Some(StaffId::new(identity)))
         }
     } else if parts
         .headers
@@ -199,7 +199,7 @@ async fn authenticate(
         let verified = authenticator
             .verifier
             .verify(&signed, chrono::Utc::now())
-            .map(|identity| Some(StaffId(identity.arn.clone())));
+            .map(|identity| Some(StaffId::new(identity.arn.clone())));
         body = axum::body::Body::from(bytes);
         verified.map_err(|error| error.to_string())
     } else {

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub fn alice() -> StaffId {
-    StaffId("arn:aws:iam::000000000000:user/alice".into())
+    StaffId::new("arn:aws:iam::000000000000:user/alice")
 }
 
 pub fn bob() -> StaffId {
-    StaffId("arn:aws:iam::000000000000:user/bob".into())
+    StaffId::new("arn:aws:iam::000000000000:user/bob")
 }
 
 /// Logs to the test's output when `RUST_LOG` is set (for debugging).

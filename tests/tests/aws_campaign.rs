@@ -63,7 +63,7 @@ mod receipts_sink {
 }
 
 fn carol() -> StaffId {
-    StaffId("arn:aws:iam::000000000000:user/carol".into())
+    StaffId::new("arn:aws:iam::000000000000:user/carol")
 }
 
 /// The hub on the emulator, with its simulators.

@@ -92,7 +92,7 @@ async fn the_evidence_export_holds_the_record_and_no_patient_data() {
         .await
         .expect("participations");
     let opted = participations[0].ods.clone();
-    api::record_opt_out(hub, &bob().0, &id, opted.as_str())
+    api::record_opt_out(hub, bob().as_str(), &id, opted.as_str())
         .await
         .expect("opt-out");
     fire_deadline_now(&stack, &id).await;
@@ -125,8 +125,8 @@ async fn the_evidence_export_holds_the_record_and_no_patient_data() {
     assert!(leaks.is_empty(), "patient data in the evidence: {leaks:?}");
 
     // AND who created, approved and changed the campaign
-    assert_eq!(evidence["created_by"], alice().0);
-    assert_eq!(evidence["approved_by"], bob().0);
+    assert_eq!(evidence["created_by"], alice().as_str());
+    assert_eq!(evidence["approved_by"], bob().as_str());
     assert!(evidence["approved_at"].is_string());
     let actions: Vec<(String, String)> = evidence["staff_actions"]
         .as_array()
@@ -140,10 +140,10 @@ async fn the_evidence_export_holds_the_record_and_no_patient_data() {
         })
         .collect();
     for (action, actor) in [
-        ("campaign_created", alice().0),
-        ("campaign_approved", bob().0),
-        ("practice_opted_out", bob().0),
-        ("deadline_changed", bob().0),
+        ("campaign_created", alice().as_str().to_string()),
+        ("campaign_approved", bob().as_str().to_string()),
+        ("practice_opted_out", bob().as_str().to_string()),
+        ("deadline_changed", bob().as_str().to_string()),
     ] {
         assert!(
             actions.contains(&(action.to_string(), actor.clone())),
@@ -175,7 +175,7 @@ async fn the_evidence_export_holds_the_record_and_no_patient_data() {
     assert!(practices.iter().all(|p| p["notified_at"].is_string()));
     assert_eq!(evidence["opt_outs"].as_array().map(Vec::len), Some(1));
     assert_eq!(evidence["opt_outs"][0]["ods"], opted.as_str());
-    assert_eq!(evidence["opt_outs"][0]["by"], bob().0);
+    assert_eq!(evidence["opt_outs"][0]["by"], bob().as_str());
     assert!(evidence["opt_outs"][0]["at"].is_string());
 
     // AND counts by outcome and reason, as the report has them

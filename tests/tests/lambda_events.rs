@@ -136,7 +136,7 @@ async fn an_api_gateway_request_reaches_the_router_as_its_iam_caller() {
         request
             .extensions()
             .get::<Caller>()
-            .map(|Caller(c)| c.0.as_str()),
+            .map(|Caller(c)| c.as_str()),
         Some(caller)
     );
 
@@ -155,7 +155,8 @@ async fn an_api_gateway_request_reaches_the_router_as_its_iam_caller() {
     let campaigns = stack.hub.store.list_campaigns().await.expect("list");
     assert_eq!(campaigns.len(), 1);
     assert_eq!(
-        campaigns[0].created_by.0, caller,
+        campaigns[0].created_by.as_str(),
+        caller,
         "the audit names the IAM caller"
     );
 }

@@ -284,7 +284,7 @@ async fn racing_approvals_and_deadlines_leave_one_state() {
         .unwrap()
         .campaign
         .id;
-    let carol = StaffId("arn:aws:iam::000000000000:user/carol".into());
+    let carol = StaffId::new("arn:aws:iam::000000000000:user/carol");
     let bob = bob();
     let (a, b) = tokio::join!(api::approve(hub, &bob, &id), api::approve(hub, &carol, &id));
     assert!(a.is_ok() != b.is_ok(), "exactly one approval wins");

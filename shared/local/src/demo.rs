@@ -179,8 +179,8 @@ pub async fn drive(
     started: Instant,
 ) -> anyhow::Result<DemoReport> {
     let hub = &stack.hub;
-    let creator = StaffId("arn:aws:iam::000000000000:user/alice".into());
-    let approver = StaffId("arn:aws:iam::000000000000:user/bob".into());
+    let creator = StaffId::new("arn:aws:iam::000000000000:user/alice");
+    let approver = StaffId::new("arn:aws:iam::000000000000:user/bob");
     let practices = stack.estate.practices();
 
     progress.stage("creating and approving the campaign");

@@ -30,7 +30,7 @@ pub fn campaign_at(now: DateTime<Utc>) -> Campaign {
         options: CampaignOptions::default(),
         optout_deadline: now + Duration::hours(2),
         justification: "Red heat health alert".into(),
-        created_by: StaffId("arn:aws:iam::123456789012:user/alice".into()),
+        created_by: StaffId::new("arn:aws:iam::123456789012:user/alice"),
         created_at: now,
         approved_by: None,
         approved_at: None,

@@ -45,7 +45,18 @@ impl fmt::Display for CampaignId {
 /// in the embedded stack). Staff identities are not patient data.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct StaffId(pub String);
+pub struct StaffId(String);
+
+impl StaffId {
+    /// The identity as its authenticator gives it (e.g. a caller ARN).
+    pub fn new(identity: impl Into<String>) -> Self {
+        Self(identity.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for StaffId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -297,21 +308,48 @@ impl ChunkRecord {
 }
 
 /// `G85001-0007`: the practice and a sequence number. Not patient data.
+/// Read back only in that shape (from a queue message, a provider
+/// reference or a stored key): anything else is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ChunkId(pub String);
+#[serde(try_from = "String", into = "String")]
+pub struct ChunkId(String);
 
 impl ChunkId {
     pub fn new(ods: &OdsCode, sequence: u32) -> Self {
         Self(format!("{}-{:04}", ods.as_str(), sequence))
     }
 
+    /// `G85001-0007`: an ODS code, a dash and a sequence number.
+    pub fn parse(input: &str) -> Option<Self> {
+        let (ods, sequence) = input.split_once('-')?;
+        let valid = OdsCode::parse(ods).is_ok_and(|code| code.as_str() == ods)
+            && !sequence.is_empty()
+            && sequence.len() <= 10
+            && sequence.bytes().all(|b| b.is_ascii_digit());
+        valid.then(|| Self(input.to_string()))
+    }
+
+    /// The practice the chunk belongs to.
     pub fn ods(&self) -> Option<OdsCode> {
         OdsCode::parse(self.0.split('-').next()?).ok()
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl TryFrom<String> for ChunkId {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        Self::parse(&value).ok_or_else(|| "not a chunk id (ODS code-sequence)".to_string())
+    }
+}
+
+impl From<ChunkId> for String {
+    fn from(chunk: ChunkId) -> Self {
+        chunk.0
     }
 }
 
@@ -346,8 +384,33 @@ mod tests {
     use crate::domain::{MessageTemplate, TemplateRules};
     use chrono::Duration;
 
+    #[test]
+    fn chunk_ids_are_read_back_only_in_their_shape() {
+        let ods = OdsCode::parse("G85001").unwrap();
+        let chunk = ChunkId::new(&ods, 7);
+        assert_eq!(chunk.as_str(), "G85001-0007");
+        assert_eq!(ChunkId::parse("G85001-0007"), Some(chunk.clone()));
+        assert_eq!(chunk.ods(), Some(ods));
+        for bad in [
+            "",
+            "G85001",
+            "G85001-",
+            "G85001-x1",
+            "g85001-0001",
+            "G85001-0001-2",
+            "../x",
+        ] {
+            assert_eq!(ChunkId::parse(bad), None, "{bad:?}");
+        }
+        // A queue message with a malformed chunk id does not deserialise.
+        let json = serde_json::to_string(&chunk).unwrap();
+        assert_eq!(json, "\"G85001-0007\"");
+        assert!(serde_json::from_str::<ChunkId>("\"G85001-0007\"").is_ok());
+        assert!(serde_json::from_str::<ChunkId>("\"drop table\"").is_err());
+    }
+
     fn staff(name: &str) -> StaffId {
-        StaffId(name.to_string())
+        StaffId::new(name)
     }
 
     fn campaign(now: DateTime<Utc>) -> Campaign {

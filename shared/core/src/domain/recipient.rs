@@ -150,8 +150,7 @@ impl RecipientRef {
         if parts.next().is_some() {
             return None;
         }
-        let chunk = ChunkId(chunk.to_string());
-        chunk.ods()?;
+        let chunk = ChunkId::parse(chunk)?;
         Some(Self {
             campaign,
             chunk,

@@ -403,7 +403,7 @@ pub async fn create_campaign(
     hub.store.create_campaign(&campaign).await?;
     hub.audit(
         Some(&campaign.id),
-        &caller.0,
+        caller.as_str(),
         "campaign_created",
         serde_json::json!({
             "name": campaign.name,
@@ -474,7 +474,7 @@ pub async fn approve(
     hub.queue.send(&notices).await?;
     hub.audit(
         Some(id),
-        &caller.0,
+        caller.as_str(),
         "campaign_approved",
         serde_json::json!({ "practices_notified": practices.len() }),
     )
@@ -509,7 +509,7 @@ pub async fn cancel(
     tracing::warn!(campaign = %id, "campaign cancelled");
     hub.audit(
         Some(id),
-        &caller.0,
+        caller.as_str(),
         "campaign_cancelled",
         serde_json::json!({ "reason": reason }),
     )
@@ -573,7 +573,7 @@ pub async fn reschedule_deadline(
     }
     hub.audit(
         Some(id),
-        &caller.0,
+        caller.as_str(),
         "deadline_changed",
         serde_json::json!({ "from": previous, "to": deadline }),
     )
@@ -809,7 +809,7 @@ pub async fn put_practice(
     hub.store.put_practice(&practice).await?;
     hub.audit(
         None,
-        &caller.0,
+        caller.as_str(),
         "practice_saved",
         serde_json::json!({ "ods": practice.ods, "dsa_signed": practice.dsa_signed }),
     )

@@ -296,11 +296,17 @@ pub async fn build(hub: &Hub, campaign: &Campaign) -> Result<CampaignEvidence, S
         message_template: campaign.template.text().to_string(),
         target: campaign.target.clone(),
         options: campaign.options,
-        created_by: campaign.created_by.0.clone(),
+        created_by: campaign.created_by.as_str().to_string(),
         created_at: campaign.created_at,
-        approved_by: campaign.approved_by.as_ref().map(|s| s.0.clone()),
+        approved_by: campaign
+            .approved_by
+            .as_ref()
+            .map(|s| s.as_str().to_string()),
         approved_at: campaign.approved_at,
-        cancelled_by: campaign.cancelled_by.as_ref().map(|s| s.0.clone()),
+        cancelled_by: campaign
+            .cancelled_by
+            .as_ref()
+            .map(|s| s.as_str().to_string()),
         cancel_reason: campaign.cancel_reason.clone(),
         optout_deadline: campaign.optout_deadline,
         deadline_reached_at,

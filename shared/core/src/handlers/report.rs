@@ -43,10 +43,16 @@ pub fn summary(campaign: &Campaign) -> CampaignView {
         options: campaign.options,
         optout_deadline: campaign.optout_deadline,
         justification: campaign.justification.clone(),
-        created_by: campaign.created_by.0.clone(),
+        created_by: campaign.created_by.as_str().to_string(),
         created_at: campaign.created_at,
-        approved_by: campaign.approved_by.as_ref().map(|s| s.0.clone()),
-        cancelled_by: campaign.cancelled_by.as_ref().map(|s| s.0.clone()),
+        approved_by: campaign
+            .approved_by
+            .as_ref()
+            .map(|s| s.as_str().to_string()),
+        cancelled_by: campaign
+            .cancelled_by
+            .as_ref()
+            .map(|s| s.as_str().to_string()),
         progress: campaign.progress,
         purged_at: campaign.purged_at,
         totals: None,

@@ -512,7 +512,7 @@ async fn opt_out(
             )));
         }
     }
-    let participation = api::record_opt_out(&hub, &caller.0, &id, &body.ods).await?;
+    let participation = api::record_opt_out(&hub, caller.as_str(), &id, &body.ods).await?;
     Ok(json(StatusCode::OK, &participation))
 }
 
