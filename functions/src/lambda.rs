@@ -3,8 +3,8 @@
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use hub_core::domain::StaffId;
-use hub_core::handlers::jobs::{handle_batch, Failure, Message};
-use hub_core::handlers::Hub;
+use hub_core::handlers::jobs::{error_chain, handle_batch, Failure, Message};
+use hub_core::handlers::{Hub, JobError};
 use hub_core::http::Caller;
 use hub_core::ports::QueueName;
 
@@ -14,6 +14,43 @@ pub enum EventError {
     /// failing the whole batch is the only way not to lose it.
     #[error("SQS record {0} has no messageId")]
     MissingMessageId(usize),
+}
+
+/// Why an invocation that is not an SQS batch failed, as Lambda reports it
+/// (`errorType`, `errorMessage`). The invoker (EventBridge Scheduler)
+/// retries a failed invocation whatever its type.
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    /// The event is not one this function takes.
+    #[error("this function does not take {0}")]
+    WrongEvent(&'static str),
+    /// The event did not parse as the function's event type.
+    #[error("the event is not {expected}: {source}")]
+    Unreadable {
+        expected: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+impl From<InvocationError> for lambda_runtime::Diagnostic {
+    fn from(error: InvocationError) -> Self {
+        let error_type = match &error {
+            InvocationError::WrongEvent(_) => "WrongEvent",
+            InvocationError::Unreadable { .. } => "UnreadableEvent",
+            InvocationError::Event(_) => "BadSqsEvent",
+            InvocationError::Job(job) if job.retryable() => "Retryable",
+            InvocationError::Job(_) => "NotRetryable",
+        };
+        lambda_runtime::Diagnostic {
+            error_type: error_type.to_string(),
+            error_message: error_chain(&error),
+        }
+    }
 }
 
 /// JSON logs to stdout, which Lambda sends to CloudWatch. `RUST_LOG`

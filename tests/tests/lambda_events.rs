@@ -160,3 +160,31 @@ async fn an_api_gateway_request_reaches_the_router_as_its_iam_caller() {
         "the audit names the IAM caller"
     );
 }
+
+#[test]
+fn invocation_errors_reach_lambda_typed_with_their_causes() {
+    use functions::lambda::InvocationError;
+    use hub_core::handlers::JobError;
+    use hub_core::ports::StoreError;
+    use lambda_runtime::Diagnostic;
+    let wrong: Diagnostic = InvocationError::WrongEvent("a purge action").into();
+    assert_eq!(wrong.error_type, "WrongEvent");
+    assert_eq!(
+        wrong.error_message,
+        "this function does not take a purge action"
+    );
+    let gone: Diagnostic =
+        InvocationError::Job(JobError::Store(StoreError::NotFound("campaign x".into()))).into();
+    assert_eq!(gone.error_type, "NotRetryable");
+    let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+    let busy: Diagnostic = InvocationError::Job(JobError::Store(StoreError::unavailable_because(
+        "Query on DynamoDB",
+        io,
+    )))
+    .into();
+    assert_eq!(busy.error_type, "Retryable");
+    assert_eq!(
+        busy.error_message, "store: store unavailable: Query on DynamoDB: timed out",
+        "the cause is kept"
+    );
+}

@@ -1,6 +1,7 @@
 //! The deadline function: invoked by the one-time EventBridge Scheduler
 //! schedule at a campaign's opt-out deadline.
 
+use functions::lambda::InvocationError;
 use hub_core::handlers::deadline::{fire_deadline, DeadlineOutcome};
 use hub_core::ports::ScheduledAction;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -13,14 +14,12 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ScheduledAction>| async move {
             let ScheduledAction::Deadline { campaign } = event.payload else {
-                return Err(Error::from(
-                    "the deadline function only takes deadline actions",
-                ));
+                return Err(InvocationError::WrongEvent("a purge action"));
             };
             // An error makes the scheduler retry the invocation.
             let outcome = fire_deadline(hub, &campaign).await?;
             tracing::info!(campaign = %campaign, ?outcome, "deadline handled");
-            Ok::<_, Error>(matches!(outcome, DeadlineOutcome::Frozen { .. }))
+            Ok(matches!(outcome, DeadlineOutcome::Frozen { .. }))
         },
     ))
     .await

@@ -2,16 +2,21 @@
 //! and the daily safety-net sweep from EventBridge Scheduler.
 
 use aws_lambda_events::event::sqs::SqsEvent;
+use functions::lambda::InvocationError;
 use hub_core::handlers::{purge, Hub};
 use hub_core::ports::QueueName;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
-async fn handle(hub: &Hub, event: Value) -> Result<Value, Error> {
+async fn handle(hub: &Hub, event: Value) -> Result<Value, InvocationError> {
     if event.get("Records").is_some() {
-        let event: SqsEvent = serde_json::from_value(event)?;
+        let event: SqsEvent =
+            serde_json::from_value(event).map_err(|source| InvocationError::Unreadable {
+                expected: "an SQS event",
+                source,
+            })?;
         let response = functions::lambda::handle_sqs(hub, QueueName::Purge, event, 2).await?;
-        return Ok(serde_json::to_value(response)?);
+        return Ok(serde_json::json!(response));
     }
     let purged = purge::purge_sweep(hub).await?;
     tracing::info!(purged, "daily purge sweep");
