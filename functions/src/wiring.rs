@@ -15,9 +15,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// The Notify secret's JSON (see infra/DEPLOY.md).
+/// The Notify secret's JSON: the one definition of its shape, which
+/// `infra/DEPLOY.md` documents and a test checks the examples against.
 #[derive(Deserialize)]
-struct NotifySecret {
+pub struct NotifySecret {
     api_key: String,
     sms_template_id: String,
     #[serde(default)]
@@ -39,6 +40,35 @@ struct ExtraKey {
     api_key: String,
     #[serde(default = "default_rate")]
     rate_per_second: f64,
+}
+
+impl NotifySecret {
+    /// Reads the secret's value. The error names a missing field, or else
+    /// only the position: serde's other messages may quote the value.
+    pub fn parse(json: &str) -> anyhow::Result<Self> {
+        serde_json::from_str(json).map_err(|e| {
+            let message = e.to_string();
+            let field = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next());
+            match field {
+                Some(field) => anyhow::anyhow!(
+                    "the Notify secret has no `{field}` (see infra/DEPLOY.md for its JSON)"
+                ),
+                None => anyhow::anyhow!(
+                    "the Notify secret is not valid JSON of the documented shape: \
+                     line {} column {}",
+                    e.line(),
+                    e.column()
+                ),
+            }
+        })
+    }
+
+    /// How many Notify API keys it holds.
+    pub fn keys(&self) -> usize {
+        1 + self.extra_keys.len()
+    }
 }
 
 fn default_rate() -> f64 {
@@ -76,20 +106,13 @@ pub async fn hub_from_env() -> anyhow::Result<Wired> {
         aws_sdk_secretsmanager::Client::new(&sdk),
     ));
     let notify_id = aws::required(&lookup, env::NOTIFY_SECRET_ARN)?;
-    let notify: NotifySecret = serde_json::from_str(
+    let notify = NotifySecret::parse(
         secrets
             .secret(&notify_id)
             .await
             .context("reading the Notify secret")?
             .expose_secret(),
-    )
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "the Notify secret is not valid JSON of the documented shape: line {} column {}",
-            e.line(),
-            e.column()
-        )
-    })?;
+    )?;
     let templates = NotifyTemplates {
         sms: notify.sms_template_id.clone(),
         email: notify.email_template_id.clone(),

@@ -2,6 +2,7 @@
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use functions::lambda::{handle_sqs, sqs_messages};
+use hub_core::domain::CampaignId;
 use hub_core::http::Caller;
 use hub_core::ports::QueueName;
 use hub_local::LocalStack;
@@ -46,6 +47,17 @@ async fn only_the_failed_message_ids_are_reported() {
     assert!(json["batchItemFailures"][0]["itemIdentifier"].is_string());
 
     // AND a batch of one good message reports nothing
+    let (id, event) = cancelled_campaigns_purge(&stack).await;
+    let response = handle_sqs(&stack.hub, QueueName::Purge, event, 4)
+        .await
+        .expect("handled");
+    assert!(response.batch_item_failures.is_empty());
+    let campaign = stack.hub.campaign(&id).await.expect("campaign");
+    assert!(campaign.purged_at.is_some(), "the purge ran");
+}
+
+/// A cancelled campaign, and an SQS event of one message: its purge job.
+async fn cancelled_campaigns_purge(stack: &LocalStack) -> (CampaignId, SqsEvent) {
     let created = hub_core::handlers::api::create_campaign(
         &stack.hub,
         &hub_tests::alice(),
@@ -53,25 +65,14 @@ async fn only_the_failed_message_ids_are_reported() {
     )
     .await
     .expect("campaign");
-    hub_core::handlers::api::cancel(&stack.hub, &hub_tests::bob(), &created.campaign.id, "test")
+    let id = created.campaign.id;
+    hub_core::handlers::api::cancel(&stack.hub, &hub_tests::bob(), &id, "test")
         .await
         .expect("cancelled");
     let mut event = fixture();
     event.records.truncate(1);
-    event.records[0].body = Some(format!(
-        "{{\"job\":\"purge\",\"campaign\":\"{}\"}}",
-        created.campaign.id
-    ));
-    let response = handle_sqs(&stack.hub, QueueName::Purge, event, 4)
-        .await
-        .expect("handled");
-    assert!(response.batch_item_failures.is_empty());
-    let campaign = stack
-        .hub
-        .campaign(&created.campaign.id)
-        .await
-        .expect("campaign");
-    assert!(campaign.purged_at.is_some(), "the purge ran");
+    event.records[0].body = Some(format!("{{\"job\":\"purge\",\"campaign\":\"{id}\"}}"));
+    (id, event)
 }
 
 /// The API Gateway (REST) fixture with `body` as its body.
@@ -85,32 +86,13 @@ fn api_gateway_event(body: &str) -> lambda_http::Request {
 async fn a_function_refuses_the_jobs_of_another_queue() {
     // GIVEN a cancelled campaign whose purge job arrives at the send function
     let stack = LocalStack::start(config(2, 100, 7)).await.expect("stack");
-    let created = hub_core::handlers::api::create_campaign(
-        &stack.hub,
-        &hub_tests::alice(),
-        &hub_tests::request("Stay safe: www.nhs.uk"),
-    )
-    .await
-    .expect("campaign");
-    hub_core::handlers::api::cancel(&stack.hub, &hub_tests::bob(), &created.campaign.id, "test")
-        .await
-        .expect("cancelled");
-    let mut event = fixture();
-    event.records.truncate(1);
-    event.records[0].body = Some(format!(
-        "{{\"job\":\"purge\",\"campaign\":\"{}\"}}",
-        created.campaign.id
-    ));
+    let (id, event) = cancelled_campaigns_purge(&stack).await;
     let response = handle_sqs(&stack.hub, QueueName::Send, event.clone(), 4)
         .await
         .expect("handled");
     // THEN it is reported failed and the purge did not run
     assert_eq!(response.batch_item_failures.len(), 1);
-    let campaign = stack
-        .hub
-        .campaign(&created.campaign.id)
-        .await
-        .expect("campaign");
+    let campaign = stack.hub.campaign(&id).await.expect("campaign");
     assert!(
         campaign.purged_at.is_none(),
         "the send function ran a purge"
