@@ -5,11 +5,10 @@
 use hub_local::demo::DemoOptions;
 use hub_local::LocalStack;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use tower::ServiceExt;
 
-const HUB: &str = env!("CARGO_BIN_EXE_hub");
+mod support;
 const CALLER: &str = "arn:aws:sts::123456789012:assumed-role/hub-staff/alice";
 const PRACTICES: usize = 3;
 const PATIENTS: u64 = 600;
@@ -24,30 +23,15 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
-        let mut child = Command::new(HUB)
-            .args(["local", "serve", "--port", "0", "--insecure-test-identity"])
-            .args(["--practices", &PRACTICES.to_string()])
-            .args(["--patients", &PATIENTS.to_string()])
-            .args(["--seed", &SEED.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("hub local serve starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines
-            .next()
-            .expect("a first line")
-            .expect("readable stdout");
-        let url = first
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://127.0.0.1:"))
-            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-            .to_string();
-        // Keep draining, so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, url) = support::local_serve(&[
+            "--insecure-test-identity",
+            "--practices",
+            &PRACTICES.to_string(),
+            "--patients",
+            &PATIENTS.to_string(),
+            "--seed",
+            &SEED.to_string(),
+        ]);
         Self { child, url }
     }
 }

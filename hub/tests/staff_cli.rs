@@ -5,11 +5,13 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
+
+mod support;
 
 const HUB: &str = env!("CARGO_BIN_EXE_hub");
 const REGION: &str = "eu-west-2";
@@ -57,31 +59,20 @@ impl Server {
         )
         .expect("credentials file");
         let bob = format!("{}:{}:{}", BOB.key, BOB.secret, BOB.arn);
-        let mut child = Command::new(HUB)
-            .args(["local", "serve", "--port", "0", "--practices", "4"])
-            .args(["--patients", "3000", "--seed", "7", "--rate", "4000"])
-            .arg("--credentials")
-            .arg(&credentials)
-            .args(["--identity", &bob])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("hub local serve starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines
-            .next()
-            .expect("a first line")
-            .expect("readable stdout");
-        let url = first
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://127.0.0.1:"))
-            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-            .to_string();
-        // Keep draining, so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, url) = support::local_serve(&[
+            "--practices",
+            "4",
+            "--patients",
+            "3000",
+            "--seed",
+            "7",
+            "--rate",
+            "4000",
+            "--credentials",
+            credentials.to_str().expect("path"),
+            "--identity",
+            &bob,
+        ]);
         let address = url.trim_start_matches("http://").to_string();
         Self {
             child,
