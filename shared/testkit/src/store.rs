@@ -812,6 +812,43 @@ pub async fn claim_takes_only_pending_recipients(s: &Stores) {
     );
 }
 
+pub async fn a_stale_claim_is_released_once_and_never_over_a_newer_one(s: &Stores) {
+    let patients = &*s.patients;
+    let c = CampaignId::new();
+    let chunk = ChunkId::new(&ods(1), 1);
+    let recipients: Vec<_> = (0..3).map(|i| recipient(&chunk, i)).collect();
+    patients
+        .put_recipients(&c, &recipients, later())
+        .await
+        .unwrap();
+    let first = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+    let second = first + chrono::Duration::minutes(30);
+    assert_eq!(
+        patients.claim(&c, &chunk, &[0, 1], first).await.unwrap(),
+        vec![0, 1]
+    );
+    // GIVEN two workers that both found claim 0 stale: one releases it
+    assert!(patients.release_claim(&c, &chunk, 0, first).await.unwrap());
+    assert!(!patients.release_claim(&c, &chunk, 0, first).await.unwrap());
+    // AND the winner claims it afresh: the loser's late release of the
+    // old claim changes nothing
+    assert_eq!(
+        patients.claim(&c, &chunk, &[0], second).await.unwrap(),
+        vec![0]
+    );
+    assert!(!patients.release_claim(&c, &chunk, 0, first).await.unwrap());
+    // A release names the exact claim; a pending recipient or a missing one
+    // is not released.
+    assert!(!patients.release_claim(&c, &chunk, 1, second).await.unwrap());
+    assert!(!patients.release_claim(&c, &chunk, 2, first).await.unwrap());
+    assert!(!patients.release_claim(&c, &chunk, 9, first).await.unwrap());
+    let loaded = patients.load_chunk(&c, &chunk).await.unwrap();
+    assert_eq!(loaded.len(), 3, "a release creates no records");
+    assert_eq!(loaded[0].status, RecipientStatus::Claimed { at: second });
+    assert_eq!(loaded[1].status, RecipientStatus::Claimed { at: first });
+    assert_eq!(loaded[2].status, RecipientStatus::Pending);
+}
+
 pub async fn statuses_deliveries_and_write_backs(s: &Stores) {
     let patients = &*s.patients;
     let c = CampaignId::new();

@@ -153,18 +153,17 @@ async fn send_step(
                     }),
                     Ok(None) if now - *at >= hub.config.stale_after => {
                         // Not at any provider and the claim is long dead:
-                        // release it and claim it again below.
-                        hub.patients
-                            .set_status(
-                                &campaign.id,
-                                &[StatusUpdate {
-                                    chunk: chunk.clone(),
-                                    index: recipient.index,
-                                    status: RecipientStatus::Pending,
-                                }],
-                            )
-                            .await?;
-                        pending.push(recipient.index);
+                        // release it (only if nobody has since) and claim
+                        // it again below.
+                        if hub
+                            .patients
+                            .release_claim(&campaign.id, &chunk, recipient.index, *at)
+                            .await?
+                        {
+                            pending.push(recipient.index);
+                        } else {
+                            unfinished = true;
+                        }
                     }
                     // Maybe still in flight at another worker: later.
                     Ok(None) | Err(_) => unfinished = true,

@@ -233,8 +233,21 @@ pub trait PatientDataStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Vec<u32>, StoreError>;
 
-    /// Sets statuses (outcomes after the provider call, or a claim released
-    /// back to `Pending`). An update for a deleted item is ignored.
+    /// Releases a claim presumed dead back to `Pending`, only if the
+    /// recipient still holds exactly the claim made at `claimed_at`
+    /// (conditional write): of two workers that both found it stale only one
+    /// releases it, and a newer claim is never overwritten. Returns whether
+    /// this call released it.
+    async fn release_claim(
+        &self,
+        campaign: &CampaignId,
+        chunk: &ChunkId,
+        index: u32,
+        claimed_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Sets statuses (outcomes after the provider call). An update for a
+    /// deleted item is ignored.
     async fn set_status(
         &self,
         campaign: &CampaignId,

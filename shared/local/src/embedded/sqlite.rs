@@ -927,6 +927,38 @@ impl PatientDataStore for SqliteStore {
             .await
     }
 
+    async fn release_claim(
+        &self,
+        campaign: &CampaignId,
+        chunk: &ChunkId,
+        index: u32,
+        claimed_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (campaign, chunk) = (campaign.clone(), chunk.clone());
+        let (held, _) = status_columns(&RecipientStatus::Claimed { at: claimed_at })?;
+        let (pending_status, _) = status_columns(&RecipientStatus::Pending)?;
+        self.db
+            .call(move |conn| {
+                // The `status = <that claim>` condition is the conditional write.
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE patient_recipients SET status = ?1, pending = 1
+                         WHERE campaign = ?2 AND chunk = ?3 AND idx = ?4 AND status = ?5",
+                    )
+                    .op("release claim")?
+                    .execute(params![
+                        pending_status,
+                        campaign.as_str(),
+                        chunk.as_str(),
+                        index,
+                        held
+                    ])
+                    .op("release claim")?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
     async fn set_status(
         &self,
         campaign: &CampaignId,

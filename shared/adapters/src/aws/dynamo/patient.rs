@@ -378,6 +378,30 @@ impl PatientDataStore for DynamoPatientStore {
         Ok(results.into_iter().flatten().collect())
     }
 
+    async fn release_claim(
+        &self,
+        campaign: &CampaignId,
+        chunk: &ChunkId,
+        index: u32,
+        claimed_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let held = to_json(&RecipientStatus::Claimed { at: claimed_at })?;
+        let pending = to_json(&RecipientStatus::Pending)?;
+        self.update_recipient(
+            campaign,
+            chunk,
+            index,
+            "SET #status = :status, #state = :pending",
+            "#status = :held",
+            vec![
+                (":status", pending),
+                (":pending", s("pending")),
+                (":held", held),
+            ],
+        )
+        .await
+    }
+
     async fn set_status(
         &self,
         campaign: &CampaignId,
