@@ -172,15 +172,6 @@ pub struct Participation {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct StaffAction {
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    #[serde(default)]
-    pub detail: serde_json::Value,
-}
-
-#[derive(Debug, Clone, Deserialize)]
 pub struct StateChange {
     pub at: DateTime<Utc>,
     pub state: String,
@@ -264,7 +255,8 @@ pub struct Evidence {
     #[serde(default)]
     pub deadline_reached_at: Option<DateTime<Utc>>,
     #[serde(default)]
-    pub staff_actions: Vec<StaffAction>,
+    /// Audit events by staff, read like `campaign audit`'s.
+    pub staff_actions: Vec<AuditEvent>,
     #[serde(default)]
     pub states: Vec<StateChange>,
     #[serde(default)]
