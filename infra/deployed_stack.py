@@ -22,14 +22,15 @@ plays the Lambda service around the real function binaries:
    mappings and API Gateway routes.
 
     deployed_stack.py --template template.yaml --manifest out.json \
-        --denials denials.jsonl [--input input.json] [--drop-statement F:P:N]
+        --denials denials.jsonl [--input input.json] [--drop-statement ROLE:ACTION:RESOURCE]
 
 It prints `READY <endpoint>` when the stack is up, then serves until killed.
 --input is a JSON object: {"parameters": {...}, "secrets": {"<LogicalId>":
 "<SecretString>"}, "extra_secrets": {"<name>": "<SecretString>"}}.
---drop-statement removes statement N (0-based) of inline policy P of
-function F's role before anything is created (the test that shows a
-missing permission is caught).
+--drop-statement ROLE:ACTION:RESOURCE removes, before anything is created,
+the statement of role ROLE (logical id) that allows ACTION on resource
+RESOURCE (logical id; its ARN is in the statement's Resource): the test
+that shows a missing permission is caught.
 """
 
 import argparse
@@ -502,6 +503,18 @@ def managed_policy_statements(policy_arn):
     return as_list(document.get("Statement"))
 
 
+def drops(stack, statement, drop):
+    """Whether `statement` is the one --drop-statement names."""
+    if statement.get("Effect") != "Allow":
+        return False
+    if not any(wildcard(a, drop["action"], False) for a in as_list(statement.get("Action"))):
+        return False
+    names = [stack.refs.get(drop["resource"])] + [
+        v for (n, _), v in stack.attrs.items() if n == drop["resource"]
+    ]
+    return any(name and name in str(r) for name in names for r in as_list(statement.get("Resource")))
+
+
 def deploy(endpoint, template, inputs, drop, middleware):
     import boto3
 
@@ -616,8 +629,11 @@ def deploy(endpoint, template, inputs, drop, middleware):
             policy_name = stack.resolve(policy["PolicyName"])
             document = stack.resolve(policy["PolicyDocument"])
             document["Statement"] = as_list(document.get("Statement"))
-            if drop and drop["role"] == name and drop["policy"] == policy_name:
-                dropped = document["Statement"].pop(drop["index"])
+            if drop and drop["role"] == name:
+                for index, statement in enumerate(document["Statement"]):
+                    if drops(stack, statement, drop):
+                        dropped = document["Statement"].pop(index)
+                        break
             if document["Statement"]:
                 # AWS takes a document without Version (as SAM's policy
                 # templates write them); moto insists on one.
@@ -727,7 +743,7 @@ def main():
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--denials", required=True)
     parser.add_argument("--input")
-    parser.add_argument("--drop-statement", help="RoleLogicalId:PolicyName:index")
+    parser.add_argument("--drop-statement", help="ROLE:ACTION:RESOURCE (logical ids)")
     parser.add_argument("--transform-only", action="store_true", help="print the transformed template and exit")
     args = parser.parse_args()
 
@@ -741,8 +757,9 @@ def main():
         return
     drop = None
     if args.drop_statement:
-        role, policy, index = args.drop_statement.rsplit(":", 2)
-        drop = {"role": role, "policy": policy, "index": int(index)}
+        role, rest = args.drop_statement.split(":", 1)
+        action, resource = rest.rsplit(":", 1)
+        drop = {"role": role, "action": action, "resource": resource}
 
     from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server

@@ -23,9 +23,12 @@ logfile=$state/moto.log
 # Versions the wire tests were written against.
 MOTO_VERSION=5.2.5
 CFN_LINT_VERSION=1.58.0
+# The SAM transform for the deployed-stack test (infra/deployed_stack.py).
+SAM_TRANSLATOR_VERSION=1.110.0
 
 installed() {
-    [[ -x $venv/bin/moto_server && -x $venv/bin/cfn-lint ]]
+    [[ -x $venv/bin/moto_server && -x $venv/bin/cfn-lint ]] &&
+        "$venv/bin/python" -c "import samtranslator" 2>/dev/null
 }
 
 install() {
@@ -35,10 +38,11 @@ install() {
     exec 9>"$venv.lock"
     flock 9
     if ! installed; then
-        echo "creating $venv (moto $MOTO_VERSION, cfn-lint $CFN_LINT_VERSION)" >&2
-        python3 -m venv "$venv"
+        echo "creating $venv (moto $MOTO_VERSION, cfn-lint $CFN_LINT_VERSION, aws-sam-translator $SAM_TRANSLATOR_VERSION)" >&2
+        [[ -x $venv/bin/pip ]] || python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check \
-            "moto[server]==$MOTO_VERSION" "cfn-lint==$CFN_LINT_VERSION" >&2
+            "moto[server]==$MOTO_VERSION" "cfn-lint==$CFN_LINT_VERSION" \
+            "aws-sam-translator==$SAM_TRANSLATOR_VERSION" >&2
     fi
     flock -u 9
 }
