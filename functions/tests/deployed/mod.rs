@@ -1,0 +1,366 @@
+//! The hub as deployed: `infra/deployed_stack.py` creates the
+//! SAM-transformed template's resources, roles and policies on an
+//! IAM-enforcing AWS emulator; this module is the Lambda service around the
+//! real function binaries (`runtime`) and the event sources (`sources`).
+
+pub mod manifest;
+pub mod runtime;
+pub mod sources;
+
+use manifest::{Denial, Manifest};
+use runtime::LambdaFunction;
+use serde_json::Value;
+use sources::{Functions, Gateway, Record};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The built binary of each function (`Metadata.BuildProperties.Binary`).
+pub fn binary(name: &str) -> Option<PathBuf> {
+    let path = match name {
+        "api" => env!("CARGO_BIN_EXE_api"),
+        "optout-link" => env!("CARGO_BIN_EXE_optout-link"),
+        "practice-notices" => env!("CARGO_BIN_EXE_practice-notices"),
+        "deadline" => env!("CARGO_BIN_EXE_deadline"),
+        "extract" => env!("CARGO_BIN_EXE_extract"),
+        "send" => env!("CARGO_BIN_EXE_send"),
+        "writeback" => env!("CARGO_BIN_EXE_writeback"),
+        "letters" => env!("CARGO_BIN_EXE_letters"),
+        "receipts" => env!("CARGO_BIN_EXE_receipts"),
+        "purge" => env!("CARGO_BIN_EXE_purge"),
+        _ => return None,
+    };
+    Some(PathBuf::from(path))
+}
+
+/// What the deployment is given: template parameters and secret values.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DeployInput {
+    pub parameters: BTreeMap<String, String>,
+    /// By the secret's logical id.
+    pub secrets: BTreeMap<String, String>,
+    /// More secrets by name (GP credentials).
+    pub extra_secrets: BTreeMap<String, String>,
+}
+
+/// Options of a deployed-stack run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `RoleLogicalId:action:ResourceLogicalId`: the role's statement that
+    /// allows `action` on that resource is removed before deployment.
+    pub drop_statement: Option<String>,
+    /// Instances (processes) per function at most; an SQS mapping polls with
+    /// min(MaximumConcurrency, this) concurrent pollers.
+    pub max_instances: usize,
+}
+
+/// The IAM-enforcing emulator process and what it deployed.
+pub struct Emulator {
+    child: tokio::process::Child,
+    pub manifest: Manifest,
+    denials: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Emulator {
+    pub async fn deploy(input: &DeployInput, options: &Options) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::tempdir()?;
+        let input_path = dir.path().join("input.json");
+        std::fs::write(&input_path, serde_json::to_vec(input)?)?;
+        let manifest_path = dir.path().join("manifest.json");
+        let denials = dir.path().join("denials.jsonl");
+        let python = std::env::var_os("HUB_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join(".venv-aws"))
+            .join("bin/python");
+        let mut command = tokio::process::Command::new(&python);
+        command
+            .arg(repo().join("infra/deployed_stack.py"))
+            .arg("--template")
+            .arg(repo().join("template.yaml"))
+            .arg("--manifest")
+            .arg(&manifest_path)
+            .arg("--denials")
+            .arg(&denials)
+            .arg("--input")
+            .arg(&input_path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("emulator.log"))?)
+            .kill_on_drop(true);
+        if let Some(drop) = &options.drop_statement {
+            command.arg("--drop-statement").arg(drop);
+        }
+        let mut child = command.spawn().with_context(|| {
+            format!(
+                "starting {} (run infra/moto.sh install)",
+                python.display()
+            )
+        })?;
+        let stdout = child.stdout.take().context("emulator stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.starts_with("READY ") {
+                    return Ok::<bool, std::io::Error>(true);
+                }
+            }
+            Ok(false)
+        })
+        .await;
+        if !matches!(ready, Ok(Ok(true))) {
+            let log = std::fs::read_to_string(dir.path().join("emulator.log")).unwrap_or_default();
+            anyhow::bail!("the deployment failed:\n{log}");
+        }
+        let manifest: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path)?)?;
+        Ok(Self {
+            child,
+            manifest,
+            denials,
+            dir,
+        })
+    }
+
+    /// Every AWS call a function's role was denied so far.
+    pub fn denials(&self) -> Vec<Denial> {
+        let text = std::fs::read_to_string(&self.denials).unwrap_or_default();
+        let mut all: Vec<Denial> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+        let m = &self.manifest;
+        aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new(m.region.clone()))
+                .endpoint_url(&m.endpoint)
+                .credentials_provider(Credentials::new(&m.admin_key, &m.admin_key, None, None, "admin"))
+                .build(),
+        )
+    }
+
+    pub fn scheduler(&self) -> aws_sdk_scheduler::Client {
+        use aws_sdk_scheduler::config::{BehaviorVersion, Credentials, Region};
+        let m = &self.manifest;
+        aws_sdk_scheduler::Client::from_conf(
+            aws_sdk_scheduler::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new(m.region.clone()))
+                .endpoint_url(&m.endpoint)
+                .credentials_provider(Credentials::new(&m.admin_key, &m.admin_key, None, None, "admin"))
+                .build(),
+        )
+    }
+
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        let m = &self.manifest;
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new(m.region.clone()))
+                .endpoint_url(&m.endpoint)
+                .credentials_provider(Credentials::new(&m.admin_key, &m.admin_key, None, None, "admin"))
+                .build(),
+        )
+    }
+}
+
+/// The running stack: emulator, function instances, event sources.
+pub struct Deployed {
+    pub emulator: Emulator,
+    pub functions: Functions,
+    pub record: Arc<Record>,
+    pub api_url: String,
+    pub fired_schedules: Arc<Mutex<Vec<String>>>,
+    /// How far the Scheduler's clock is ahead of the real one.
+    pub scheduler_clock: Arc<Mutex<chrono::Duration>>,
+    /// Functions that did not start, with why.
+    pub not_started: Vec<String>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Deployed {
+    /// Deploys, starts every function's instances (all of them, so every
+    /// one that cannot start is named), then the event sources.
+    pub async fn start(
+        input: &DeployInput,
+        options: &Options,
+        staff: HashMap<String, String>,
+        gateway_listener: tokio::net::TcpListener,
+    ) -> anyhow::Result<Self> {
+        let emulator = Emulator::deploy(input, options).await?;
+        let manifest = emulator.manifest.clone();
+        let logs = emulator.dir.path().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let max = options.max_instances.max(1);
+        let starts = manifest.functions.iter().map(|(id, spec)| {
+            let wanted = manifest
+                .event_source_mappings
+                .iter()
+                .filter(|m| &m.function == id && m.enabled)
+                .map(|m| m.maximum_concurrency)
+                .max()
+                .unwrap_or(max)
+                .min(max);
+            let manifest = &manifest;
+            let logs = &logs;
+            async move {
+                let Some(binary) = spec.binary.as_deref().and_then(binary) else {
+                    return (id.clone(), Err(format!("{id}: no binary {:?}", spec.binary)));
+                };
+                let started = LambdaFunction::start(id, manifest, &binary, wanted, logs).await;
+                (id.clone(), started)
+            }
+        });
+        let mut functions = Functions::new();
+        let mut not_started = Vec::new();
+        for (id, started) in futures::future::join_all(starts).await {
+            match started {
+                Ok(function) => {
+                    functions.insert(id, Arc::new(function));
+                }
+                Err(why) => not_started.push(why),
+            }
+        }
+        let record = Arc::new(Record::default());
+        let mut tasks = Vec::new();
+        let sqs = emulator.sqs();
+        for mapping in manifest.event_source_mappings.iter().filter(|m| m.enabled) {
+            let Some(function) = functions.get(&mapping.function) else {
+                continue;
+            };
+            let pollers = mapping.maximum_concurrency.min(max).max(1);
+            for _ in 0..pollers {
+                tasks.push(tokio::spawn(sources::poll(
+                    sqs.clone(),
+                    mapping.clone(),
+                    function.clone(),
+                    manifest.region.clone(),
+                    record.clone(),
+                )));
+            }
+        }
+        let fired_schedules = Arc::new(Mutex::new(Vec::new()));
+        let scheduler_clock = Arc::new(Mutex::new(chrono::Duration::zero()));
+        tasks.push(tokio::spawn(sources::schedule(
+            emulator.scheduler(),
+            sqs.clone(),
+            functions.clone(),
+            record.clone(),
+            fired_schedules.clone(),
+            scheduler_clock.clone(),
+        )));
+        let gateway = Arc::new(Gateway {
+            routes: manifest.routes.clone(),
+            functions: functions.clone(),
+            stage: manifest.stage.clone().unwrap_or_else(|| "v1".into()),
+            account: manifest.account.clone(),
+            staff,
+            record: record.clone(),
+        });
+        let (api_url, task) = sources::serve_gateway(gateway, gateway_listener)?;
+        tasks.push(task);
+        Ok(Self {
+            emulator,
+            functions,
+            record,
+            api_url,
+            fired_schedules,
+            scheduler_clock,
+            not_started,
+            tasks,
+        })
+    }
+
+    /// Why the run is failing, if it is: functions that did not start,
+    /// calls a role was denied (function, action, resource), failed
+    /// invocations. Empty when all is well.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self.not_started.clone();
+        problems.extend(self.emulator.denials().iter().map(|d| format!("AWS call denied: {d}")));
+        problems
+    }
+
+    /// The failure report: problems first, then failed invocations.
+    pub fn diagnosis(&self) -> String {
+        let mut lines = self.problems();
+        let failures = self.record.failures.lock().unwrap();
+        for failure in failures.iter().take(10) {
+            lines.push(format!(
+                "{} failed an invocation from {}: {}",
+                failure.function, failure.source, failure.error
+            ));
+        }
+        if failures.len() > 10 {
+            lines.push(format!("... and {} more failed invocations", failures.len() - 10));
+        }
+        lines.join("\n")
+    }
+
+    /// Each function's init times (one per instance).
+    pub fn init_times(&self) -> BTreeMap<String, Vec<Duration>> {
+        self.functions
+            .iter()
+            .map(|(id, f)| (id.clone(), f.init_times.clone()))
+            .collect()
+    }
+}
+
+/// Fails with the diagnosis as soon as there is a problem, or when `check`
+/// has not held within `limit`.
+pub async fn wait_for<F, Fut>(
+    deployed: &Deployed,
+    what: &str,
+    limit: Duration,
+    mut check: F,
+) -> Result<Value, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Value>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if !deployed.problems().is_empty() {
+            return Err(format!("while waiting for {what}:\n{}", deployed.diagnosis()));
+        }
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if start.elapsed() > limit {
+            return Err(format!(
+                "{what} did not happen in {limit:?}\n{}",
+                deployed.diagnosis()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,389 @@
+//! The hub as deployed: the ten real function binaries, each its own
+//! process speaking the Lambda Runtime API, with exactly the environment,
+//! memory and timeout of the SAM-transformed `template.yaml` and the
+//! credentials of its own role; every AWS call judged against that role's
+//! policies by the real IAM action and resource (`infra/deployed_stack.py`).
+//! Event sources as declared: SQS mappings, the Scheduler's one-time
+//! schedules, API Gateway with IAM identity. GOV.UK Notify and the GP
+//! systems (FHIR) are the HTTP simulators.
+//!
+//! Run: `cargo nextest run -p hub-functions --test deployed_stack`
+//! (needs `infra/moto.sh install`).
+
+mod deployed;
+
+use deployed::{wait_for, DeployInput, Deployed, Options};
+use hub_sim::http::{start_fhir, start_notify, CallbackTarget, FhirServerConfig, NotifyServerConfig};
+use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const ALICE_KEY: &str = "AKIAALICESTAFF000001";
+const BOB_KEY: &str = "AKIABOBSTAFF00000002";
+
+/// The hub deployed around simulators of Notify and the GP systems.
+struct Run {
+    deployed: Deployed,
+    notify: hub_sim::http::NotifyServer,
+    _fhir: hub_sim::http::FhirServer,
+    estate: GpEstate,
+    fhir_practices: Vec<Value>,
+    http: reqwest::Client,
+}
+
+impl Run {
+    async fn start(options: Options) -> anyhow::Result<Self> {
+        let estate = GpEstate::generate(RegionSpec {
+            practices: 3,
+            patients: 450,
+            seed: 12,
+        });
+        let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api_url = format!("http://{}/v1", gateway_listener.local_addr()?);
+        let callback_token = uuid::Uuid::new_v4().simple().to_string();
+        let sms = GatewaySim::new(GatewayConfig {
+            rate_per_second: 1_000.0,
+            latency: Duration::from_millis(1),
+            delivery_failure_rate: 0.05,
+            receipt_delay: Duration::from_millis(20),
+            ..GatewayConfig::new("notify")
+        });
+        let (_, notify) = start_notify(
+            sms,
+            NotifyServerConfig {
+                callback: Some(CallbackTarget {
+                    url: format!("{api_url}/receipts/notify"),
+                    bearer: SecretString::from(callback_token.clone()),
+                }),
+                ..NotifyServerConfig::default()
+            },
+        )
+        .await?;
+        let (_, fhir) = start_fhir(estate.clone(), FhirServerConfig::default()).await?;
+        let fhir_practices: Vec<Value> = estate
+            .practices()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| fhir.practice(&p.ods, i % 2 == 0, None))
+            .map(|p| serde_json::to_value(p).unwrap_or_default())
+            .collect();
+
+        // The secrets in the shapes infra/DEPLOY.md documents.
+        let mut input = DeployInput::default();
+        for (name, value) in [
+            ("AlarmTopicArn", "arn:aws:sns:eu-west-2:123456789012:hub-alarms"),
+            ("SendMaxConcurrency", "2"),
+            ("ExtractMaxConcurrency", "2"),
+        ] {
+            input.parameters.insert(name.into(), value.into());
+        }
+        input.secrets.insert(
+            "NotifySecret".into(),
+            json!({
+                "api_key": notify.api_key().expose_secret(),
+                "sms_template_id": uuid::Uuid::new_v4().to_string(),
+                "email_template_id": uuid::Uuid::new_v4().to_string(),
+                "letter_template_id": uuid::Uuid::new_v4().to_string(),
+                "base_url": notify.base_url(),
+                "rate_per_second": 100,
+            })
+            .to_string(),
+        );
+        input.secrets.insert(
+            "OptoutLinkKeySecret".into(),
+            json!({ "key": uuid::Uuid::new_v4().simple().to_string() }).to_string(),
+        );
+        input.secrets.insert(
+            "CallbackTokenSecret".into(),
+            json!({ "token": callback_token }).to_string(),
+        );
+        let staff = HashMap::from([
+            (ALICE_KEY.to_string(), "arn:aws:iam::123456789012:user/alice".to_string()),
+            (BOB_KEY.to_string(), "arn:aws:iam::123456789012:user/bob".to_string()),
+        ]);
+        let deployed = Deployed::start(&input, &options, staff, gateway_listener).await?;
+        Ok(Self {
+            deployed,
+            notify,
+            _fhir: fhir,
+            estate,
+            fhir_practices,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// A staff call through API Gateway (`AWS_IAM` auth).
+    async fn staff(&self, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.deployed.api_url))
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential={key}/20260101/eu-west-2/execute-api/aws4_request, SignedHeaders=host, Signature=0"),
+            );
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    /// A staff call that must succeed; the error carries the diagnosis.
+    async fn staff_ok(&self, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let (status, value) = self.staff(key, method.clone(), path, body).await?;
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            Err(format!(
+                "{method} {path} answered {status}: {value}\n{}",
+                self.deployed.diagnosis()
+            ))
+        }
+    }
+
+    async fn campaign(&self, id: &str) -> Option<Value> {
+        self.staff(ALICE_KEY, reqwest::Method::GET, &format!("/campaigns/{id}"), None)
+            .await
+            .ok()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, v)| v)
+    }
+
+    async fn wait_for_state(&self, id: &str, states: &[&str], limit: Duration) -> Result<Value, String> {
+        wait_for(&self.deployed, &format!("campaign {id} to reach {states:?}"), limit, || async {
+            let campaign = self.campaign(id).await?;
+            let state = campaign.get("state")?.as_str()?.to_string();
+            states.contains(&state.as_str()).then_some(campaign)
+        })
+        .await
+    }
+
+    /// A whole campaign from the staff API to purge. The error names what
+    /// went wrong: functions that did not start, denied calls.
+    async fn whole_campaign(&self) -> Result<Value, String> {
+        if !self.deployed.problems().is_empty() {
+            return Err(format!("the stack did not start:\n{}", self.deployed.diagnosis()));
+        }
+        for practice in &self.fhir_practices {
+            let ods = practice["ods"].as_str().unwrap_or_default();
+            self.staff_ok(ALICE_KEY, reqwest::Method::PUT, &format!("/practices/{ods}"), Some(practice.clone()))
+                .await?;
+        }
+        let created = self
+            .staff_ok(
+                ALICE_KEY,
+                reqwest::Method::POST,
+                "/campaigns",
+                Some(json!({
+                    "name": "Heatwave alert",
+                    "message": "Urgent: ((first_name)), see www.nhs.uk",
+                    "optout_deadline": (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339(),
+                    "justification": "Level 4 heat-health alert for the region",
+                    "postal_fallback": true,
+                })),
+            )
+            .await?;
+        let id = created
+            .pointer("/campaign/id")
+            .or_else(|| created.get("id"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("no campaign id in {created}"))?
+            .to_string();
+        self.staff_ok(BOB_KEY, reqwest::Method::POST, &format!("/campaigns/{id}/approve"), None)
+            .await?;
+
+        // Each practice is emailed its notice by practice-notices.
+        let practices = self.fhir_practices.len();
+        let emails = wait_for(&self.deployed, "a notice email per practice", Duration::from_secs(60), || async {
+            let emails = self.notify.gateway().emails();
+            (emails.len() >= practices).then(|| json!(emails.len()))
+        })
+        .await?;
+        if emails != json!(practices) {
+            return Err(format!("{emails} notice emails for {practices} practices"));
+        }
+
+        // One practice opts out through the public link in its notice.
+        let (to, _, body) = self.notify.gateway().emails()[0].clone();
+        let token = body
+            .split("/optout?token=")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == ')' || c == ']').next())
+            .ok_or_else(|| "the notice has no opt-out link".to_string())?
+            .to_string();
+        let opted_out = self
+            .fhir_practices
+            .iter()
+            .find(|p| p["notice_email"] == json!(to))
+            .and_then(|p| p["ods"].as_str())
+            .ok_or_else(|| format!("no practice has the notice address {to}"))?
+            .to_string();
+        let page = self
+            .http
+            .get(format!("{}/optout?token={token}", self.deployed.api_url))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if page.status() != 200 {
+            return Err(format!("GET /optout answered {}\n{}", page.status(), self.deployed.diagnosis()));
+        }
+        let confirmed = self
+            .http
+            .post(format!("{}/optout", self.deployed.api_url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("token", &token)
+                    .finish(),
+            )
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if confirmed.status() != 200 {
+            return Err(format!("POST /optout answered {}\n{}", confirmed.status(), self.deployed.diagnosis()));
+        }
+
+        // Staff bring the deadline forward; the Scheduler fires the
+        // deadline function with the schedule's input.
+        self.staff_ok(
+            BOB_KEY,
+            reqwest::Method::POST,
+            &format!("/campaigns/{id}/deadline"),
+            Some(json!({ "optout_deadline": chrono::Utc::now().to_rfc3339() })),
+        )
+        .await?;
+        self.wait_for_state(&id, &["awaiting_receipts", "completed"], Duration::from_secs(240))
+            .await?;
+
+        // The purge is scheduled at the end of the receipt window: move the
+        // Scheduler's clock past it.
+        *self.deployed.scheduler_clock.lock().unwrap() = chrono::Duration::hours(73);
+        wait_for(&self.deployed, "the purge", Duration::from_secs(90), || async {
+            let campaign = self.campaign(&id).await?;
+            campaign.get("purged_at").filter(|v| !v.is_null()).map(|_| campaign.clone())
+        })
+        .await?;
+        let report = self
+            .staff_ok(ALICE_KEY, reqwest::Method::GET, &format!("/campaigns/{id}/report"), None)
+            .await?;
+        Ok(json!({ "id": id, "report": report, "opted_out": opted_out }))
+    }
+}
+
+fn init_times(deployed: &Deployed) -> String {
+    deployed
+        .init_times()
+        .iter()
+        .map(|(id, times)| {
+            let ms: Vec<String> = times.iter().map(|t| format!("{:.0} ms", t.as_secs_f64() * 1000.0)).collect();
+            format!("{id}: {}", ms.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_deployed_functions_run_a_whole_campaign_with_iam_enforced() {
+    let run = Run::start(Options {
+        max_instances: 2,
+        ..Options::default()
+    })
+    .await
+    .expect("the stack deploys");
+    eprintln!("init times (spawn to first /next):\n{}", init_times(&run.deployed));
+    let outcome = run.whole_campaign().await;
+    let result = match outcome {
+        Ok(result) => result,
+        Err(why) => panic!("the deployed campaign failed:\n{why}"),
+    };
+    assert_eq!(run.deployed.functions.len(), 10, "all ten functions started");
+    assert!(run.deployed.emulator.denials().is_empty(), "no AWS call denied");
+
+    let report = &result["report"];
+    assert_eq!(report["adds_up"], json!(true), "the report adds up: {report}");
+    let totals = &report["totals"];
+    let count = |key: &str| totals[key].as_u64().unwrap_or(0);
+    assert!(count("sent") > 100, "most are texted: {totals}");
+    let expected_sent = run.notify.gateway().sent_count() as u64;
+    assert_eq!(count("sent"), expected_sent, "the report counts the texts Notify accepted");
+    assert_eq!(run.notify.gateway().duplicate_sends(), 0, "nobody texted twice");
+    let out = report["practices"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["ods"] == result["opted_out"]))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(out["sent"], json!(0), "the opted-out practice is not texted: {out}");
+
+    // No patient data left.
+    let patient_table = &run.deployed.functions["SendFunction"].spec.environment["PATIENT_DATA_TABLE"];
+    let items = run
+        .deployed
+        .emulator
+        .dynamodb()
+        .scan()
+        .table_name(patient_table)
+        .send()
+        .await
+        .expect("scan")
+        .count;
+    assert_eq!(items, 0, "no patient data left");
+    // Nothing dead-lettered.
+    let sqs = run.deployed.emulator.sqs();
+    for (id, queue) in &run.deployed.emulator.manifest.queues {
+        if id.ends_with("DLQ") {
+            let messages = sqs
+                .receive_message()
+                .queue_url(&queue.url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .expect("receive")
+                .messages
+                .unwrap_or_default();
+            assert!(messages.is_empty(), "nothing dead-lettered on {id}");
+        }
+    }
+    for (function, delay) in run.deployed.record.retry_delays() {
+        eprintln!("retry: {function} message back after {:.1} s", delay.as_secs_f64());
+    }
+    let _ = &run.estate;
+}
+
+/// The harness is the check: with one statement gone from the api role,
+/// the run fails naming the api function and the action it was denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_role_missing_one_statement_fails_the_run_naming_the_function_and_action() {
+    let run = Run::start(Options {
+        max_instances: 1,
+        drop_statement: Some("ApiFunctionRole:sqs:SendMessage:NoticesQueue".into()),
+    })
+    .await
+    .expect("the stack deploys");
+    assert!(
+        run.deployed.emulator.manifest.dropped_statement.is_some(),
+        "the statement was found and removed"
+    );
+    let failure = run
+        .whole_campaign()
+        .await
+        .expect_err("the run must fail without the api role's send to the notices queue");
+    let denials = run.deployed.emulator.denials();
+    let notices_queue = &run.deployed.emulator.manifest.queues["NoticesQueue"].arn;
+    assert!(
+        denials
+            .iter()
+            .any(|d| d.function == "ApiFunction" && d.action == "sqs:SendMessage" && &d.resource == notices_queue),
+        "the denial is logged: {denials:?}"
+    );
+    assert!(
+        failure.contains("ApiFunction was denied sqs:SendMessage on"),
+        "the failure names the function and the action: {failure}"
+    );
+}
