@@ -128,8 +128,8 @@ pub async fn run_sqs_function(
     concurrency: usize,
 ) -> Result<(), lambda_runtime::Error> {
     init_tracing();
-    let wired = crate::wiring::hub_from_env().await?;
-    let hub = &wired.hub;
+    let hub = crate::wiring::hub_from_env(crate::wiring::Function::consuming(queue)).await?;
+    let hub = &hub;
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
             handle_sqs(hub, queue, event.payload, concurrency)

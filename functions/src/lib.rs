@@ -3,4 +3,5 @@
 //! Each binary in `src/bin` is one function of `template.yaml`.
 
 pub mod lambda;
+pub mod notify;
 pub mod wiring;

@@ -1,6 +1,12 @@
 //! Builds the [`Hub`] for a Lambda function from its environment: the AWS
-//! adapters, GOV.UK Notify from its secret, FHIR for the GP systems.
-//! Read once at start-up; a missing variable or secret fails fast.
+//! adapters, GOV.UK Notify, FHIR for the GP systems.
+//!
+//! Each function reads only the secrets its role may read: the opt-out link
+//! key at start-up where every invocation needs it (practice-notices signs
+//! links, optout-link checks them), the Notify secret on the first message
+//! sent (`notify::LazyNotify`), the callback token only in receipts
+//! ([`callback_token`]). A missing variable, or a secret the function needs
+//! at start-up, fails fast.
 
 use anyhow::Context;
 use hub_adapters::aws::{
@@ -8,157 +14,158 @@ use hub_adapters::aws::{
     SecretsManagerSecrets, SqsJobQueue,
 };
 use hub_adapters::fhir::{FhirConfig, FhirGpConnector};
-use hub_adapters::notify::{NotifyClient, NotifyConfig, NotifyTemplates};
 use hub_core::handlers::{Hub, HubConfig, HubParts};
-use hub_core::ports::{SmsProvider, SystemClock};
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use hub_core::ports::SmsProvider;
+use hub_core::ports::SystemClock;
+use secrecy::SecretString;
 use std::sync::Arc;
 
-/// The Notify secret's JSON: the one definition of its shape, which
-/// `infra/DEPLOY.md` documents and a test checks the examples against.
-#[derive(Deserialize)]
-pub struct NotifySecret {
-    api_key: String,
-    sms_template_id: String,
-    #[serde(default)]
-    email_template_id: Option<String>,
-    #[serde(default)]
-    letter_template_id: Option<String>,
-    #[serde(default)]
-    base_url: Option<String>,
-    /// Messages per second for this key (Notify's default is 3,000/min).
-    #[serde(default = "default_rate")]
-    rate_per_second: f64,
-    /// More Notify services to spread the load across.
-    #[serde(default)]
-    extra_keys: Vec<ExtraKey>,
+use crate::notify::{LazyNotify, NotifyService};
+pub use crate::notify::{NotifySecret, ProviderRates, DEFAULT_NOTIFY_RATES};
+
+/// The ten functions of `template.yaml`, for what each one reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    Api,
+    OptoutLink,
+    PracticeNotices,
+    Deadline,
+    Extract,
+    Send,
+    Writeback,
+    Letters,
+    Receipts,
+    Purge,
 }
 
-#[derive(Deserialize)]
-struct ExtraKey {
-    api_key: String,
-    #[serde(default = "default_rate")]
-    rate_per_second: f64,
-}
-
-impl NotifySecret {
-    /// Reads the secret's value. The error names a missing field, or else
-    /// only the position: serde's other messages may quote the value.
-    pub fn parse(json: &str) -> anyhow::Result<Self> {
-        serde_json::from_str(json).map_err(|e| {
-            let message = e.to_string();
-            let field = message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next());
-            match field {
-                Some(field) => anyhow::anyhow!(
-                    "the Notify secret has no `{field}` (see infra/DEPLOY.md for its JSON)"
-                ),
-                None => anyhow::anyhow!(
-                    "the Notify secret is not valid JSON of the documented shape: \
-                     line {} column {}",
-                    e.line(),
-                    e.column()
-                ),
-            }
-        })
+impl Function {
+    /// The function that consumes `queue`.
+    pub fn consuming(queue: hub_core::ports::QueueName) -> Self {
+        use hub_core::ports::QueueName;
+        match queue {
+            QueueName::Notices => Self::PracticeNotices,
+            QueueName::Extract => Self::Extract,
+            QueueName::Send => Self::Send,
+            QueueName::Writeback => Self::Writeback,
+            QueueName::Letters => Self::Letters,
+            QueueName::Purge => Self::Purge,
+        }
     }
 
-    /// How many Notify API keys it holds.
-    pub fn keys(&self) -> usize {
-        1 + self.extra_keys.len()
+    /// Signs (practice-notices) or checks (optout-link) opt-out links on
+    /// every invocation, so reads the key at start-up; no other function
+    /// may read it.
+    pub fn reads_optout_key(self) -> bool {
+        matches!(self, Self::OptoutLink | Self::PracticeNotices)
     }
 }
 
-fn default_rate() -> f64 {
-    50.0
+/// A key no other function holds, for a function that never signs or
+/// checks a link: a link it signed would not verify anywhere, and no link
+/// verifies against it (an empty key would let anyone forge one).
+fn unshared_key() -> SecretString {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
-/// Everything a function needs besides the hub: secrets it checks itself.
-pub struct Wired {
-    pub hub: Hub,
-    pub callback_token: SecretString,
-    pub secrets: Arc<dyn Secrets>,
+/// The secrets client every function shares (values cached per execution
+/// environment by the adapter).
+pub async fn secrets_from_env() -> Arc<dyn Secrets> {
+    let sdk = aws::load_sdk_config().await;
+    Arc::new(SecretsManagerSecrets::new(
+        aws_sdk_secretsmanager::Client::new(&sdk),
+    ))
 }
 
-pub async fn hub_from_env() -> anyhow::Result<Wired> {
-    let lookup = aws::process_env;
+/// The receipts function's bearer token for delivery callbacks.
+pub async fn callback_token(secrets: &dyn Secrets) -> anyhow::Result<SecretString> {
+    let lookup = &aws::process_env;
+    secrets
+        .secret_field(
+            &aws::required(lookup, env::CALLBACK_TOKEN_SECRET_ARN)?,
+            "token",
+        )
+        .await
+        .context("reading the callback token")
+}
+
+/// The hub for `function`, from the process environment.
+pub async fn hub_from_env(function: Function) -> anyhow::Result<Hub> {
+    let secrets = secrets_from_env().await;
+    hub_with_secrets(function, secrets).await
+}
+
+/// The hub for `function` with the given secrets client, from the process
+/// environment.
+pub async fn hub_with_secrets(
+    function: Function,
+    secrets: Arc<dyn Secrets>,
+) -> anyhow::Result<Hub> {
+    hub_with(function, secrets, &aws::process_env).await
+}
+
+/// The hub for `function`: variables through `lookup`, secrets through
+/// `secrets`.
+pub async fn hub_with(
+    function: Function,
+    secrets: Arc<dyn Secrets>,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Hub> {
     let sdk = aws::load_sdk_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let store = Arc::new(DynamoHubStore::new(
         dynamo.clone(),
-        aws::required(&lookup, env::HUB_TABLE)?,
+        aws::required(lookup, env::HUB_TABLE)?,
     ));
     let patients = Arc::new(DynamoPatientStore::new(
         dynamo,
-        aws::required(&lookup, env::PATIENT_DATA_TABLE)?,
+        aws::required(lookup, env::PATIENT_DATA_TABLE)?,
     ));
     let queue = Arc::new(SqsJobQueue::new(
         aws_sdk_sqs::Client::new(&sdk),
-        aws::queue_urls(&lookup)?,
+        aws::queue_urls(lookup)?,
     ));
     let scheduler = Arc::new(EventBridgeScheduler::new(
         aws_sdk_scheduler::Client::new(&sdk),
-        ScheduleTargets::from_lookup(&lookup)?,
+        ScheduleTargets::from_lookup(lookup)?,
     ));
-    let secrets: Arc<dyn Secrets> = Arc::new(SecretsManagerSecrets::new(
-        aws_sdk_secretsmanager::Client::new(&sdk),
-    ));
-    let notify_id = aws::required(&lookup, env::NOTIFY_SECRET_ARN)?;
-    let notify = NotifySecret::parse(
-        secrets
-            .secret(&notify_id)
-            .await
-            .context("reading the Notify secret")?
-            .expose_secret(),
+    let rates = ProviderRates::parse(
+        &lookup(env::NOTIFY_RATES)
+            .filter(|rates| !rates.is_empty())
+            .unwrap_or_else(|| DEFAULT_NOTIFY_RATES.to_string()),
     )?;
-    let templates = NotifyTemplates {
-        sms: notify.sms_template_id.clone(),
-        email: notify.email_template_id.clone(),
-        letter: notify.letter_template_id.clone(),
-    };
-    let base_url = notify
-        .base_url
-        .clone()
-        .unwrap_or_else(|| hub_adapters::notify::NOTIFY_PRODUCTION_URL.to_string());
+    let notify = NotifyService::new(
+        secrets.clone(),
+        aws::required(lookup, env::NOTIFY_SECRET_ARN)?,
+        rates.0.len(),
+    );
+    let providers: Vec<(Arc<dyn SmsProvider>, f64)> = rates
+        .0
+        .iter()
+        .enumerate()
+        .map(|(i, rate)| {
+            let provider: Arc<dyn SmsProvider> = Arc::new(LazyNotify::new(notify.clone(), i));
+            (provider, rate.rate_per_second)
+        })
+        .collect();
+    let primary = Arc::new(LazyNotify::new(notify, 0));
     let share: u32 = lookup(env::SEND_MAX_CONCURRENCY)
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let mut providers: Vec<(Arc<dyn SmsProvider>, f64)> = Vec::new();
-    let mut keys = vec![(notify.api_key.clone(), notify.rate_per_second)];
-    keys.extend(
-        notify
-            .extra_keys
-            .iter()
-            .map(|k| (k.api_key.clone(), k.rate_per_second)),
-    );
-    let mut primary = None;
-    for (i, (key, rate)) in keys.into_iter().enumerate() {
-        let mut config = NotifyConfig::new(&base_url, SecretString::from(key), templates.clone());
-        config.name = format!("notify-{}", i + 1);
-        let client = Arc::new(NotifyClient::new(config)?);
-        if primary.is_none() {
-            primary = Some(client.clone());
-        }
-        providers.push((client, rate));
-    }
-    let primary = primary.context("the Notify secret names no API key")?;
-    let optout_key = secrets
-        .secret_field(
-            &aws::required(&lookup, env::OPTOUT_LINK_KEY_SECRET_ARN)?,
-            "key",
-        )
-        .await
-        .context("reading the opt-out link key")?;
-    let callback_token = secrets
-        .secret_field(
-            &aws::required(&lookup, env::CALLBACK_TOKEN_SECRET_ARN)?,
-            "token",
-        )
-        .await
-        .context("reading the callback token")?;
-    let hub = HubParts {
+    let optout_key = if function.reads_optout_key() {
+        secrets
+            .secret_field(
+                &aws::required(lookup, env::OPTOUT_LINK_KEY_SECRET_ARN)?,
+                "key",
+            )
+            .await
+            .context("reading the opt-out link key")?
+    } else {
+        unshared_key()
+    };
+    let mut hub = HubParts {
         store,
         patients,
         queue,
@@ -176,9 +183,8 @@ pub async fn hub_from_env() -> anyhow::Result<Wired> {
         },
     }
     .build()?;
-    Ok(Wired {
-        hub,
-        callback_token,
-        secrets,
-    })
+    // The plan counts the services' daily limits too, which the router
+    // does not know.
+    Arc::make_mut(&mut hub.config).providers = rates.plan_rates();
+    Ok(hub)
 }

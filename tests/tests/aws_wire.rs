@@ -560,7 +560,10 @@ fn the_functions_environment_is_what_the_adapters_read() {
         .filter(|(name, _)| name != "RUST_LOG")
         .collect();
     let expected: Vec<&str> = {
-        let mut all = env::ALL.to_vec();
+        let mut all: Vec<&str> = env::ALL
+            .into_iter()
+            .filter(|name| env::PER_FUNCTION.iter().all(|(own, _)| own != name))
+            .collect();
         all.sort();
         all
     };
@@ -568,6 +571,32 @@ fn the_functions_environment_is_what_the_adapters_read() {
         names.keys().map(String::as_str).collect::<Vec<_>>(),
         expected
     );
+    for (variable, binary) in env::PER_FUNCTION {
+        let holders: Vec<String> = t
+            .resources_of("AWS::Serverless::Function")
+            .into_iter()
+            .filter(|function| {
+                function
+                    .properties
+                    .get("Environment")
+                    .and_then(|e| e.get("Variables"))
+                    .and_then(|vars| vars.get(variable))
+                    .is_some()
+            })
+            .map(|function| {
+                str_of(
+                    function
+                        .body
+                        .get("Metadata")
+                        .and_then(|m| m.get("BuildProperties"))
+                        .and_then(|b| b.get("Binary")),
+                )
+                .unwrap_or_default()
+                .to_string()
+            })
+            .collect();
+        assert_eq!(holders, [binary], "{variable}");
+    }
 }
 
 #[test]

@@ -36,7 +36,7 @@ fn every_notify_secret_in_the_deploy_guide_is_what_the_functions_read() {
 #[test]
 fn a_notify_secret_without_its_template_names_the_missing_field_and_not_the_key() {
     // The placeholder the template generates: the key but no template id.
-    let error = NotifySecret::parse(r#"{"provider":"notify","api_key":"s3cret-key"}"#)
+    let error = NotifySecret::parse(r#"{"api_key":"s3cret-key"}"#)
         .err()
         .expect("refused");
     let text = format!("{error:#}");
@@ -46,4 +46,17 @@ fn a_notify_secret_without_its_template_names_the_missing_field_and_not_the_key(
         .err()
         .expect("refused");
     assert!(!format!("{error:#}").contains("42"), "{error:#}");
+}
+
+#[test]
+fn a_notify_secret_still_holding_rates_is_refused_naming_the_field_and_not_the_key() {
+    let error = NotifySecret::parse(
+        r#"{"api_key":"s3cret-key","sms_template_id":"t","rate_per_second":50}"#,
+    )
+    .err()
+    .expect("refused");
+    let text = format!("{error:#}");
+    assert!(text.contains("`rate_per_second`"), "{text}");
+    assert!(text.contains("NotifyRates"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
 }

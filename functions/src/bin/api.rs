@@ -5,6 +5,6 @@ use functions::lambda::{api_gateway, init_tracing};
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_tracing();
-    let wired = functions::wiring::hub_from_env().await?;
-    lambda_http::run(api_gateway(hub_core::http::router(wired.hub))).await
+    let hub = functions::wiring::hub_from_env(functions::wiring::Function::Api).await?;
+    lambda_http::run(api_gateway(hub_core::http::router(hub))).await
 }

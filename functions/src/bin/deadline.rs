@@ -9,8 +9,8 @@ use lambda_runtime::{service_fn, Error, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     functions::lambda::init_tracing();
-    let wired = functions::wiring::hub_from_env().await?;
-    let hub = &wired.hub;
+    let hub = functions::wiring::hub_from_env(functions::wiring::Function::Deadline).await?;
+    let hub = &hub;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ScheduledAction>| async move {
             let ScheduledAction::Deadline { campaign } = event.payload else {

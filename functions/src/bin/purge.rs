@@ -26,8 +26,8 @@ async fn handle(hub: &Hub, event: Value) -> Result<Value, InvocationError> {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     functions::lambda::init_tracing();
-    let wired = functions::wiring::hub_from_env().await?;
-    let hub = &wired.hub;
+    let hub = functions::wiring::hub_from_env(functions::wiring::Function::Purge).await?;
+    let hub = &hub;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
         handle(hub, event.payload).await
     }))

@@ -53,14 +53,20 @@ pub mod env {
     pub const NOTIFY_SECRET_ARN: &str = "NOTIFY_SECRET_ARN";
     pub const OPTOUT_LINK_KEY_SECRET_ARN: &str = "OPTOUT_LINK_KEY_SECRET_ARN";
     pub const CALLBACK_TOKEN_SECRET_ARN: &str = "CALLBACK_TOKEN_SECRET_ARN";
-    /// Base of the opt-out links in practice notices.
+    /// Base of the opt-out links in practice notices: the practice-notices
+    /// function's own variable, not in `Globals` (see [`PER_FUNCTION`]).
     pub const PUBLIC_BASE_URL: &str = "PUBLIC_BASE_URL";
+    /// The Notify services' rates and daily limits (JSON; not secret).
+    pub const NOTIFY_RATES: &str = "NOTIFY_RATES";
     /// The send queue's maximum concurrency: each invocation paces itself
     /// at its share of the providers' rate.
     pub const SEND_MAX_CONCURRENCY: &str = "SEND_MAX_CONCURRENCY";
 
+    /// Variables only some functions get, with the function's binary.
+    pub const PER_FUNCTION: [(&str, &str); 1] = [(PUBLIC_BASE_URL, "practice-notices")];
+
     /// Every variable above, for checks against the template.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         HUB_TABLE,
         PATIENT_DATA_TABLE,
         NOTICES_QUEUE_URL,
@@ -78,6 +84,7 @@ pub mod env {
         CALLBACK_TOKEN_SECRET_ARN,
         PUBLIC_BASE_URL,
         SEND_MAX_CONCURRENCY,
+        NOTIFY_RATES,
     ];
 
     /// The variable holding a queue's URL.

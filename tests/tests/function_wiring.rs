@@ -1,0 +1,151 @@
+//! Each function reads only the secrets its role may read (template.yaml):
+//! the hub is built for every function with a secrets source that records
+//! each read, and the Notify secret is read on the first message only.
+
+use async_trait::async_trait;
+use functions::notify::{LazyNotify, NotifyService, ProviderRates, DEFAULT_NOTIFY_RATES};
+use functions::wiring::{hub_with, Function};
+use hub_adapters::aws::env;
+use hub_core::domain::Personal;
+use hub_core::ports::{ProviderError, Secrets, SecretsError, SmsProvider, SmsRequest};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+const NOTIFY: &str = "arn:aws:secretsmanager:eu-west-2:123456789012:secret:hub/notify";
+const OPTOUT_KEY: &str = "arn:aws:secretsmanager:eu-west-2:123456789012:secret:hub/optout";
+const CALLBACK: &str = "arn:aws:secretsmanager:eu-west-2:123456789012:secret:hub/callback";
+
+/// Answers every secret and records which were asked for.
+#[derive(Default)]
+struct RecordingSecrets {
+    values: HashMap<String, String>,
+    reads: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Secrets for RecordingSecrets {
+    async fn secret(&self, id: &str) -> Result<SecretString, SecretsError> {
+        self.reads.lock().unwrap().push(id.to_string());
+        self.values
+            .get(id)
+            .map(|value| SecretString::from(value.clone()))
+            .ok_or_else(|| SecretsError::NotFound(id.to_string()))
+    }
+}
+
+fn secrets(notify: &str) -> Arc<RecordingSecrets> {
+    Arc::new(RecordingSecrets {
+        values: HashMap::from([
+            (NOTIFY.to_string(), notify.to_string()),
+            (OPTOUT_KEY.to_string(), r#"{"key":"k"}"#.to_string()),
+            (CALLBACK.to_string(), r#"{"token":"t"}"#.to_string()),
+        ]),
+        reads: Mutex::default(),
+    })
+}
+
+fn environment(name: &str) -> Option<String> {
+    let value = match name {
+        env::NOTIFY_SECRET_ARN => NOTIFY,
+        env::OPTOUT_LINK_KEY_SECRET_ARN => OPTOUT_KEY,
+        env::CALLBACK_TOKEN_SECRET_ARN => CALLBACK,
+        env::NOTIFY_RATES => {
+            r#"[{"rate_per_second":40,"daily_limit":250000},{"rate_per_second":10}]"#
+        }
+        env::PUBLIC_BASE_URL => "https://abc123.execute-api.eu-west-2.amazonaws.com/v1",
+        env::SEND_MAX_CONCURRENCY => "20",
+        env::SCHEDULER_ROLE_ARN => "arn:aws:iam::123456789012:role/scheduler",
+        env::DEADLINE_FUNCTION_ARN => "arn:aws:lambda:eu-west-2:123456789012:function:hub-deadline",
+        env::PURGE_QUEUE_ARN => "arn:aws:sqs:eu-west-2:123456789012:purge",
+        other if other.ends_with("_QUEUE_URL") => "http://127.0.0.1:1/123456789012/q",
+        env::HUB_TABLE | env::PATIENT_DATA_TABLE => "table",
+        _ => return None,
+    };
+    Some(value.to_string())
+}
+
+const NOTIFY_SECRET: &str = r#"{"api_key":"hub-00000000-0000-0000-0000-000000000000-00000000-0000-0000-0000-000000000000","sms_template_id":"f33517ff-2a88-4f6e-b855-c550268ce08a"}"#;
+
+#[tokio::test]
+async fn each_function_starts_reading_only_the_secrets_its_role_may_read() {
+    std::env::set_var("AWS_REGION", "eu-west-2");
+    let expected: [(Function, &[&str]); 10] = [
+        (Function::Api, &[]),
+        (Function::OptoutLink, &[OPTOUT_KEY]),
+        (Function::PracticeNotices, &[OPTOUT_KEY]),
+        (Function::Deadline, &[]),
+        (Function::Extract, &[]),
+        (Function::Send, &[]),
+        (Function::Writeback, &[]),
+        (Function::Letters, &[]),
+        (Function::Receipts, &[]),
+        (Function::Purge, &[]),
+    ];
+    for (function, reads) in expected {
+        let recording = secrets(NOTIFY_SECRET);
+        let hub = hub_with(function, recording.clone(), &environment)
+            .await
+            .unwrap_or_else(|e| panic!("{function:?}: {e:#}"));
+        assert_eq!(*recording.reads.lock().unwrap(), reads, "{function:?}");
+        // The plan has the configured rates and daily limits without the
+        // Notify secret.
+        let rates: Vec<_> = hub
+            .config
+            .providers
+            .iter()
+            .map(|p| (p.name.as_str(), p.fragments_per_second, p.daily_limit))
+            .collect();
+        assert_eq!(
+            rates,
+            [("notify-1", 40.0, Some(250_000)), ("notify-2", 10.0, None)],
+            "{function:?}"
+        );
+    }
+}
+
+fn request() -> SmsRequest {
+    SmsRequest {
+        to: hub_core::domain::UkMobile::parse("07700900123").unwrap(),
+        body: Personal::new("hello".to_string()),
+        reference: "c.G85001-0001.1".into(),
+        fragments: 1,
+    }
+}
+
+#[tokio::test]
+async fn the_notify_secret_is_read_on_the_first_message_and_a_mismatch_stops_sending() {
+    // Two rates configured, one key in the secret: configuration, not a blip.
+    let recording = secrets(NOTIFY_SECRET);
+    let service = NotifyService::new(recording.clone(), NOTIFY.to_string(), 2);
+    let provider = LazyNotify::new(service, 0);
+    assert!(recording.reads.lock().unwrap().is_empty());
+    let error = provider.send_sms(&request()).await.unwrap_err();
+    assert_eq!(*recording.reads.lock().unwrap(), [NOTIFY]);
+    let ProviderError::Unauthorised(reason) = error else {
+        panic!("{error:?}");
+    };
+    assert!(reason.contains("NOTIFY_RATES"), "{reason}");
+    assert!(!reason.contains("0000-0000"), "{reason}");
+}
+
+#[tokio::test]
+async fn an_unreadable_notify_secret_is_a_configuration_error_not_a_retry() {
+    let recording = Arc::new(RecordingSecrets::default());
+    let service = NotifyService::new(recording, NOTIFY.to_string(), 1);
+    let error = LazyNotify::new(service, 0)
+        .send_sms(&request())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ProviderError::Unauthorised(_)), "{error:?}");
+}
+
+#[test]
+fn the_default_rates_are_one_live_notify_service() {
+    let rates = ProviderRates::parse(DEFAULT_NOTIFY_RATES).unwrap();
+    assert_eq!(rates.plan_rates().len(), 1);
+    assert_eq!(rates.0[0].daily_limit, Some(250_000));
+    for bad in ["[]", r#"[{"rate_per_second":0}]"#, r#"[{"rate":5}]"#, "{}"] {
+        assert!(ProviderRates::parse(bad).is_err(), "{bad}");
+    }
+}
