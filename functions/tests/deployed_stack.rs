@@ -13,6 +13,8 @@
 mod deployed;
 
 use deployed::{wait_for, DeployInput, Deployed, Options};
+use hub_core::domain::{CampaignId, OdsCode};
+use hub_core::handlers::optout_token::{self, OptOutClaim};
 use hub_sim::http::{start_fhir, start_notify, CallbackTarget, FhirServerConfig, NotifyServerConfig};
 use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
 use secrecy::{ExposeSecret, SecretString};
@@ -30,6 +32,7 @@ struct Run {
     _fhir: hub_sim::http::FhirServer,
     estate: GpEstate,
     fhir_practices: Vec<Value>,
+    optout_key: String,
     http: reqwest::Client,
 }
 
@@ -87,13 +90,13 @@ impl Run {
                 "email_template_id": uuid::Uuid::new_v4().to_string(),
                 "letter_template_id": uuid::Uuid::new_v4().to_string(),
                 "base_url": notify.base_url(),
-                "rate_per_second": 100,
             })
             .to_string(),
         );
+        let optout_key = uuid::Uuid::new_v4().simple().to_string();
         input.secrets.insert(
             "OptoutLinkKeySecret".into(),
-            json!({ "key": uuid::Uuid::new_v4().simple().to_string() }).to_string(),
+            json!({ "key": optout_key }).to_string(),
         );
         input.secrets.insert(
             "CallbackTokenSecret".into(),
@@ -110,6 +113,7 @@ impl Run {
             _fhir: fhir,
             estate,
             fhir_practices,
+            optout_key,
             http: reqwest::Client::new(),
         })
     }
@@ -210,14 +214,10 @@ impl Run {
             return Err(format!("{emails} notice emails for {practices} practices"));
         }
 
-        // One practice opts out through the public link in its notice.
-        let (to, _, body) = self.notify.gateway().emails()[0].clone();
-        let token = body
-            .split("/optout?token=")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == ')' || c == ']').next())
-            .ok_or_else(|| "the notice has no opt-out link".to_string())?
-            .to_string();
+        // One practice opts out through the public link of its notice. (The
+        // simulator keeps no email bodies, so the link's token is issued
+        // here as the notice issues it, with the key in the secret.)
+        let (to, _, _) = self.notify.gateway().emails()[0].clone();
         let opted_out = self
             .fhir_practices
             .iter()
@@ -225,6 +225,20 @@ impl Run {
             .and_then(|p| p["ods"].as_str())
             .ok_or_else(|| format!("no practice has the notice address {to}"))?
             .to_string();
+        let campaign = self.campaign(&id).await.ok_or("the campaign is not readable")?;
+        let expires = campaign["optout_deadline"]
+            .as_str()
+            .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+            .ok_or_else(|| format!("no opt-out deadline in {campaign}"))?
+            .with_timezone(&chrono::Utc);
+        let token = optout_token::issue(
+            &SecretString::from(self.optout_key.clone()),
+            &OptOutClaim {
+                campaign: CampaignId::parse(&id).ok_or("campaign id")?,
+                ods: OdsCode::parse(&opted_out).map_err(|e| e.to_string())?,
+                expires,
+            },
+        );
         let page = self
             .http
             .get(format!("{}/optout?token={token}", self.deployed.api_url))
@@ -374,6 +388,7 @@ async fn a_role_missing_one_statement_fails_the_run_naming_the_function_and_acti
         .whole_campaign()
         .await
         .expect_err("the run must fail without the api role's send to the notices queue");
+    eprintln!("the run failed as it should:\n{failure}");
     let denials = run.deployed.emulator.denials();
     let notices_queue = &run.deployed.emulator.manifest.queues["NoticesQueue"].arn;
     assert!(
