@@ -15,7 +15,9 @@ mod deployed;
 use deployed::{wait_for, DeployInput, Deployed, Options};
 use hub_core::domain::{CampaignId, OdsCode};
 use hub_core::handlers::optout_token::{self, OptOutClaim};
-use hub_sim::http::{start_fhir, start_notify, CallbackTarget, FhirServerConfig, NotifyServerConfig};
+use hub_sim::http::{
+    start_fhir, start_notify, CallbackTarget, FhirServerConfig, NotifyServerConfig,
+};
 use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -76,7 +78,10 @@ impl Run {
         // The secrets in the shapes infra/DEPLOY.md documents.
         let mut input = DeployInput::default();
         for (name, value) in [
-            ("AlarmTopicArn", "arn:aws:sns:eu-west-2:123456789012:hub-alarms"),
+            (
+                "AlarmTopicArn",
+                "arn:aws:sns:eu-west-2:123456789012:hub-alarms",
+            ),
             ("SendMaxConcurrency", "2"),
             ("ExtractMaxConcurrency", "2"),
         ] {
@@ -103,8 +108,14 @@ impl Run {
             json!({ "token": callback_token }).to_string(),
         );
         let staff = HashMap::from([
-            (ALICE_KEY.to_string(), "arn:aws:iam::123456789012:user/alice".to_string()),
-            (BOB_KEY.to_string(), "arn:aws:iam::123456789012:user/bob".to_string()),
+            (
+                ALICE_KEY.to_string(),
+                "arn:aws:iam::123456789012:user/alice".to_string(),
+            ),
+            (
+                BOB_KEY.to_string(),
+                "arn:aws:iam::123456789012:user/bob".to_string(),
+            ),
         ]);
         let deployed = Deployed::start(&input, &options, staff, gateway_listener).await?;
         Ok(Self {
@@ -119,7 +130,13 @@ impl Run {
     }
 
     /// A staff call through API Gateway (`AWS_IAM` auth).
-    async fn staff(&self, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    async fn staff(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.deployed.api_url))
@@ -136,11 +153,20 @@ impl Run {
             .map_err(|e| format!("{method} {path}: {e}"))?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     /// A staff call that must succeed; the error carries the diagnosis.
-    async fn staff_ok(&self, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+    async fn staff_ok(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let (status, value) = self.staff(key, method.clone(), path, body).await?;
         if (200..300).contains(&status) {
             Ok(value)
@@ -153,19 +179,34 @@ impl Run {
     }
 
     async fn campaign(&self, id: &str) -> Option<Value> {
-        self.staff(ALICE_KEY, reqwest::Method::GET, &format!("/campaigns/{id}"), None)
-            .await
-            .ok()
-            .filter(|(status, _)| *status == 200)
-            .map(|(_, v)| v)
+        self.staff(
+            ALICE_KEY,
+            reqwest::Method::GET,
+            &format!("/campaigns/{id}"),
+            None,
+        )
+        .await
+        .ok()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, v)| v)
     }
 
-    async fn wait_for_state(&self, id: &str, states: &[&str], limit: Duration) -> Result<Value, String> {
-        wait_for(&self.deployed, &format!("campaign {id} to reach {states:?}"), limit, || async {
-            let campaign = self.campaign(id).await?;
-            let state = campaign.get("state")?.as_str()?.to_string();
-            states.contains(&state.as_str()).then_some(campaign)
-        })
+    async fn wait_for_state(
+        &self,
+        id: &str,
+        states: &[&str],
+        limit: Duration,
+    ) -> Result<Value, String> {
+        wait_for(
+            &self.deployed,
+            &format!("campaign {id} to reach {states:?}"),
+            limit,
+            || async {
+                let campaign = self.campaign(id).await?;
+                let state = campaign.get("state")?.as_str()?.to_string();
+                states.contains(&state.as_str()).then_some(campaign)
+            },
+        )
         .await
     }
 
@@ -173,12 +214,20 @@ impl Run {
     /// went wrong: functions that did not start, denied calls.
     async fn whole_campaign(&self) -> Result<Value, String> {
         if !self.deployed.problems().is_empty() {
-            return Err(format!("the stack did not start:\n{}", self.deployed.diagnosis()));
+            return Err(format!(
+                "the stack did not start:\n{}",
+                self.deployed.diagnosis()
+            ));
         }
         for practice in &self.fhir_practices {
             let ods = practice["ods"].as_str().unwrap_or_default();
-            self.staff_ok(ALICE_KEY, reqwest::Method::PUT, &format!("/practices/{ods}"), Some(practice.clone()))
-                .await?;
+            self.staff_ok(
+                ALICE_KEY,
+                reqwest::Method::PUT,
+                &format!("/practices/{ods}"),
+                Some(practice.clone()),
+            )
+            .await?;
         }
         let created = self
             .staff_ok(
@@ -200,15 +249,25 @@ impl Run {
             .and_then(Value::as_str)
             .ok_or_else(|| format!("no campaign id in {created}"))?
             .to_string();
-        self.staff_ok(BOB_KEY, reqwest::Method::POST, &format!("/campaigns/{id}/approve"), None)
-            .await?;
+        self.staff_ok(
+            BOB_KEY,
+            reqwest::Method::POST,
+            &format!("/campaigns/{id}/approve"),
+            None,
+        )
+        .await?;
 
         // Each practice is emailed its notice by practice-notices.
         let practices = self.fhir_practices.len();
-        let emails = wait_for(&self.deployed, "a notice email per practice", Duration::from_secs(60), || async {
-            let emails = self.notify.gateway().emails();
-            (emails.len() >= practices).then(|| json!(emails.len()))
-        })
+        let emails = wait_for(
+            &self.deployed,
+            "a notice email per practice",
+            Duration::from_secs(60),
+            || async {
+                let emails = self.notify.gateway().emails();
+                (emails.len() >= practices).then(|| json!(emails.len()))
+            },
+        )
         .await?;
         if emails != json!(practices) {
             return Err(format!("{emails} notice emails for {practices} practices"));
@@ -225,7 +284,10 @@ impl Run {
             .and_then(|p| p["ods"].as_str())
             .ok_or_else(|| format!("no practice has the notice address {to}"))?
             .to_string();
-        let campaign = self.campaign(&id).await.ok_or("the campaign is not readable")?;
+        let campaign = self
+            .campaign(&id)
+            .await
+            .ok_or("the campaign is not readable")?;
         let expires = campaign["optout_deadline"]
             .as_str()
             .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
@@ -246,7 +308,11 @@ impl Run {
             .await
             .map_err(|e| e.to_string())?;
         if page.status() != 200 {
-            return Err(format!("GET /optout answered {}\n{}", page.status(), self.deployed.diagnosis()));
+            return Err(format!(
+                "GET /optout answered {}\n{}",
+                page.status(),
+                self.deployed.diagnosis()
+            ));
         }
         let confirmed = self
             .http
@@ -261,7 +327,11 @@ impl Run {
             .await
             .map_err(|e| e.to_string())?;
         if confirmed.status() != 200 {
-            return Err(format!("POST /optout answered {}\n{}", confirmed.status(), self.deployed.diagnosis()));
+            return Err(format!(
+                "POST /optout answered {}\n{}",
+                confirmed.status(),
+                self.deployed.diagnosis()
+            ));
         }
 
         // Staff bring the deadline forward; the Scheduler fires the
@@ -273,19 +343,36 @@ impl Run {
             Some(json!({ "optout_deadline": chrono::Utc::now().to_rfc3339() })),
         )
         .await?;
-        self.wait_for_state(&id, &["awaiting_receipts", "completed"], Duration::from_secs(240))
-            .await?;
+        self.wait_for_state(
+            &id,
+            &["awaiting_receipts", "completed"],
+            Duration::from_secs(240),
+        )
+        .await?;
 
         // The purge is scheduled at the end of the receipt window: move the
         // Scheduler's clock past it.
         *self.deployed.scheduler_clock.lock().unwrap() = chrono::Duration::hours(73);
-        wait_for(&self.deployed, "the purge", Duration::from_secs(90), || async {
-            let campaign = self.campaign(&id).await?;
-            campaign.get("purged_at").filter(|v| !v.is_null()).map(|_| campaign.clone())
-        })
+        wait_for(
+            &self.deployed,
+            "the purge",
+            Duration::from_secs(90),
+            || async {
+                let campaign = self.campaign(&id).await?;
+                campaign
+                    .get("purged_at")
+                    .filter(|v| !v.is_null())
+                    .map(|_| campaign.clone())
+            },
+        )
         .await?;
         let report = self
-            .staff_ok(ALICE_KEY, reqwest::Method::GET, &format!("/campaigns/{id}/report"), None)
+            .staff_ok(
+                ALICE_KEY,
+                reqwest::Method::GET,
+                &format!("/campaigns/{id}/report"),
+                None,
+            )
             .await?;
         Ok(json!({ "id": id, "report": report, "opted_out": opted_out }))
     }
@@ -296,7 +383,10 @@ fn init_times(deployed: &Deployed) -> String {
         .init_times()
         .iter()
         .map(|(id, times)| {
-            let ms: Vec<String> = times.iter().map(|t| format!("{:.0} ms", t.as_secs_f64() * 1000.0)).collect();
+            let ms: Vec<String> = times
+                .iter()
+                .map(|t| format!("{:.0} ms", t.as_secs_f64() * 1000.0))
+                .collect();
             format!("{id}: {}", ms.join(", "))
         })
         .collect::<Vec<_>>()
@@ -311,32 +401,59 @@ async fn the_deployed_functions_run_a_whole_campaign_with_iam_enforced() {
     })
     .await
     .expect("the stack deploys");
-    eprintln!("init times (spawn to first /next):\n{}", init_times(&run.deployed));
+    eprintln!(
+        "init times (spawn to first /next):\n{}",
+        init_times(&run.deployed)
+    );
     let outcome = run.whole_campaign().await;
     let result = match outcome {
         Ok(result) => result,
         Err(why) => panic!("the deployed campaign failed:\n{why}"),
     };
-    assert_eq!(run.deployed.functions.len(), 10, "all ten functions started");
-    assert!(run.deployed.emulator.denials().is_empty(), "no AWS call denied");
+    assert_eq!(
+        run.deployed.functions.len(),
+        10,
+        "all ten functions started"
+    );
+    assert!(
+        run.deployed.emulator.denials().is_empty(),
+        "no AWS call denied"
+    );
 
     let report = &result["report"];
-    assert_eq!(report["adds_up"], json!(true), "the report adds up: {report}");
+    assert_eq!(
+        report["adds_up"],
+        json!(true),
+        "the report adds up: {report}"
+    );
     let totals = &report["totals"];
     let count = |key: &str| totals[key].as_u64().unwrap_or(0);
     assert!(count("sent") > 100, "most are texted: {totals}");
     let expected_sent = run.notify.gateway().sent_count() as u64;
-    assert_eq!(count("sent"), expected_sent, "the report counts the texts Notify accepted");
-    assert_eq!(run.notify.gateway().duplicate_sends(), 0, "nobody texted twice");
+    assert_eq!(
+        count("sent"),
+        expected_sent,
+        "the report counts the texts Notify accepted"
+    );
+    assert_eq!(
+        run.notify.gateway().duplicate_sends(),
+        0,
+        "nobody texted twice"
+    );
     let out = report["practices"]
         .as_array()
         .and_then(|ps| ps.iter().find(|p| p["ods"] == result["opted_out"]))
         .cloned()
         .unwrap_or_default();
-    assert_eq!(out["sent"], json!(0), "the opted-out practice is not texted: {out}");
+    assert_eq!(
+        out["sent"],
+        json!(0),
+        "the opted-out practice is not texted: {out}"
+    );
 
     // No patient data left.
-    let patient_table = &run.deployed.functions["SendFunction"].spec.environment["PATIENT_DATA_TABLE"];
+    let patient_table =
+        &run.deployed.functions["SendFunction"].spec.environment["PATIENT_DATA_TABLE"];
     let items = run
         .deployed
         .emulator
@@ -364,8 +481,16 @@ async fn the_deployed_functions_run_a_whole_campaign_with_iam_enforced() {
             assert!(messages.is_empty(), "nothing dead-lettered on {id}");
         }
     }
+    let fired = run.deployed.fired_schedules.lock().unwrap().clone();
+    assert!(
+        fired.len() >= 2,
+        "the Scheduler ran the deadline and the purge schedules: {fired:?}"
+    );
     for (function, delay) in run.deployed.record.retry_delays() {
-        eprintln!("retry: {function} message back after {:.1} s", delay.as_secs_f64());
+        eprintln!(
+            "retry: {function} message back after {:.1} s",
+            delay.as_secs_f64()
+        );
     }
     let _ = &run.estate;
 }
@@ -392,9 +517,9 @@ async fn a_role_missing_one_statement_fails_the_run_naming_the_function_and_acti
     let denials = run.deployed.emulator.denials();
     let notices_queue = &run.deployed.emulator.manifest.queues["NoticesQueue"].arn;
     assert!(
-        denials
-            .iter()
-            .any(|d| d.function == "ApiFunction" && d.action == "sqs:SendMessage" && &d.resource == notices_queue),
+        denials.iter().any(|d| d.function == "ApiFunction"
+            && d.action == "sqs:SendMessage"
+            && &d.resource == notices_queue),
         "the denial is logged: {denials:?}"
     );
     assert!(

@@ -26,7 +26,6 @@ pub struct Function {
     pub memory: u64,
     pub timeout: u64,
     pub environment: BTreeMap<String, String>,
-    pub role: String,
     pub credentials: Credentials,
 }
 
@@ -53,10 +52,6 @@ pub struct Mapping {
 pub struct Queue {
     pub url: String,
     pub arn: String,
-    pub name: String,
-    pub visibility_timeout: u64,
-    #[serde(default)]
-    pub redrive: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -105,10 +105,7 @@ impl Emulator {
             command.arg("--drop-statement").arg(drop);
         }
         let mut child = command.spawn().with_context(|| {
-            format!(
-                "starting {} (run infra/moto.sh install)",
-                python.display()
-            )
+            format!("starting {} (run infra/moto.sh install)", python.display())
         })?;
         let stdout = child.stdout.take().context("emulator stdout")?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
@@ -154,7 +151,13 @@ impl Emulator {
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new(m.region.clone()))
                 .endpoint_url(&m.endpoint)
-                .credentials_provider(Credentials::new(&m.admin_key, &m.admin_key, None, None, "admin"))
+                .credentials_provider(Credentials::new(
+                    &m.admin_key,
+                    &m.admin_key,
+                    None,
+                    None,
+                    "admin",
+                ))
                 .build(),
         )
     }
@@ -167,7 +170,13 @@ impl Emulator {
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new(m.region.clone()))
                 .endpoint_url(&m.endpoint)
-                .credentials_provider(Credentials::new(&m.admin_key, &m.admin_key, None, None, "admin"))
+                .credentials_provider(Credentials::new(
+                    &m.admin_key,
+                    &m.admin_key,
+                    None,
+                    None,
+                    "admin",
+                ))
                 .build(),
         )
     }
@@ -180,7 +189,13 @@ impl Emulator {
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new(m.region.clone()))
                 .endpoint_url(&m.endpoint)
-                .credentials_provider(Credentials::new(&m.admin_key, &m.admin_key, None, None, "admin"))
+                .credentials_provider(Credentials::new(
+                    &m.admin_key,
+                    &m.admin_key,
+                    None,
+                    None,
+                    "admin",
+                ))
                 .build(),
         )
     }
@@ -235,7 +250,10 @@ impl Deployed {
             let logs = &logs;
             async move {
                 let Some(binary) = spec.binary.as_deref().and_then(binary) else {
-                    return (id.clone(), Err(format!("{id}: no binary {:?}", spec.binary)));
+                    return (
+                        id.clone(),
+                        Err(format!("{id}: no binary {:?}", spec.binary)),
+                    );
                 };
                 let started = LambdaFunction::start(id, manifest, &binary, wanted, logs).await;
                 (id.clone(), started)
@@ -306,7 +324,12 @@ impl Deployed {
     /// invocations. Empty when all is well.
     pub fn problems(&self) -> Vec<String> {
         let mut problems: Vec<String> = self.not_started.clone();
-        problems.extend(self.emulator.denials().iter().map(|d| format!("AWS call denied: {d}")));
+        problems.extend(
+            self.emulator
+                .denials()
+                .iter()
+                .map(|d| format!("AWS call denied: {d}")),
+        );
         problems
     }
 
@@ -321,7 +344,10 @@ impl Deployed {
             ));
         }
         if failures.len() > 10 {
-            lines.push(format!("... and {} more failed invocations", failures.len() - 10));
+            lines.push(format!(
+                "... and {} more failed invocations",
+                failures.len() - 10
+            ));
         }
         lines.join("\n")
     }
@@ -350,7 +376,10 @@ where
     let start = std::time::Instant::now();
     loop {
         if !deployed.problems().is_empty() {
-            return Err(format!("while waiting for {what}:\n{}", deployed.diagnosis()));
+            return Err(format!(
+                "while waiting for {what}:\n{}",
+                deployed.diagnosis()
+            ));
         }
         if let Some(value) = check().await {
             return Ok(value);

@@ -25,7 +25,6 @@ pub struct InvocationFailure {
 pub struct Delivery {
     pub function: String,
     pub message_id: String,
-    pub receive_count: u32,
     pub failed: bool,
     pub at: Instant,
 }
@@ -113,28 +112,25 @@ pub async fn poll(
             Ok(Outcome::Response(_)) => HashSet::new(),
             Ok(Outcome::Error(error)) => {
                 record.fail(&mapping.function, &mapping.queue, error.to_string());
-                messages.iter().filter_map(|m| m.message_id.clone()).collect()
+                messages
+                    .iter()
+                    .filter_map(|m| m.message_id.clone())
+                    .collect()
             }
             Err(error) => {
                 record.fail(&mapping.function, &mapping.queue, error.clone());
-                messages.iter().filter_map(|m| m.message_id.clone()).collect()
+                messages
+                    .iter()
+                    .filter_map(|m| m.message_id.clone())
+                    .collect()
             }
         };
         let now = Instant::now();
         for message in &messages {
             let id = message.message_id.clone().unwrap_or_default();
-            let receive_count = message
-                .attributes
-                .as_ref()
-                .and_then(|a| {
-                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
-                })
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(1);
             record.deliveries.lock().unwrap().push(Delivery {
                 function: mapping.function.clone(),
                 message_id: id.clone(),
-                receive_count,
                 failed: failed.contains(&id),
                 at: now,
             });
@@ -332,7 +328,10 @@ impl Gateway {
             for (i, part) in pattern.iter().enumerate() {
                 if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix("+}")) {
                     ok = segments.len() > i;
-                    params.insert(name.into(), Value::String(segments[i.min(segments.len())..].join("/")));
+                    params.insert(
+                        name.into(),
+                        Value::String(segments[i.min(segments.len())..].join("/")),
+                    );
                     break;
                 }
                 let Some(segment) = segments.get(i) else {
@@ -381,27 +380,12 @@ impl Gateway {
         } else {
             None
         };
-        let mut single = Map::new();
-        let mut multi: Map<String, Value> = Map::new();
-        for (name, value) in &headers {
-            let value = value.to_str().unwrap_or_default().to_string();
-            single.insert(name.to_string(), Value::String(value.clone()));
-            multi
-                .entry(name.to_string())
-                .or_insert_with(|| Value::Array(Vec::new()))
-                .as_array_mut()
-                .map(|a| a.push(Value::String(value)));
-        }
-        let mut query = Map::new();
-        let mut multi_query: Map<String, Value> = Map::new();
-        for (name, value) in form_pairs(uri.query().unwrap_or_default()) {
-            query.insert(name.clone(), Value::String(value.clone()));
-            multi_query
-                .entry(name)
-                .or_insert_with(|| Value::Array(Vec::new()))
-                .as_array_mut()
-                .map(|a| a.push(Value::String(value)));
-        }
+        let (single, multi) = single_and_multi(
+            headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_string())),
+        );
+        let (query, multi_query) = single_and_multi(form_pairs(uri.query().unwrap_or_default()));
         let none_if_empty = |m: Map<String, Value>| {
             if m.is_empty() {
                 Value::Null
@@ -463,7 +447,8 @@ impl Gateway {
 }
 
 fn proxy_response(response: &Value) -> Option<Response> {
-    let status = StatusCode::from_u16(u16::try_from(response.get("statusCode")?.as_u64()?).ok()?).ok()?;
+    let status =
+        StatusCode::from_u16(u16::try_from(response.get("statusCode")?.as_u64()?).ok()?).ok()?;
     let mut headers = HeaderMap::new();
     for key in ["headers", "multiValueHeaders"] {
         if let Some(map) = response.get(key).and_then(Value::as_object) {
@@ -483,7 +468,10 @@ fn proxy_response(response: &Value) -> Option<Response> {
             }
         }
     }
-    let body = response.get("body").and_then(Value::as_str).unwrap_or_default();
+    let body = response
+        .get("body")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let body = if response.get("isBase64Encoded").and_then(Value::as_bool) == Some(true) {
         base64_decode(body)
     } else {
@@ -492,10 +480,28 @@ fn proxy_response(response: &Value) -> Option<Response> {
     Some((status, headers, body).into_response())
 }
 
-fn form_pairs(query: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
+/// API Gateway's two views of headers and query strings: the last value
+/// of each name, and all of them.
+fn single_and_multi(
+    pairs: impl Iterator<Item = (String, String)>,
+) -> (Map<String, Value>, Map<String, Value>) {
+    let mut all: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (name, value) in pairs {
+        all.entry(name).or_default().push(Value::String(value));
+    }
+    let single = all
+        .iter()
+        .filter_map(|(name, values)| Some((name.clone(), values.last()?.clone())))
+        .collect();
+    let multi = all
+        .into_iter()
+        .map(|(name, values)| (name, Value::Array(values)))
+        .collect();
+    (single, multi)
+}
+
+fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
