@@ -1,6 +1,7 @@
 //! Glue between Lambda's event types and the handlers: the only module that
 //! sees a Lambda type, so the domain and the handlers never do.
 
+use crate::metrics::{Metrics, API_SERVER_ERRORS, JOBS_FAILED, QUEUE_DIMENSION};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use hub_adapters::aws::SqsJobQueue;
 use hub_core::domain::StaffId;
@@ -9,6 +10,7 @@ use hub_core::handlers::{Hub, JobError};
 use hub_core::http::Caller;
 use hub_core::ports::{QueueError, QueueName};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +190,7 @@ pub async fn handle_sqs_redelivering(
     event: SqsEvent,
     concurrency: usize,
     redelivery: &Redelivery,
+    metrics: &Metrics,
 ) -> Result<SqsBatchResponse, EventError> {
     let handles: HashMap<String, (String, u32)> = event
         .records
@@ -234,6 +237,15 @@ pub async fn handle_sqs_redelivering(
         }
     }
     tracing::info!(messages = count, failed = failed.len(), "batch handled");
+    if !failed.is_empty() {
+        metrics.add(
+            JOBS_FAILED,
+            &[(QUEUE_DIMENSION, queue.as_str())],
+            failed.len() as u64,
+        );
+    }
+    // The provider counts of this invocation too.
+    metrics.flush();
     Ok(batch_response(failed))
 }
 
@@ -263,9 +275,16 @@ pub async fn run_sqs_function(
     let redelivery = &crate::wiring::redelivery_from_env(queue).await?;
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
-            handle_sqs_redelivering(hub, queue, event.payload, concurrency, redelivery)
-                .await
-                .map_err(lambda_runtime::Error::from)
+            handle_sqs_redelivering(
+                hub,
+                queue,
+                event.payload,
+                concurrency,
+                redelivery,
+                &Metrics::process(),
+            )
+            .await
+            .map_err(lambda_runtime::Error::from)
         },
     ))
     .await
@@ -277,6 +296,23 @@ pub type ApiGatewayService =
     tower::util::MapRequest<axum::Router, fn(lambda_http::Request) -> lambda_http::Request>;
 
 pub fn api_gateway(router: axum::Router) -> ApiGatewayService {
+    api_gateway_counting(router, Metrics::process())
+}
+
+/// [`api_gateway`] with the 5xx answers counted in `metrics`.
+pub fn api_gateway_counting(router: axum::Router, metrics: Arc<Metrics>) -> ApiGatewayService {
+    let router = router.layer(axum::middleware::map_response(
+        move |response: axum::response::Response| {
+            let metrics = metrics.clone();
+            async move {
+                if response.status().is_server_error() {
+                    metrics.add(API_SERVER_ERRORS, &[], 1);
+                    metrics.flush();
+                }
+                response
+            }
+        },
+    ));
     tower::ServiceExt::map_request(router, from_api_gateway)
 }
 

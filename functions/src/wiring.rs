@@ -152,6 +152,7 @@ pub async fn hub_with(
         secrets.clone(),
         aws::required(lookup, env::NOTIFY_SECRET_ARN)?,
         rates.0.len(),
+        crate::metrics::Metrics::process(),
     );
     let providers: Vec<(Arc<dyn SmsProvider>, f64)> = rates
         .0

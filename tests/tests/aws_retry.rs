@@ -136,9 +136,16 @@ async fn a_job_that_cannot_succeed_is_visible_again_at_once_on_its_way_to_the_dl
     // WHEN the purge function's glue handles it
     let redelivery = Redelivery::new(queue, QueueName::Purge);
     let started = Instant::now();
-    let response = handle_sqs_redelivering(&local.hub, QueueName::Purge, event, 2, &redelivery)
-        .await
-        .expect("handled");
+    let response = handle_sqs_redelivering(
+        &local.hub,
+        QueueName::Purge,
+        event,
+        2,
+        &redelivery,
+        &functions::metrics::Metrics::to_writer(std::io::sink()),
+    )
+    .await
+    .expect("handled");
 
     // THEN it is reported failed and is back in seconds, not after 90 minutes
     assert_eq!(response.batch_item_failures.len(), 1);

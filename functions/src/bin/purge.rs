@@ -19,9 +19,15 @@ async fn handle(
                 expected: "an SQS event",
                 source,
             })?;
-        let response =
-            functions::lambda::handle_sqs_redelivering(hub, QueueName::Purge, event, 2, redelivery)
-                .await?;
+        let response = functions::lambda::handle_sqs_redelivering(
+            hub,
+            QueueName::Purge,
+            event,
+            2,
+            redelivery,
+            &functions::metrics::Metrics::process(),
+        )
+        .await?;
         return Ok(serde_json::json!(response));
     }
     let purged = purge::purge_sweep(hub).await?;
