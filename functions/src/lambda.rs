@@ -1,12 +1,17 @@
 //! Glue between Lambda's event types and the handlers: the only module that
 //! sees a Lambda type, so the domain and the handlers never do.
 
+use crate::metrics::{Metrics, API_SERVER_ERRORS, JOBS_FAILED, QUEUE_DIMENSION};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use hub_adapters::aws::SqsJobQueue;
 use hub_core::domain::StaffId;
 use hub_core::handlers::jobs::{error_chain, handle_batch, Failure, Message};
 use hub_core::handlers::{Hub, JobError};
 use hub_core::http::Caller;
-use hub_core::ports::QueueName;
+use hub_core::ports::{QueueError, QueueName};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -107,6 +112,143 @@ pub fn batch_response(failed: Vec<Failure>) -> SqsBatchResponse {
     response
 }
 
+/// While a handler runs, its messages stay hidden this long past the last
+/// heartbeat, so a handler that dies (timeout, crash) loses its message for
+/// at most this long rather than the queue's whole visibility timeout.
+pub const HEARTBEAT_WINDOW: Duration = Duration::from_secs(120);
+/// How often a running handler extends its messages' visibility.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(40);
+/// First retry of a failed job: after 5 to 10 seconds.
+const RETRY_BASE: Duration = Duration::from_secs(10);
+/// Longest wait before a retry (15 minutes), well inside a 3-hour campaign.
+const RETRY_CAP: Duration = Duration::from_secs(15 * 60);
+
+/// When a failed job is delivered again: a retryable failure after a
+/// backoff growing with SQS's receive count (10 s, 40 s, 160 s, 640 s,
+/// then 15 min; each with jitter down to half), one that cannot succeed at
+/// once, so it reaches its dead-letter queue in seconds.
+pub fn retry_delay(receive_count: u32, retryable: bool) -> Duration {
+    use rand::Rng;
+    if !retryable {
+        return Duration::ZERO;
+    }
+    let exponent = receive_count.saturating_sub(1).min(8);
+    let ceiling = RETRY_BASE.saturating_mul(4u32.pow(exponent)).min(RETRY_CAP);
+    let secs = ceiling.as_secs().max(1);
+    Duration::from_secs(rand::thread_rng().gen_range(secs / 2..=secs))
+}
+
+/// Changes the visibility of the messages a function received: the
+/// heartbeat while they are handled and the backoff of those that failed.
+#[derive(Clone)]
+pub struct Redelivery {
+    queue: SqsJobQueue,
+    name: QueueName,
+}
+
+impl Redelivery {
+    pub fn new(queue: SqsJobQueue, name: QueueName) -> Self {
+        Self { queue, name }
+    }
+
+    /// Keeps `handles` hidden for another [`HEARTBEAT_WINDOW`].
+    pub async fn hold(&self, handles: &[String]) {
+        for handle in handles {
+            if let Err(error) = self
+                .queue
+                .change_visibility(self.name, handle, HEARTBEAT_WINDOW)
+                .await
+            {
+                // The queue's own timeout still protects the message.
+                tracing::warn!(error = %error_chain(&error), "visibility heartbeat failed");
+            }
+        }
+    }
+
+    /// Makes a failed message visible after its [`retry_delay`]; returns
+    /// the delay chosen.
+    pub async fn retry(
+        &self,
+        handle: &str,
+        receive_count: u32,
+        retryable: bool,
+    ) -> Result<Duration, QueueError> {
+        let delay = retry_delay(receive_count, retryable);
+        self.queue
+            .change_visibility(self.name, handle, delay)
+            .await?;
+        Ok(delay)
+    }
+}
+
+/// An SQS-triggered function's whole body, as on Lambda: the jobs of
+/// `queue` only, their messages held by a heartbeat while they run, each
+/// failed one made visible again after its backoff before it is reported.
+pub async fn handle_sqs_redelivering(
+    hub: &Hub,
+    queue: QueueName,
+    event: SqsEvent,
+    concurrency: usize,
+    redelivery: &Redelivery,
+    metrics: &Metrics,
+) -> Result<SqsBatchResponse, EventError> {
+    let handles: HashMap<String, (String, u32)> = event
+        .records
+        .iter()
+        .filter_map(|record| {
+            let count = record
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|count| count.parse().ok())
+                .unwrap_or(1);
+            Some((
+                record.message_id.clone()?,
+                (record.receipt_handle.clone()?, count),
+            ))
+        })
+        .collect();
+    let messages = sqs_messages(event)?;
+    let count = messages.len();
+    let held: Vec<String> = handles.values().map(|(handle, _)| handle.clone()).collect();
+    let work = handle_batch(hub, queue, messages, concurrency);
+    tokio::pin!(work);
+    let failed = loop {
+        redelivery.hold(&held).await;
+        tokio::select! {
+            failed = &mut work => break failed,
+            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+        }
+    };
+    for failure in &failed {
+        let Some((handle, receive_count)) = handles.get(&failure.id) else {
+            continue;
+        };
+        match redelivery
+            .retry(handle, *receive_count, failure.retryable)
+            .await
+        {
+            Ok(delay) => tracing::info!(
+                id = %failure.id,
+                retry_in_seconds = delay.as_secs(),
+                "failed job will be retried"
+            ),
+            // Reported anyway: it comes back after the heartbeat window.
+            Err(error) => tracing::warn!(error = %error_chain(&error), "retry delay not set"),
+        }
+    }
+    tracing::info!(messages = count, failed = failed.len(), "batch handled");
+    if !failed.is_empty() {
+        metrics.add(
+            JOBS_FAILED,
+            &[(QUEUE_DIMENSION, queue.as_str())],
+            failed.len() as u64,
+        );
+    }
+    // The provider counts of this invocation too.
+    metrics.flush();
+    Ok(batch_response(failed))
+}
+
 /// An SQS-triggered function's whole body: the jobs of `queue` only.
 pub async fn handle_sqs(
     hub: &Hub,
@@ -130,11 +272,19 @@ pub async fn run_sqs_function(
     init_tracing();
     let hub = crate::wiring::hub_from_env(crate::wiring::Function::consuming(queue)).await?;
     let hub = &hub;
+    let redelivery = &crate::wiring::redelivery_from_env(queue).await?;
     lambda_runtime::run(lambda_runtime::service_fn(
         |event: lambda_runtime::LambdaEvent<SqsEvent>| async move {
-            handle_sqs(hub, queue, event.payload, concurrency)
-                .await
-                .map_err(lambda_runtime::Error::from)
+            handle_sqs_redelivering(
+                hub,
+                queue,
+                event.payload,
+                concurrency,
+                redelivery,
+                &Metrics::process(),
+            )
+            .await
+            .map_err(lambda_runtime::Error::from)
         },
     ))
     .await
@@ -146,6 +296,23 @@ pub type ApiGatewayService =
     tower::util::MapRequest<axum::Router, fn(lambda_http::Request) -> lambda_http::Request>;
 
 pub fn api_gateway(router: axum::Router) -> ApiGatewayService {
+    api_gateway_counting(router, Metrics::process())
+}
+
+/// [`api_gateway`] with the 5xx answers counted in `metrics`.
+pub fn api_gateway_counting(router: axum::Router, metrics: Arc<Metrics>) -> ApiGatewayService {
+    let router = router.layer(axum::middleware::map_response(
+        move |response: axum::response::Response| {
+            let metrics = metrics.clone();
+            async move {
+                if response.status().is_server_error() {
+                    metrics.add(API_SERVER_ERRORS, &[], 1);
+                    metrics.flush();
+                }
+                response
+            }
+        },
+    ));
     tower::ServiceExt::map_request(router, from_api_gateway)
 }
 

@@ -3,5 +3,6 @@
 //! Each binary in `src/bin` is one function of `template.yaml`.
 
 pub mod lambda;
+pub mod metrics;
 pub mod notify;
 pub mod wiring;

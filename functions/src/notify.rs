@@ -3,6 +3,7 @@
 //! role may not read it (api, deadline, extract, ...) starts and plans with
 //! the rates from its non-secret configuration and never touches the secret.
 
+use crate::metrics::{Metrics, PROVIDER_ERRORS, SMS_RATE_LIMITED, SMS_SENT};
 use hub_adapters::aws::Secrets;
 use hub_adapters::notify::{NotifyClient, NotifyConfig, NotifyTemplates};
 use hub_core::domain::plan::ProviderRate;
@@ -170,6 +171,7 @@ impl ProviderRates {
 /// The Notify secret, read once, when first needed, and shared by every
 /// key's provider. A failed read is not kept: the next message tries again.
 pub struct NotifyService {
+    metrics: Arc<Metrics>,
     secrets: Arc<dyn Secrets>,
     secret_id: String,
     configured_keys: usize,
@@ -177,8 +179,14 @@ pub struct NotifyService {
 }
 
 impl NotifyService {
-    pub fn new(secrets: Arc<dyn Secrets>, secret_id: String, configured_keys: usize) -> Arc<Self> {
+    pub fn new(
+        secrets: Arc<dyn Secrets>,
+        secret_id: String,
+        configured_keys: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            metrics,
             secrets,
             secret_id,
             configured_keys,
@@ -225,6 +233,22 @@ impl NotifyService {
     }
 }
 
+impl NotifyService {
+    /// Counts what a provider call came to, for the alarms and dashboard.
+    fn count<T>(&self, outcome: &Result<T, ProviderError>, success: Option<&'static str>) {
+        let name = match outcome {
+            Ok(_) => success,
+            Err(ProviderError::RateLimited { .. }) => Some(SMS_RATE_LIMITED),
+            // The number, not the provider: counted in the report.
+            Err(ProviderError::Rejected(_)) => None,
+            Err(_) => Some(PROVIDER_ERRORS),
+        };
+        if let Some(name) = name {
+            self.metrics.add(name, &[], 1);
+        }
+    }
+}
+
 /// One Notify API key as a provider; its client is built on first use.
 pub struct LazyNotify {
     service: Arc<NotifyService>,
@@ -249,43 +273,47 @@ impl SmsProvider for LazyNotify {
     }
 
     async fn send_sms(&self, request: &SmsRequest) -> Result<Accepted, ProviderError> {
-        self.service
-            .client(self.index)
-            .await?
-            .send_sms(request)
-            .await
+        let outcome = match self.service.client(self.index).await {
+            Ok(client) => client.send_sms(request).await,
+            Err(error) => Err(error),
+        };
+        self.service.count(&outcome, Some(SMS_SENT));
+        outcome
     }
 
     async fn find_by_reference(
         &self,
         reference: &str,
     ) -> Result<Option<ProviderRecord>, ProviderError> {
-        self.service
-            .client(self.index)
-            .await?
-            .find_by_reference(reference)
-            .await
+        let outcome = match self.service.client(self.index).await {
+            Ok(client) => client.find_by_reference(reference).await,
+            Err(error) => Err(error),
+        };
+        self.service.count(&outcome, None);
+        outcome
     }
 }
 
 #[async_trait::async_trait]
 impl EmailProvider for LazyNotify {
     async fn send_email(&self, request: &EmailRequest) -> Result<Accepted, ProviderError> {
-        self.service
-            .client(self.index)
-            .await?
-            .send_email(request)
-            .await
+        let outcome = match self.service.client(self.index).await {
+            Ok(client) => client.send_email(request).await,
+            Err(error) => Err(error),
+        };
+        self.service.count(&outcome, None);
+        outcome
     }
 }
 
 #[async_trait::async_trait]
 impl LetterProvider for LazyNotify {
     async fn send_letter(&self, request: &LetterRequest) -> Result<Accepted, ProviderError> {
-        self.service
-            .client(self.index)
-            .await?
-            .send_letter(request)
-            .await
+        let outcome = match self.service.client(self.index).await {
+            Ok(client) => client.send_letter(request).await,
+            Err(error) => Err(error),
+        };
+        self.service.count(&outcome, None);
+        outcome
     }
 }

@@ -91,6 +91,18 @@ pub async fn callback_token(secrets: &dyn Secrets) -> anyhow::Result<SecretStrin
         .context("reading the callback token")
 }
 
+/// Visibility changes on `queue`, the function's own.
+pub async fn redelivery_from_env(
+    queue: hub_core::ports::QueueName,
+) -> anyhow::Result<crate::lambda::Redelivery> {
+    let sdk = aws::load_sdk_config().await;
+    let queue_adapter = SqsJobQueue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        aws::queue_urls(&aws::process_env)?,
+    );
+    Ok(crate::lambda::Redelivery::new(queue_adapter, queue))
+}
+
 /// The hub for `function`, from the process environment.
 pub async fn hub_from_env(function: Function) -> anyhow::Result<Hub> {
     let secrets = secrets_from_env().await;
@@ -140,6 +152,7 @@ pub async fn hub_with(
         secrets.clone(),
         aws::required(lookup, env::NOTIFY_SECRET_ARN)?,
         rates.0.len(),
+        crate::metrics::Metrics::process(),
     );
     let providers: Vec<(Arc<dyn SmsProvider>, f64)> = rates
         .0

@@ -3,6 +3,7 @@
 //! each read, and the Notify secret is read on the first message only.
 
 use async_trait::async_trait;
+use functions::metrics::Metrics;
 use functions::notify::{LazyNotify, NotifyService, ProviderRates, DEFAULT_NOTIFY_RATES};
 use functions::wiring::{hub_with, Function};
 use hub_adapters::aws::env;
@@ -117,7 +118,12 @@ fn request() -> SmsRequest {
 async fn the_notify_secret_is_read_on_the_first_message_and_a_mismatch_stops_sending() {
     // Two rates configured, one key in the secret: configuration, not a blip.
     let recording = secrets(NOTIFY_SECRET);
-    let service = NotifyService::new(recording.clone(), NOTIFY.to_string(), 2);
+    let service = NotifyService::new(
+        recording.clone(),
+        NOTIFY.to_string(),
+        2,
+        Metrics::to_writer(std::io::sink()),
+    );
     let provider = LazyNotify::new(service, 0);
     assert!(recording.reads.lock().unwrap().is_empty());
     let error = provider.send_sms(&request()).await.unwrap_err();
@@ -132,7 +138,12 @@ async fn the_notify_secret_is_read_on_the_first_message_and_a_mismatch_stops_sen
 #[tokio::test]
 async fn an_unreadable_notify_secret_is_a_configuration_error_not_a_retry() {
     let recording = Arc::new(RecordingSecrets::default());
-    let service = NotifyService::new(recording, NOTIFY.to_string(), 1);
+    let service = NotifyService::new(
+        recording,
+        NOTIFY.to_string(),
+        1,
+        Metrics::to_writer(std::io::sink()),
+    );
     let error = LazyNotify::new(service, 0)
         .send_sms(&request())
         .await

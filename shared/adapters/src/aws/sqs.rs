@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// `SendMessageBatch` takes at most 10 entries.
 pub const SQS_BATCH_MAX: usize = 10;
+/// The longest visibility SQS allows.
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 const ATTEMPTS: u32 = 6;
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
@@ -47,6 +49,34 @@ impl SqsJobQueue {
 
     pub fn url(&self, queue: QueueName) -> Option<&str> {
         self.urls.get(&queue).map(String::as_str)
+    }
+
+    /// Makes a received message visible again `after` from now
+    /// (`ChangeMessageVisibility`, whole seconds, at most SQS's 12 hours):
+    /// a failed job comes back after its backoff instead of the queue's
+    /// whole visibility timeout, and a running handler keeps its message.
+    pub async fn change_visibility(
+        &self,
+        queue: QueueName,
+        receipt_handle: &str,
+        after: Duration,
+    ) -> Result<(), QueueError> {
+        let url = self.urls.get(&queue).ok_or_else(|| {
+            QueueError::Unexpected(anyhow::anyhow!(
+                "no URL configured for the {} queue",
+                queue.as_str()
+            ))
+        })?;
+        let seconds = after.as_secs().min(MAX_VISIBILITY.as_secs()) as i32;
+        self.client
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map_err(|err| Fault::from_sdk("ChangeMessageVisibility", &err, true).into())
+            .map(|_| ())
     }
 
     /// Sends up to 10 bodies to one queue, resending failed entries.
