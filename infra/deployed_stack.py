@@ -27,6 +27,10 @@ plays the Lambda service around the real function binaries:
 It prints `READY <endpoint>` when the stack is up, then serves until killed.
 --input is a JSON object: {"parameters": {...}, "secrets": {"<LogicalId>":
 "<SecretString>"}, "extra_secrets": {"<name>": "<SecretString>"}}.
+--fail-first FUNCTION:ACTION:N answers the function's first N calls of that
+IAM action with the service's 500 InternalServerError (a transient fault,
+so a job is retried); a POST of {"function", "action", "count"} to
+/__hub_faults changes that count while it runs.
 --drop-statement ROLE:ACTION:RESOURCE removes, before anything is created,
 the statement of role ROLE (logical id) that allows ACTION on resource
 RESOURCE (logical id; its ARN is in the statement's Resource): the test
@@ -453,9 +457,19 @@ class IamMiddleware:
         self.app = app
         self.denials_path = denials_path
         self.principals = {}  # access key -> principal
+        self.faults = {}  # (function, action) -> how many more to fail
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/__hub_faults" and environ["REQUEST_METHOD"] == "POST":
+            # The test's control: {"function", "action", "count"} sets how
+            # many more such calls fail (0 ends an outage).
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            fault = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            with self.lock:
+                self.faults[(fault["function"], fault["action"])] = int(fault["count"])
+            start_response("204 No Content", [])
+            return [b""]
         auth = environ.get("HTTP_AUTHORIZATION", "")
         match = re.search(r"Credential=([^/]+)/[^/]+/[^/]+/([^/]+)/", auth)
         principal = self.principals.get(match.group(1)) if match else None
@@ -488,6 +502,18 @@ class IamMiddleware:
                 data = text.encode()
                 start_response(status, headers + [("Content-Length", str(len(data)))])
                 return [data]
+        for action, _, _ in checks:
+            key = (principal["function"], action)
+            with self.lock:
+                inject = self.faults.get(key, 0) > 0
+                if inject:
+                    self.faults[key] -= 1
+                with open(self.denials_path + ".allowed", "a") as f:
+                    f.write(json.dumps({"function": principal["function"], "action": action, "fault": inject}) + "\n")
+            if inject:
+                body = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError", "message": "injected fault", "Message": "injected fault"}).encode()
+                start_response("500 Internal Server Error", [("Content-Type", "application/x-amz-json-1.0"), ("x-amzn-ErrorType", "InternalServerError"), ("Content-Length", str(len(body)))])
+                return [body]
         return self.app(environ, start_response)
 
 
@@ -744,6 +770,7 @@ def main():
     parser.add_argument("--denials", required=True)
     parser.add_argument("--input")
     parser.add_argument("--drop-statement", help="ROLE:ACTION:RESOURCE (logical ids)")
+    parser.add_argument("--fail-first", help="FUNCTION:ACTION:N: the function's first N such calls get a 500 (a transient fault)")
     parser.add_argument("--transform-only", action="store_true", help="print the transformed template and exit")
     args = parser.parse_args()
 
@@ -770,6 +797,10 @@ def main():
     open(args.denials, "w").close()
     app = DomainDispatcherApplication(create_backend_app)
     middleware = IamMiddleware(app, args.denials)
+    if args.fail_first:
+        function, rest = args.fail_first.split(":", 1)
+        action, count = rest.rsplit(":", 1)
+        middleware.faults[(function, action)] = int(count)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -334,6 +334,28 @@ impl Run {
             ));
         }
 
+        // DynamoDB fails the send function's reads (500s, past the SDK's and
+        // the store's retries) until one send job has failed: it is retried.
+        self.deployed
+            .emulator
+            .set_faults("SendFunction", "dynamodb:GetItem", u64::MAX / 2)
+            .await
+            .map_err(|e| e.to_string())?;
+        let outage = {
+            let record = self.deployed.record.clone();
+            let endpoint = self.deployed.emulator.manifest.endpoint.clone();
+            tokio::spawn(async move {
+                while !record.failed("SendFunction") {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let _ = reqwest::Client::new()
+                    .post(format!("{endpoint}/__hub_faults"))
+                    .json(&json!({ "function": "SendFunction", "action": "dynamodb:GetItem", "count": 0 }))
+                    .send()
+                    .await;
+            })
+        };
+
         // Staff bring the deadline forward; the Scheduler fires the
         // deadline function with the schedule's input.
         self.staff_ok(
@@ -343,12 +365,15 @@ impl Run {
             Some(json!({ "optout_deadline": chrono::Utc::now().to_rfc3339() })),
         )
         .await?;
-        self.wait_for_state(
-            &id,
-            &["awaiting_receipts", "completed"],
-            Duration::from_secs(240),
-        )
-        .await?;
+        let sent = self
+            .wait_for_state(
+                &id,
+                &["awaiting_receipts", "completed"],
+                Duration::from_secs(180),
+            )
+            .await;
+        outage.abort();
+        sent?;
 
         // The purge is scheduled at the end of the receipt window: move the
         // Scheduler's clock past it.
@@ -486,10 +511,48 @@ async fn the_deployed_functions_run_a_whole_campaign_with_iam_enforced() {
         fired.len() >= 2,
         "the Scheduler ran the deadline and the purge schedules: {fired:?}"
     );
-    for (function, delay) in run.deployed.record.retry_delays() {
+    eprintln!("SQS deliveries:\n{}", run.deployed.diagnosis());
+    // Every function's AWS calls went through its role's IAM check.
+    let calls = run.deployed.emulator.allowed_calls();
+    for ((function, action), (n, faults)) in &calls {
+        eprintln!("{function} {action}: {n} calls allowed, {faults} faults injected");
+    }
+    for function in run.deployed.functions.keys() {
+        assert!(
+            calls.keys().any(|(f, _)| f == function),
+            "{function} made AWS calls under its role: {calls:?}"
+        );
+    }
+    // The send chunk that failed on the injected DynamoDB errors came back
+    // within 2 minutes.
+    let retries = run.deployed.record.retry_delays();
+    for (function, delay) in &retries {
         eprintln!(
-            "retry: {function} message back after {:.1} s",
+            "retry: a {function} message came back {:.1} s after it failed",
             delay.as_secs_f64()
+        );
+    }
+    let send_retries: Vec<Duration> = retries
+        .iter()
+        .filter(|(f, _)| f == "SendFunction")
+        .map(|(_, d)| *d)
+        .collect();
+    assert!(
+        !send_retries.is_empty(),
+        "a send chunk was retried: {retries:?}"
+    );
+    assert!(
+        send_retries.iter().all(|d| *d < Duration::from_secs(120)),
+        "a retried send chunk is back within 2 minutes: {send_retries:?}"
+    );
+
+    // The metrics the alarms watch, as the binaries wrote them (EMF).
+    let metrics = run.deployed.emf_metrics();
+    eprintln!("EMF metrics emitted: {metrics:?}");
+    for name in ["SmsSent", "JobsFailed"] {
+        assert!(
+            metrics.get(name).is_some_and(|v| *v > 0.0),
+            "{name} emitted: {metrics:?}"
         );
     }
     let _ = &run.estate;
@@ -502,6 +565,7 @@ async fn a_role_missing_one_statement_fails_the_run_naming_the_function_and_acti
     let run = Run::start(Options {
         max_instances: 1,
         drop_statement: Some("ApiFunctionRole:sqs:SendMessage:NoticesQueue".into()),
+        ..Options::default()
     })
     .await
     .expect("the stack deploys");

@@ -143,6 +143,40 @@ impl Emulator {
         all
     }
 
+    /// From now on the next `count` calls of `action` by `function` fail
+    /// with a 500 InternalServerError (0 ends the outage).
+    pub async fn set_faults(&self, function: &str, action: &str, count: u64) -> anyhow::Result<()> {
+        reqwest::Client::new()
+            .post(format!("{}/__hub_faults", self.manifest.endpoint))
+            .json(&serde_json::json!({ "function": function, "action": action, "count": count }))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// Every allowed AWS call of a function's role: (function, action) ->
+    /// (calls, injected faults).
+    pub fn allowed_calls(&self) -> BTreeMap<(String, String), (u64, u64)> {
+        let mut path = self.denials.clone().into_os_string();
+        path.push(".allowed");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut counts = BTreeMap::new();
+        for line in text.lines() {
+            let Ok(call) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let key = (
+                call["function"].as_str().unwrap_or_default().to_string(),
+                call["action"].as_str().unwrap_or_default().to_string(),
+            );
+            let entry: &mut (u64, u64) = counts.entry(key).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(call["fault"].as_bool() == Some(true));
+        }
+        counts
+    }
+
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
         use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
         let m = &self.manifest;
@@ -349,7 +383,47 @@ impl Deployed {
                 failures.len() - 10
             ));
         }
+        let mut per_function: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        let deliveries = self.record.deliveries.lock().unwrap();
+        for delivery in deliveries.iter() {
+            let entry = per_function.entry(&delivery.function).or_default();
+            entry.0 += 1;
+            entry.1 += usize::from(delivery.failed);
+        }
+        for (function, (all, failed)) in per_function {
+            lines.push(format!(
+                "{function}: {all} SQS messages delivered, {failed} reported failed"
+            ));
+        }
         lines.join("\n")
+    }
+
+    /// The CloudWatch embedded-metric-format records in every function's
+    /// output, summed by metric name.
+    pub fn emf_metrics(&self) -> BTreeMap<String, f64> {
+        let mut sums = BTreeMap::new();
+        let logs = self.emulator.dir.path().join("logs");
+        for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("CloudWatchMetrics")) {
+                let Ok(record) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                let declared = record
+                    .pointer("/_aws/CloudWatchMetrics")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d.get("Metrics")?.as_array())
+                    .flatten()
+                    .filter_map(|m| m.get("Name")?.as_str());
+                for name in declared {
+                    let value = record.get(name).and_then(Value::as_f64).unwrap_or(0.0);
+                    *sums.entry(name.to_string()).or_insert(0.0) += value;
+                }
+            }
+        }
+        sums
     }
 
     /// Each function's init times (one per instance).

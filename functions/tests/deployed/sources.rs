@@ -44,6 +44,15 @@ impl Record {
         });
     }
 
+    /// Whether a delivery to `function` was reported failed.
+    pub fn failed(&self, function: &str) -> bool {
+        self.deliveries
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|d| d.failed && d.function == function)
+    }
+
     /// Seconds from each failed delivery of a message to its next one.
     pub fn retry_delays(&self) -> Vec<(String, Duration)> {
         let deliveries = self.deliveries.lock().unwrap();
