@@ -565,7 +565,6 @@ async fn a_role_missing_one_statement_fails_the_run_naming_the_function_and_acti
     let run = Run::start(Options {
         max_instances: 1,
         drop_statement: Some("ApiFunctionRole:sqs:SendMessage:NoticesQueue".into()),
-        ..Options::default()
     })
     .await
     .expect("the stack deploys");
