@@ -590,3 +590,27 @@ async fn a_role_missing_one_statement_fails_the_run_naming_the_function_and_acti
         "the failure names the function and the action: {failure}"
     );
 }
+
+/// A function whose role cannot read the secret it needs: the run fails
+/// naming that function and the secret read it was denied (whether it
+/// fails at start or at its first callback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_function_denied_its_secret_is_named() {
+    let run = Run::start(Options {
+        max_instances: 1,
+        drop_statement: Some(
+            "ReceiptsFunctionRole:secretsmanager:GetSecretValue:CallbackTokenSecret".into(),
+        ),
+    })
+    .await
+    .expect("the stack deploys");
+    let failure = run
+        .whole_campaign()
+        .await
+        .expect_err("the run must fail without the receipts role's secret read");
+    eprintln!("the run failed as it should:\n{failure}");
+    assert!(
+        failure.contains("ReceiptsFunction was denied secretsmanager:GetSecretValue on"),
+        "the failure names the function and the action: {failure}"
+    );
+}

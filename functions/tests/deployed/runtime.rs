@@ -217,7 +217,7 @@ impl LambdaFunction {
                     "{} ({}) did not start: {why}; its last log lines:\n{}",
                     self.logical_id,
                     self.spec.name,
-                    self.log_tail(index, 6)
+                    self.log_tail(index, 10)
                 ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
