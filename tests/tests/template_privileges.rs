@@ -179,6 +179,93 @@ fn each_role_reads_only_the_secrets_its_function_reads() {
 }
 
 #[test]
+fn each_role_sends_only_to_the_queues_its_function_feeds() {
+    let t = Template::load().unwrap();
+    let expected: [(&str, &[&str]); 10] = [
+        // approve queues notices; cancel queues the purge
+        ("ApiFunction", &["NoticesQueue", "PurgeQueue"]),
+        ("OptoutLinkFunction", &[]),
+        ("ReceiptsFunction", &[]),
+        ("PracticeNoticesFunction", &[]),
+        ("DeadlineFunction", &["ExtractQueue"]),
+        ("ExtractFunction", &["LettersQueue", "SendQueue"]),
+        ("SendFunction", &["WritebackQueue"]),
+        ("WritebackFunction", &[]),
+        ("LettersFunction", &[]),
+        ("PurgeFunction", &[]),
+    ];
+    let all = functions(&t);
+    for (name, queues) in expected {
+        let (allowed, templates) = grants(&all[name]);
+        let mut sent: Vec<String> = templates
+            .iter()
+            .filter_map(|t| t.strip_prefix("SQSSendMessagePolicy:"))
+            .map(str::to_string)
+            .collect();
+        sent.extend(
+            allowed
+                .iter()
+                .filter(|(action, _)| action.starts_with("sqs:SendMessage"))
+                .map(|(_, queue)| queue.clone()),
+        );
+        sent.sort();
+        assert_eq!(sent, queues, "{name}");
+    }
+}
+
+#[test]
+fn only_functions_that_schedule_may_and_only_through_the_scheduler_role() {
+    let t = Template::load().unwrap();
+    let arrange: &[&str] = &["scheduler:CreateSchedule", "scheduler:UpdateSchedule"];
+    let expected: [(&str, &[&str]); 10] = [
+        // schedules deadlines and purges, deletes them on cancel
+        (
+            "ApiFunction",
+            &[
+                "scheduler:CreateSchedule",
+                "scheduler:DeleteSchedule",
+                "scheduler:UpdateSchedule",
+            ],
+        ),
+        ("OptoutLinkFunction", &[]),
+        ("ReceiptsFunction", &[]),
+        ("PracticeNoticesFunction", &[]),
+        // the step that finishes a campaign arranges its purge
+        ("DeadlineFunction", arrange),
+        ("ExtractFunction", arrange),
+        ("SendFunction", arrange),
+        ("WritebackFunction", arrange),
+        ("LettersFunction", arrange),
+        ("PurgeFunction", &[]),
+    ];
+    let all = functions(&t);
+    for (name, actions) in expected {
+        let (allowed, _) = grants(&all[name]);
+        let scheduling: BTreeSet<&str> = allowed
+            .iter()
+            .filter(|(action, _)| action.starts_with("scheduler:"))
+            .map(|(action, _)| action.as_str())
+            .collect();
+        assert_eq!(
+            scheduling.into_iter().collect::<Vec<_>>(),
+            actions,
+            "{name}"
+        );
+        let passes: Vec<&str> = allowed
+            .iter()
+            .filter(|(action, _)| action == "iam:PassRole")
+            .map(|(_, role)| role.as_str())
+            .collect();
+        let expected_passes: &[&str] = if actions.is_empty() {
+            &[]
+        } else {
+            &["SchedulerRole"]
+        };
+        assert_eq!(passes, expected_passes, "{name}");
+    }
+}
+
+#[test]
 fn every_queue_consumer_is_capped_and_may_delay_its_own_failed_messages() {
     let t = Template::load().unwrap();
     for (name, function) in functions(&t) {
