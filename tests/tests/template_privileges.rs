@@ -81,6 +81,25 @@ fn grants(function: &template::Resource<'_>) -> (BTreeSet<(String, String)>, Vec
     (allowed, templates)
 }
 
+/// What a function may act on, sorted: the targets of the SAM policy
+/// template `template` and of inline grants of actions starting `action`.
+fn targets(function: &template::Resource<'_>, template: &str, action: &str) -> Vec<String> {
+    let (allowed, templates) = grants(function);
+    let mut targets: Vec<String> = templates
+        .iter()
+        .filter_map(|t| t.strip_prefix(template))
+        .map(str::to_string)
+        .chain(
+            allowed
+                .iter()
+                .filter(|(granted, _)| granted.starts_with(action))
+                .map(|(_, resource)| resource.clone()),
+        )
+        .collect();
+    targets.sort();
+    targets
+}
+
 fn functions(t: &Template) -> BTreeMap<String, template::Resource<'_>> {
     t.resources_of("AWS::Serverless::Function")
         .into_iter()
@@ -160,20 +179,22 @@ fn each_role_reads_only_the_secrets_its_function_reads() {
     ];
     let all = functions(&t);
     for (name, secrets) in expected {
-        let (allowed, templates) = grants(&all[name]);
-        let mut read: Vec<String> = templates
-            .iter()
-            .filter_map(|t| t.strip_prefix("AWSSecretsManagerGetSecretValuePolicy:"))
-            .map(str::to_string)
-            .collect();
-        read.extend(
-            allowed
-                .iter()
-                .filter(|(action, _)| action == "secretsmanager:GetSecretValue")
-                // arn:…:secret:${GpSecretPrefix}*
-                .map(|_| "GP".to_string()),
+        let read = targets(
+            &all[name],
+            "AWSSecretsManagerGetSecretValuePolicy:",
+            "secretsmanager:GetSecretValue",
         );
-        read.sort();
+        // An inline grant is `arn:…:secret:${GpSecretPrefix}*`.
+        let read: Vec<String> = read
+            .into_iter()
+            .map(|secret| {
+                if secret.ends_with("Secret") {
+                    secret
+                } else {
+                    "GP".to_string()
+                }
+            })
+            .collect();
         assert_eq!(read, secrets, "{name}");
     }
 }
@@ -196,19 +217,7 @@ fn each_role_sends_only_to_the_queues_its_function_feeds() {
     ];
     let all = functions(&t);
     for (name, queues) in expected {
-        let (allowed, templates) = grants(&all[name]);
-        let mut sent: Vec<String> = templates
-            .iter()
-            .filter_map(|t| t.strip_prefix("SQSSendMessagePolicy:"))
-            .map(str::to_string)
-            .collect();
-        sent.extend(
-            allowed
-                .iter()
-                .filter(|(action, _)| action.starts_with("sqs:SendMessage"))
-                .map(|(_, queue)| queue.clone()),
-        );
-        sent.sort();
+        let sent = targets(&all[name], "SQSSendMessagePolicy:", "sqs:SendMessage");
         assert_eq!(sent, queues, "{name}");
     }
 }
