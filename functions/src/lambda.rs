@@ -149,19 +149,39 @@ pub fn retry_delay(receive_count: u32, retryable: bool) -> Duration {
 pub struct Redelivery {
     queue: SqsJobQueue,
     name: QueueName,
+    window: Duration,
 }
 
 impl Redelivery {
     pub fn new(queue: SqsJobQueue, name: QueueName) -> Self {
-        Self { queue, name }
+        Self {
+            queue,
+            name,
+            window: HEARTBEAT_WINDOW,
+        }
     }
 
-    /// Keeps `handles` hidden for another [`HEARTBEAT_WINDOW`].
+    /// Holds messages for `window` per heartbeat instead of
+    /// [`HEARTBEAT_WINDOW`], beating three times per window.
+    pub fn holding_for(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    fn beat_every(&self) -> Duration {
+        if self.window == HEARTBEAT_WINDOW {
+            HEARTBEAT_EVERY
+        } else {
+            self.window / 3
+        }
+    }
+
+    /// Keeps `handles` hidden for another heartbeat window.
     pub async fn hold(&self, handles: &[String]) {
         for handle in handles {
             if let Err(error) = self
                 .queue
-                .change_visibility(self.name, handle, HEARTBEAT_WINDOW)
+                .change_visibility(self.name, handle, self.window)
                 .await
             {
                 // The queue's own timeout still protects the message.
@@ -216,7 +236,7 @@ pub async fn handle_sqs_redelivering(
         redelivery.hold(&held).await;
         tokio::select! {
             failed = &mut work => break failed,
-            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            () = tokio::time::sleep(redelivery.beat_every()) => {}
         }
     };
     for failure in &failed {
