@@ -15,6 +15,11 @@ export HUB_VENV=${HUB_VENV:-$repo/.venv-aws}
 infra/moto.sh install
 echo "cfn-lint template.yaml"
 "$HUB_VENV/bin/cfn-lint" template.yaml
+# SAM's own check too, where infra/sam-build.sh has installed the SAM CLI.
+if [[ -x $repo/.venv-sam/bin/sam ]]; then
+    echo "sam validate --lint"
+    SAM_CLI_TELEMETRY=0 "$repo/.venv-sam/bin/sam" validate --lint --template template.yaml
+fi
 
 if [[ -z ${HUB_MOTO_ENDPOINT:-} ]]; then
     HUB_MOTO_ENDPOINT=$(infra/moto.sh start)
@@ -22,4 +27,5 @@ if [[ -z ${HUB_MOTO_ENDPOINT:-} ]]; then
     trap 'infra/moto.sh stop' EXIT
 fi
 echo "AWS wire tests against $HUB_MOTO_ENDPOINT"
-cargo test -p hub-tests --features aws --test aws_wire --test aws_contract
+cargo test -p hub-tests --features aws --test aws_wire --test aws_contract \
+    --test aws_retry --test alarm_metrics

@@ -2,7 +2,7 @@
 //! sees a Lambda type, so the domain and the handlers never do.
 
 use crate::metrics::{Metrics, API_SERVER_ERRORS, JOBS_FAILED, QUEUE_DIMENSION};
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use hub_adapters::aws::SqsJobQueue;
 use hub_core::domain::StaffId;
 use hub_core::handlers::jobs::{error_chain, handle_batch, Failure, Message};
@@ -71,6 +71,15 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// SQS's count of deliveries of this message, this one included.
+fn receive_count(record: &SqsMessage) -> u32 {
+    record
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(1)
+}
+
 /// The messages of an SQS event, with SQS's receive count.
 pub fn sqs_messages(event: SqsEvent) -> Result<Vec<Message>, EventError> {
     event
@@ -78,14 +87,10 @@ pub fn sqs_messages(event: SqsEvent) -> Result<Vec<Message>, EventError> {
         .into_iter()
         .enumerate()
         .map(|(position, record)| {
+            let receive_count = receive_count(&record);
             let id = record
                 .message_id
                 .ok_or(EventError::MissingMessageId(position))?;
-            let receive_count = record
-                .attributes
-                .get("ApproximateReceiveCount")
-                .and_then(|count| count.parse().ok())
-                .unwrap_or(1);
             Ok(Message {
                 id,
                 // A missing body fails to parse and is reported as failed.
@@ -144,19 +149,39 @@ pub fn retry_delay(receive_count: u32, retryable: bool) -> Duration {
 pub struct Redelivery {
     queue: SqsJobQueue,
     name: QueueName,
+    window: Duration,
 }
 
 impl Redelivery {
     pub fn new(queue: SqsJobQueue, name: QueueName) -> Self {
-        Self { queue, name }
+        Self {
+            queue,
+            name,
+            window: HEARTBEAT_WINDOW,
+        }
     }
 
-    /// Keeps `handles` hidden for another [`HEARTBEAT_WINDOW`].
+    /// Holds messages for `window` per heartbeat instead of
+    /// [`HEARTBEAT_WINDOW`], beating three times per window.
+    pub fn holding_for(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    fn beat_every(&self) -> Duration {
+        if self.window == HEARTBEAT_WINDOW {
+            HEARTBEAT_EVERY
+        } else {
+            self.window / 3
+        }
+    }
+
+    /// Keeps `handles` hidden for another heartbeat window.
     pub async fn hold(&self, handles: &[String]) {
         for handle in handles {
             if let Err(error) = self
                 .queue
-                .change_visibility(self.name, handle, HEARTBEAT_WINDOW)
+                .change_visibility(self.name, handle, self.window)
                 .await
             {
                 // The queue's own timeout still protects the message.
@@ -196,14 +221,9 @@ pub async fn handle_sqs_redelivering(
         .records
         .iter()
         .filter_map(|record| {
-            let count = record
-                .attributes
-                .get("ApproximateReceiveCount")
-                .and_then(|count| count.parse().ok())
-                .unwrap_or(1);
             Some((
                 record.message_id.clone()?,
-                (record.receipt_handle.clone()?, count),
+                (record.receipt_handle.clone()?, receive_count(record)),
             ))
         })
         .collect();
@@ -216,7 +236,7 @@ pub async fn handle_sqs_redelivering(
         redelivery.hold(&held).await;
         tokio::select! {
             failed = &mut work => break failed,
-            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            () = tokio::time::sleep(redelivery.beat_every()) => {}
         }
     };
     for failure in &failed {

@@ -264,6 +264,25 @@ impl LazyNotify {
             name: provider_name(index),
         }
     }
+
+    /// `request` on this key's client, counted (`success` names the metric
+    /// of an accepted call, if any).
+    async fn call<T, F, Fut>(
+        &self,
+        success: Option<&'static str>,
+        request: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: FnOnce(Arc<NotifyClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        let outcome = match self.service.client(self.index).await {
+            Ok(client) => request(client).await,
+            Err(error) => Err(error),
+        };
+        self.service.count(&outcome, success);
+        outcome
+    }
 }
 
 #[async_trait::async_trait]
@@ -273,47 +292,41 @@ impl SmsProvider for LazyNotify {
     }
 
     async fn send_sms(&self, request: &SmsRequest) -> Result<Accepted, ProviderError> {
-        let outcome = match self.service.client(self.index).await {
-            Ok(client) => client.send_sms(request).await,
-            Err(error) => Err(error),
-        };
-        self.service.count(&outcome, Some(SMS_SENT));
-        outcome
+        self.call(Some(SMS_SENT), |client| async move {
+            client.send_sms(request).await
+        })
+        .await
     }
 
     async fn find_by_reference(
         &self,
         reference: &str,
     ) -> Result<Option<ProviderRecord>, ProviderError> {
-        let outcome = match self.service.client(self.index).await {
-            Ok(client) => client.find_by_reference(reference).await,
-            Err(error) => Err(error),
-        };
-        self.service.count(&outcome, None);
-        outcome
+        self.call(None, |client| async move {
+            client.find_by_reference(reference).await
+        })
+        .await
     }
 }
 
 #[async_trait::async_trait]
 impl EmailProvider for LazyNotify {
     async fn send_email(&self, request: &EmailRequest) -> Result<Accepted, ProviderError> {
-        let outcome = match self.service.client(self.index).await {
-            Ok(client) => client.send_email(request).await,
-            Err(error) => Err(error),
-        };
-        self.service.count(&outcome, None);
-        outcome
+        self.call(
+            None,
+            |client| async move { client.send_email(request).await },
+        )
+        .await
     }
 }
 
 #[async_trait::async_trait]
 impl LetterProvider for LazyNotify {
     async fn send_letter(&self, request: &LetterRequest) -> Result<Accepted, ProviderError> {
-        let outcome = match self.service.client(self.index).await {
-            Ok(client) => client.send_letter(request).await,
-            Err(error) => Err(error),
-        };
-        self.service.count(&outcome, None);
-        outcome
+        self.call(
+            None,
+            |client| async move { client.send_letter(request).await },
+        )
+        .await
     }
 }

@@ -155,3 +155,37 @@ async fn a_job_that_cannot_succeed_is_visible_again_at_once_on_its_way_to_the_dl
     assert_eq!(receive_count(&again), 2);
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[tokio::test]
+async fn a_held_message_comes_back_one_window_after_its_handler_stops_beating() {
+    // GIVEN a send job received with the send queue's 90-minute visibility
+    let stack = Stack::create().await.expect("emulator stack");
+    let queue = stack.job_queue().unwrap();
+    queue
+        .send(&[Job::Send {
+            campaign: CampaignId::new(),
+            chunk: ChunkId::new(&ods(2), 3),
+        }])
+        .await
+        .unwrap();
+    let first = receive(&stack, "SendQueue", Duration::from_secs(10))
+        .await
+        .expect("delivered");
+
+    // WHEN its handler holds it by heartbeat (a 3 s window here) and then dies
+    let redelivery = Redelivery::new(queue, QueueName::Send).holding_for(Duration::from_secs(3));
+    let held_at = Instant::now();
+    redelivery
+        .hold(&[first.receipt_handle.clone().unwrap()])
+        .await;
+
+    // THEN it is back one window later, not 90 minutes later
+    let again = receive(&stack, "SendQueue", Duration::from_secs(30))
+        .await
+        .expect("back after the window");
+    let waited = held_at.elapsed();
+    println!("held message back after {waited:?}");
+    assert_eq!(receive_count(&again), 2);
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+}
