@@ -334,6 +334,11 @@ impl Run {
             ));
         }
 
+        // A few 5xx and 429 answers from Notify, which the router rides out
+        // (and counts: the provider-error and rate-limit metrics).
+        self.notify.gateway().inject_server_errors(3);
+        self.notify.gateway().inject_rate_limit_burst(3);
+
         // DynamoDB fails the send function's reads (500s, past the SDK's and
         // the store's retries) until one send job has failed: it is retried.
         self.deployed
@@ -549,7 +554,7 @@ async fn the_deployed_functions_run_a_whole_campaign_with_iam_enforced() {
     // The metrics the alarms watch, as the binaries wrote them (EMF).
     let metrics = run.deployed.emf_metrics();
     eprintln!("EMF metrics emitted: {metrics:?}");
-    for name in ["SmsSent", "JobsFailed"] {
+    for name in ["SmsSent", "ProviderErrors", "SmsRateLimited", "JobsFailed"] {
         assert!(
             metrics.get(name).is_some_and(|v| *v > 0.0),
             "{name} emitted: {metrics:?}"

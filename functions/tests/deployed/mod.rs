@@ -295,7 +295,10 @@ impl Deployed {
         });
         let mut functions = Functions::new();
         let mut not_started = Vec::new();
-        for (id, started) in futures::future::join_all(starts).await {
+        // One at a time, so each init time is the function's own, not a
+        // share of twenty processes starting at once.
+        for start in starts {
+            let (id, started) = start.await;
             match started {
                 Ok(function) => {
                     functions.insert(id, Arc::new(function));
