@@ -708,7 +708,11 @@ def deploy(endpoint, template, inputs, drop, middleware):
                 "secret_access_key": keys["SecretAccessKey"],
                 "session_token": keys["SessionToken"],
             },
-            "reserved_concurrency": props.get("ReservedConcurrentExecutions"),
+            "reserved_concurrency": (
+                int(stack.resolve(props["ReservedConcurrentExecutions"]))
+                if "ReservedConcurrentExecutions" in props
+                else None
+            ),
         }
         by_arn[stack.attrs[(name, "Arn")]] = name
         by_arn[stack.refs[name]] = name

@@ -219,6 +219,19 @@ impl Run {
                 self.deployed.diagnosis()
             ));
         }
+        // Staff routes are AWS_IAM: an unsigned call never reaches the api.
+        let unsigned = self
+            .http
+            .get(format!("{}/campaigns", self.deployed.api_url))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .status();
+        if unsigned != 403 {
+            return Err(format!(
+                "an unsigned staff call answered {unsigned}, not 403"
+            ));
+        }
         for practice in &self.fhir_practices {
             let ods = practice["ods"].as_str().unwrap_or_default();
             self.staff_ok(

@@ -27,6 +27,9 @@ pub struct Function {
     pub timeout: u64,
     pub environment: BTreeMap<String, String>,
     pub credentials: Credentials,
+    /// `ReservedConcurrentExecutions`, if the template sets it.
+    #[serde(default)]
+    pub reserved_concurrency: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -279,6 +279,7 @@ impl Deployed {
                 .map(|m| m.maximum_concurrency)
                 .max()
                 .unwrap_or(max)
+                .min(spec.reserved_concurrency.unwrap_or(max))
                 .min(max);
             let manifest = &manifest;
             let logs = &logs;
