@@ -767,16 +767,75 @@ def deploy(endpoint, template, inputs, drop, middleware):
     }
 
 
+def self_test():
+    """The IAM decision and the request-to-action mapping on known cases."""
+    table = table_arn("hub")
+    allow_crud = {"Effect": "Allow", "Action": ["dynamodb:GetItem", "dynamodb:Put*"], "Resource": [table, table + "/index/*"]}
+    cases = [
+        ([allow_crud], "dynamodb:GetItem", table, {}, True),
+        ([allow_crud], "DynamoDB:putitem", table, {}, True),  # actions ignore case
+        ([allow_crud], "dynamodb:Query", table, {}, False),
+        ([allow_crud], "dynamodb:GetItem", table_arn("hub", "gsi1"), {}, True),
+        ([allow_crud], "dynamodb:GetItem", table_arn("hub2"), {}, False),
+        ([allow_crud], "dynamodb:GetItem", table.upper(), {}, False),  # resources do not
+        ([allow_crud, {"Effect": "Deny", "Action": "dynamodb:*", "Resource": "*"}], "dynamodb:GetItem", table, {}, False),
+        ([{"Effect": "Allow", "NotAction": "dynamodb:Scan", "Resource": "*"}], "dynamodb:Scan", table, {}, False),
+        ([{"Effect": "Allow", "NotAction": "dynamodb:Scan", "Resource": "*"}], "sqs:SendMessage", "x", {}, True),
+        ([{"Effect": "Allow", "Action": "*", "NotResource": table}], "dynamodb:GetItem", table, {}, False),
+        ([{"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": arn("secretsmanager", "secret:sms-hub/gp/*")}],
+         "secretsmanager:GetSecretValue", arn("secretsmanager", "secret:sms-hub/gp/A81001-AbCdEf"), {}, True),
+        ([{"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": arn("secretsmanager", "secret:sms-hub/notify-??????")}],
+         "secretsmanager:GetSecretValue", arn("secretsmanager", "secret:sms-hub/notify-AbCdEf"), {}, True),
+        ([{"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*", "Condition": {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}}}],
+         "iam:PassRole", "r", {"iam:PassedToService": "scheduler.amazonaws.com"}, True),
+        ([{"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*", "Condition": {"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}}}],
+         "iam:PassRole", "r", {"iam:PassedToService": "lambda.amazonaws.com"}, False),
+        ([], "sqs:SendMessage", "x", {}, False),
+    ]
+    for statements, action, resource, context, expected in cases:
+        got = allowed(statements, action, resource, context)
+        assert got == expected, (statements, action, resource, context, got)
+    transact = {"TransactItems": [
+        {"Put": {"TableName": "a"}}, {"Update": {"TableName": "b"}},
+        {"ConditionCheck": {"TableName": "a"}}, {"Delete": {"TableName": "c"}},
+    ]}
+    assert dynamodb_checks("TransactWriteItems", transact) == [
+        ("dynamodb:PutItem", table_arn("a"), {}), ("dynamodb:UpdateItem", table_arn("b"), {}),
+        ("dynamodb:ConditionCheckItem", table_arn("a"), {}), ("dynamodb:DeleteItem", table_arn("c"), {}),
+    ]
+    assert dynamodb_checks("Query", {"TableName": "t", "IndexName": "gsi1"}) == [("dynamodb:Query", table_arn("t", "gsi1"), {})]
+    url = "http://127.0.0.1:1/123456789012/sms-hub-SendQueue-X"
+    assert sqs_checks("SendMessageBatch", {"QueueUrl": url}) == [("sqs:SendMessage", arn("sqs", "sms-hub-SendQueue-X"), {})]
+    assert sqs_checks("ChangeMessageVisibilityBatch", {"QueueUrl": url})[0][0] == "sqs:ChangeMessageVisibility"
+    Secrets.names["sms-hub/notify"] = arn("secretsmanager", "secret:sms-hub/notify-AbCdEf")
+    assert secretsmanager_checks("GetSecretValue", {"SecretId": "sms-hub/notify"}) == [
+        ("secretsmanager:GetSecretValue", arn("secretsmanager", "secret:sms-hub/notify-AbCdEf"), {})]
+    create = scheduler_checks("POST", "/schedules/deadline-1", {}, {"GroupName": "g", "Target": {"RoleArn": "arn:aws:iam::1:role/s"}})
+    assert create == [
+        ("scheduler:CreateSchedule", arn("scheduler", "schedule/g/deadline-1"), {}),
+        ("iam:PassRole", "arn:aws:iam::1:role/s", {"iam:PassedToService": "scheduler.amazonaws.com"}),
+    ], create
+    assert scheduler_checks("DELETE", "/schedules/d", {"groupName": ["g"]}, {}) == [
+        ("scheduler:DeleteSchedule", arn("scheduler", "schedule/g/d"), {})]
+    print(f"ok: {len(cases)} decisions and the request mappings")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--template", required=True)
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--denials", required=True)
+    parser.add_argument("--template")
+    parser.add_argument("--manifest")
+    parser.add_argument("--denials")
+    parser.add_argument("--self-test", action="store_true", help="check the IAM decision on known cases and exit")
     parser.add_argument("--input")
     parser.add_argument("--drop-statement", help="ROLE:ACTION:RESOURCE (logical ids)")
     parser.add_argument("--fail-first", help="FUNCTION:ACTION:N: the function's first N such calls get a 500 (a transient fault)")
     parser.add_argument("--transform-only", action="store_true", help="print the transformed template and exit")
     args = parser.parse_args()
+    if args.self_test:
+        self_test()
+        return
+    if not (args.template and args.manifest and args.denials):
+        parser.error("--template, --manifest and --denials are required")
 
     inputs = {}
     if args.input:

@@ -632,3 +632,22 @@ async fn a_function_denied_its_secret_is_named() {
         "the failure names the function and the action: {failure}"
     );
 }
+
+/// The IAM decision the whole test rests on, on known cases: Allow and
+/// Deny, NotAction and NotResource, wildcards, the PassRole condition, and
+/// each request mapped to its real IAM actions and resource ARNs.
+#[test]
+fn the_iam_decision_follows_iam_rules_on_known_cases() {
+    let python = deployed::python();
+    let out = std::process::Command::new(&python)
+        .arg(deployed::repo().join("infra/deployed_stack.py"))
+        .arg("--self-test")
+        .output()
+        .unwrap_or_else(|e| panic!("running {} (infra/moto.sh install): {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("ok:"),
+        "the self-test failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

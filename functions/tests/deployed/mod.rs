@@ -21,6 +21,15 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The Python of the AWS venv (`HUB_VENV`, else `.venv-aws`), as
+/// `infra/moto.sh` makes it.
+pub fn python() -> PathBuf {
+    std::env::var_os("HUB_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv-aws"))
+        .join("bin/python")
+}
+
 /// The built binary of each function (`Metadata.BuildProperties.Binary`).
 pub fn binary(name: &str) -> Option<PathBuf> {
     let path = match name {
@@ -83,10 +92,7 @@ impl Emulator {
         std::fs::write(&input_path, serde_json::to_vec(input)?)?;
         let manifest_path = dir.path().join("manifest.json");
         let denials = dir.path().join("denials.jsonl");
-        let python = std::env::var_os("HUB_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join(".venv-aws"))
-            .join("bin/python");
+        let python = python();
         let mut command = tokio::process::Command::new(&python);
         command
             .arg(repo().join("infra/deployed_stack.py"))
