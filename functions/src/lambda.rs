@@ -232,6 +232,8 @@ pub async fn handle_sqs_redelivering(
     let held: Vec<String> = handles.values().map(|(handle, _)| handle.clone()).collect();
     let work = handle_batch(hub, queue, messages, concurrency);
     tokio::pin!(work);
+    // Beats in this task, between polls of the work: no heartbeat can still
+    // be on its way when a failed message's retry delay is set below.
     let failed = loop {
         redelivery.hold(&held).await;
         tokio::select! {

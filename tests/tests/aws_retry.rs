@@ -12,6 +12,7 @@ mod aws;
 use aws::Stack;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use functions::lambda::{handle_sqs_redelivering, retry_delay, Redelivery};
+use hub_adapters::aws::SqsJobQueue;
 use hub_core::domain::{CampaignId, ChunkId};
 use hub_core::ports::{Job, JobQueue, QueueName};
 use hub_local::LocalStack;
@@ -51,6 +52,24 @@ async fn receive(stack: &Stack, logical_id: &str, wait: Duration) -> Option<SqsM
     None
 }
 
+/// An emulator stack and a send job received from its send queue (with
+/// the queue's 90-minute visibility).
+async fn received_send_job() -> (Stack, SqsJobQueue, SqsMessage) {
+    let stack = Stack::create().await.expect("emulator stack");
+    let queue = stack.job_queue().unwrap();
+    queue
+        .send(&[Job::Send {
+            campaign: CampaignId::new(),
+            chunk: ChunkId::new(&ods(1), 7),
+        }])
+        .await
+        .unwrap();
+    let first = receive(&stack, "SendQueue", Duration::from_secs(10))
+        .await
+        .expect("delivered");
+    (stack, queue, first)
+}
+
 fn receive_count(record: &SqsMessage) -> u32 {
     record.attributes["ApproximateReceiveCount"]
         .parse()
@@ -79,18 +98,7 @@ fn retry_delays_grow_with_the_receive_count_and_stay_within_minutes() {
 
 #[tokio::test]
 async fn a_retried_send_job_is_back_within_two_minutes() {
-    let stack = Stack::create().await.expect("emulator stack");
-    let queue = stack.job_queue().unwrap();
-    queue
-        .send(&[Job::Send {
-            campaign: CampaignId::new(),
-            chunk: ChunkId::new(&ods(1), 7),
-        }])
-        .await
-        .unwrap();
-    let first = receive(&stack, "SendQueue", Duration::from_secs(10))
-        .await
-        .expect("delivered");
+    let (stack, queue, first) = received_send_job().await;
     assert_eq!(receive_count(&first), 1);
 
     // WHEN the function reports it failed (retryable) after setting its delay
@@ -159,18 +167,7 @@ async fn a_job_that_cannot_succeed_is_visible_again_at_once_on_its_way_to_the_dl
 #[tokio::test]
 async fn a_held_message_comes_back_one_window_after_its_handler_stops_beating() {
     // GIVEN a send job received with the send queue's 90-minute visibility
-    let stack = Stack::create().await.expect("emulator stack");
-    let queue = stack.job_queue().unwrap();
-    queue
-        .send(&[Job::Send {
-            campaign: CampaignId::new(),
-            chunk: ChunkId::new(&ods(2), 3),
-        }])
-        .await
-        .unwrap();
-    let first = receive(&stack, "SendQueue", Duration::from_secs(10))
-        .await
-        .expect("delivered");
+    let (stack, queue, first) = received_send_job().await;
 
     // WHEN its handler holds it by heartbeat (a 3 s window here) and then dies
     let redelivery = Redelivery::new(queue, QueueName::Send).holding_for(Duration::from_secs(3));

@@ -129,8 +129,11 @@ fn a_notify_secret_still_holding_rates_is_refused_naming_the_field_and_not_the_k
 #[test]
 fn every_notify_rates_in_the_guide_and_the_template_parses_and_matches_the_keys() {
     let guide = deploy_guide();
+    // `rates='…'`, given to SAM quoted: `--parameter-overrides "NotifyRates='$rates'"`
+    // (unquoted, SAM cuts the value at its first comma).
+    assert!(guide.contains(r#"--parameter-overrides "NotifyRates='$rates'""#));
     let overrides: Vec<&str> = guide
-        .split("'NotifyRates=")
+        .split("\nrates='")
         .skip(1)
         .filter_map(|rest| rest.split('\'').next())
         .collect();

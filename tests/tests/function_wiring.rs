@@ -160,3 +160,50 @@ fn the_default_rates_are_one_live_notify_service() {
         assert!(ProviderRates::parse(bad).is_err(), "{bad}");
     }
 }
+
+/// What a metrics sink received.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn only_server_errors_are_counted_as_api_server_errors() {
+    use tower::ServiceExt;
+    let captured = Captured::default();
+    let metrics = Metrics::to_writer(captured.clone());
+    let router = axum::Router::new().route(
+        "/campaigns",
+        axum::routing::post(|body: String| async move {
+            if body.contains("fail") {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                axum::http::StatusCode::BAD_REQUEST
+            }
+        }),
+    );
+    let service = functions::lambda::api_gateway_counting(router, metrics);
+    let request = |body: &str| {
+        lambda_http::request::from_str(
+            &include_str!("../data/apigw_create_campaign.json")
+                .replace("\"BODY\"", &serde_json::to_string(body).unwrap()),
+        )
+        .unwrap()
+    };
+    let answer = service.clone().oneshot(request("bad")).await.unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(captured.0.lock().unwrap().is_empty(), "a 4xx was counted");
+    let answer = service.oneshot(request("fail")).await.unwrap();
+    assert_eq!(answer.status(), 503);
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line[functions::metrics::API_SERVER_ERRORS], 1, "{text}");
+}
