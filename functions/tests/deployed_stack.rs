@@ -651,3 +651,35 @@ fn the_iam_decision_follows_iam_rules_on_known_cases() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Lambda replaces an environment whose process died: the next request is
+/// served by a fresh instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_instance_is_replaced_by_a_cold_start() {
+    let run = Run::start(Options {
+        max_instances: 1,
+        drop_statement: None,
+    })
+    .await
+    .expect("the stack deploys");
+    assert!(
+        run.deployed.problems().is_empty(),
+        "{}",
+        run.deployed.diagnosis()
+    );
+    let api = &run.deployed.functions["ApiFunction"];
+    api.crash(0).await;
+    wait_for(
+        &run.deployed,
+        "the api instance to be replaced",
+        Duration::from_secs(30),
+        || async { (api.restarts() == 1).then_some(Value::Null) },
+    )
+    .await
+    .expect("replaced");
+    let (status, body) = run
+        .staff(ALICE_KEY, reqwest::Method::GET, "/practices", None)
+        .await
+        .expect("the call is answered");
+    assert_eq!(status, 200, "answered by the fresh instance: {body}");
+}

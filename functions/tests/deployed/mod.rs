@@ -393,6 +393,14 @@ impl Deployed {
                 failures.len() - 10
             ));
         }
+        for (id, function) in &self.functions {
+            if function.restarts() > 0 {
+                lines.push(format!(
+                    "{id}: {} instances replaced after a crash or a timeout",
+                    function.restarts()
+                ));
+            }
+        }
         let mut per_function: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         let deliveries = self.record.deliveries.lock().unwrap();
         for delivery in deliveries.iter() {

@@ -53,6 +53,8 @@ struct Shared {
     /// Per instance: when it first asked for an invocation.
     ready: Mutex<HashMap<usize, Instant>>,
     init_errors: Mutex<Vec<String>>,
+    /// Instances replaced after a crash or a timeout.
+    restarts: std::sync::atomic::AtomicUsize,
 }
 
 /// One function: its instances and the way to invoke it.
@@ -75,12 +77,25 @@ struct Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
+        // The supervisor first, so it does not start a replacement.
+        self._watch.abort();
+        self._server.abort();
         if let Ok(mut child) = self.child.try_lock() {
             let _ = child.start_kill();
         }
-        self._server.abort();
-        self._watch.abort();
     }
+}
+
+/// Starts the process, its output appended to `log`.
+fn launch(
+    command: &mut tokio::process::Command,
+    log: &FsPath,
+) -> std::io::Result<tokio::process::Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    command.stdout(out.try_clone()?).stderr(out).spawn()
 }
 
 impl LambdaFunction {
@@ -102,6 +117,7 @@ impl LambdaFunction {
             pending: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),
             init_errors: Mutex::new(Vec::new()),
+            restarts: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut function = Self {
             logical_id: logical_id.to_string(),
@@ -147,7 +163,6 @@ impl LambdaFunction {
         });
         let spec = &self.spec;
         let log = logs.join(format!("{}-{index}.log", self.logical_id));
-        let out = std::fs::File::create(&log)?;
         let mut command = tokio::process::Command::new(binary);
         command
             .env_clear()
@@ -177,11 +192,15 @@ impl LambdaFunction {
             .env("TZ", ":UTC")
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
             .kill_on_drop(true);
-        let child = Arc::new(tokio::sync::Mutex::new(command.spawn()?));
-        let watch = tokio::spawn(watch_exit(child.clone(), self.shared.clone(), index));
+        let child = Arc::new(tokio::sync::Mutex::new(launch(&mut command, &log)?));
+        let watch = tokio::spawn(supervise(
+            child.clone(),
+            self.shared.clone(),
+            index,
+            command,
+            log.clone(),
+        ));
         Ok(Instance {
             child,
             log,
@@ -222,6 +241,20 @@ impl LambdaFunction {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Kills an instance's process, as a crash would.
+    pub async fn crash(&self, index: usize) {
+        if let Some(instance) = self.instances.get(index) {
+            let _ = instance.child.lock().await.start_kill();
+        }
+    }
+
+    /// How many instances were replaced after a crash or a timeout.
+    pub fn restarts(&self) -> usize {
+        self.shared
+            .restarts
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The last lines an instance wrote (no patient data: the functions log
@@ -265,7 +298,18 @@ impl LambdaFunction {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(format!("{}: the invocation was dropped", self.logical_id)),
             Err(_) => {
-                self.shared.pending.lock().unwrap().remove(&id);
+                // Lambda stops the environment of a timed-out invocation;
+                // its supervisor starts a fresh one.
+                let holder = self
+                    .shared
+                    .pending
+                    .lock()
+                    .unwrap()
+                    .remove(&id)
+                    .and_then(|p| p.instance);
+                if let Some(instance) = holder.and_then(|i| self.instances.get(i)) {
+                    let _ = instance.child.lock().await.start_kill();
+                }
                 Err(format!(
                     "{}: Task timed out after {} seconds",
                     self.logical_id, self.spec.timeout
@@ -275,17 +319,28 @@ impl LambdaFunction {
     }
 }
 
+/// Instances an invocation may replace (crash or timeout) before the
+/// function is left with fewer.
+const MAX_RESTARTS: usize = 5;
+
 /// An instance that exits fails the invocation it was running, as Lambda
-/// reports `Runtime.ExitError`.
-async fn watch_exit(
+/// reports `Runtime.ExitError`, and is replaced by a fresh process (a cold
+/// start), as Lambda replaces an environment; one that never finished its
+/// init is not (its failure is the start's).
+async fn supervise(
     child: Arc<tokio::sync::Mutex<tokio::process::Child>>,
     shared: Arc<Shared>,
     index: usize,
+    mut command: tokio::process::Command,
+    log: PathBuf,
 ) {
+    use std::sync::atomic::Ordering;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let status = child.lock().await.try_wait().ok().flatten();
-        if let Some(status) = status {
+        let Some(status) = child.lock().await.try_wait().ok().flatten() else {
+            continue;
+        };
+        {
             let mut pending = shared.pending.lock().unwrap();
             let running: Vec<String> = pending
                 .iter()
@@ -300,7 +355,15 @@ async fn watch_exit(
                     )));
                 }
             }
+        }
+        let started = shared.ready.lock().unwrap().contains_key(&index);
+        if !started || shared.restarts.load(Ordering::SeqCst) >= MAX_RESTARTS {
             return;
+        }
+        shared.restarts.fetch_add(1, Ordering::SeqCst);
+        match launch(&mut command, &log) {
+            Ok(fresh) => *child.lock().await = fresh,
+            Err(_) => return,
         }
     }
 }
