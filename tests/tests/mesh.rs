@@ -6,14 +6,14 @@
 use chrono::Utc;
 use futures::StreamExt;
 use hub_adapters::mesh::{
-    MeshClient, MeshConfig, MeshGpConfig, MeshGpConnector, OutgoingMessage, EXTRACT_WORKFLOW,
-    REQUEST_WORKFLOW, WRITEBACK_WORKFLOW,
+    MeshClient, MeshConfig, MeshError, MeshGpConfig, MeshGpConnector, OutgoingMessage,
+    EXTRACT_WORKFLOW, REQUEST_WORKFLOW, WRITEBACK_WORKFLOW,
 };
 use hub_core::domain::{check_digit, ContactPreference, OdsCode, Personal};
 use hub_core::ports::{
     GpConnection, GpConnector, GpError, Practice, WritebackEntry, WritebackResult,
 };
-use hub_sim::mesh::{MeshPracticeSim, MeshSandbox};
+use hub_sim::mesh::{MeshPracticeSim, MeshSandbox, SandboxTls};
 use secrecy::SecretString;
 use std::path::Path;
 use std::time::Duration;
@@ -401,4 +401,67 @@ async fn a_mixed_region_reaches_the_same_patients_over_mesh_as_over_fhir() {
     assert_eq!(mixed.excluded, fhir.excluded);
     // The CSV has no letter preference: those patients get a text.
     assert_eq!(mixed.sent + mixed.letters, fhir.sent + fhir.letters);
+}
+
+#[tokio::test]
+async fn client_tls_is_configurable_and_required_by_a_tls_sandbox() {
+    drop(sandbox().await); // installs the sandbox if needed
+    let certs = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/mesh.sh");
+    let made = std::process::Command::new(script)
+        .arg("certs")
+        .arg(certs.path())
+        .status()
+        .expect("infra/mesh.sh runs");
+    assert!(made.success(), "infra/mesh.sh certs failed");
+    let sandbox = MeshSandbox::start_with(
+        &MeshSandbox::default_venv(),
+        &[HUB, PRACTICE],
+        Some(SandboxTls {
+            dir: certs.path().to_path_buf(),
+        }),
+    )
+    .await
+    .expect("mesh-sandbox starts with TLS");
+    assert!(sandbox.base_url().starts_with("https://"));
+
+    // The mailbox's certificate and MESH's CA: the whole protocol works.
+    let hub = sandbox.client(HUB).unwrap();
+    hub.handshake().await.expect("handshake over mutual TLS");
+    let sent = small_chunks(&sandbox, PRACTICE, 100)
+        .send_message(&message(HUB, EXTRACT_WORKFLOW, &[b'x'; 250]))
+        .await
+        .expect("chunked send over TLS");
+    assert_eq!(hub.download(&sent).await.unwrap().chunks, 3);
+
+    // No client certificate: the sandbox refuses the connection.
+    let mut no_certificate = sandbox.config(HUB);
+    no_certificate.tls.client_identity_pem = None;
+    let refused = MeshClient::new(no_certificate)
+        .unwrap()
+        .handshake()
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, MeshError::Transport { .. }), "{refused}");
+
+    // Without MESH's CA the server's certificate is not trusted.
+    let mut public_roots = sandbox.config(HUB);
+    public_roots.tls.ca_pem = None;
+    let untrusted = MeshClient::new(public_roots)
+        .unwrap()
+        .handshake()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(untrusted, MeshError::Transport { .. }),
+        "{untrusted}"
+    );
+
+    // Unreadable PEM is a configuration error naming the part, not a panic.
+    let mut unreadable = sandbox.config(HUB);
+    unreadable.tls.client_identity_pem = Some(SecretString::from("not a certificate"));
+    match MeshClient::new(unreadable) {
+        Err(MeshError::Config(problem)) => assert!(problem.contains("client certificate")),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
 }

@@ -10,7 +10,7 @@
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use hub_adapters::mesh::{
-    MeshClient, MeshConfig, OutgoingMessage, COLUMNS, EXTRACT_WORKFLOW, REQUEST_WORKFLOW,
+    MeshClient, MeshConfig, MeshTls, OutgoingMessage, COLUMNS, EXTRACT_WORKFLOW, REQUEST_WORKFLOW,
 };
 use hub_core::domain::{ContactPreference, GpPatient, OdsCode};
 use hub_core::ports::{GpConnection, GpConnector, Practice};
@@ -29,6 +29,34 @@ pub struct MeshSandbox {
     base_url: String,
     shared_key: String,
     dir: PathBuf,
+    tls: Option<SandboxTls>,
+}
+
+/// Mutual TLS for the sandbox: files as `infra/mesh.sh certs DIR` writes
+/// them (`ca.pem`, `server.pem`, `server.key`, `client.pem`, `client.key`).
+/// The sandbox then requires a client certificate signed by that CA.
+#[derive(Debug, Clone)]
+pub struct SandboxTls {
+    pub dir: PathBuf,
+}
+
+impl SandboxTls {
+    fn read(&self, name: &str) -> anyhow::Result<String> {
+        std::fs::read_to_string(self.dir.join(name))
+            .with_context(|| format!("reading {}", self.dir.join(name).display()))
+    }
+
+    /// The client's TLS settings: its certificate and key, and the CA.
+    pub fn client(&self) -> anyhow::Result<MeshTls> {
+        Ok(MeshTls {
+            client_identity_pem: Some(SecretString::from(format!(
+                "{}{}",
+                self.read("client.pem")?,
+                self.read("client.key")?
+            ))),
+            ca_pem: Some(self.read("ca.pem")?),
+        })
+    }
 }
 
 impl std::fmt::Debug for MeshSandbox {
@@ -52,6 +80,16 @@ impl MeshSandbox {
     /// Starts the sandbox from `venv` on a free loopback port with these
     /// mailboxes, and waits until it answers.
     pub async fn start(venv: &Path, mailboxes: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(venv, mailboxes, None).await
+    }
+
+    /// As [`start`](Self::start), serving HTTPS and requiring client
+    /// certificates when `tls` is given.
+    pub async fn start_with(
+        venv: &Path,
+        mailboxes: &[&str],
+        tls: Option<SandboxTls>,
+    ) -> anyhow::Result<Self> {
         let uvicorn = venv.join("bin/uvicorn");
         if !uvicorn.exists() {
             bail!(
@@ -70,15 +108,22 @@ impl MeshSandbox {
         };
         let shared_key = uuid::Uuid::new_v4().simple().to_string();
         let log = std::fs::File::create(dir.join("sandbox.log"))?;
-        let child = Command::new(&uvicorn)
-            .args([
-                "mesh_sandbox.api:app",
-                "--host",
-                "127.0.0.1",
-                "--workers",
-                "1",
-            ])
-            .args(["--port", &port.to_string()])
+        let mut command = Command::new(&uvicorn);
+        command
+            .args(["mesh_sandbox.api:app", "--host", "127.0.0.1"])
+            .args(["--workers", "1", "--port", &port.to_string()]);
+        if let Some(tls) = &tls {
+            command
+                .arg("--ssl-certfile")
+                .arg(tls.dir.join("server.pem"))
+                .arg("--ssl-keyfile")
+                .arg(tls.dir.join("server.key"))
+                .arg("--ssl-ca-certs")
+                .arg(tls.dir.join("ca.pem"))
+                // ssl.CERT_REQUIRED: no client certificate, no connection.
+                .args(["--ssl-cert-reqs", "2"]);
+        }
+        let child = command
             .env("STORE_MODE", "file")
             .env("MAILBOXES_DATA_DIR", dir.join("store"))
             .env("AUTH_MODE", "full")
@@ -88,18 +133,31 @@ impl MeshSandbox {
             .stderr(log)
             .spawn()
             .context("starting mesh-sandbox")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut sandbox = Self {
             child,
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url: format!("{scheme}://127.0.0.1:{port}"),
             shared_key,
             dir,
+            tls,
         };
         sandbox.wait_until_ready().await?;
         Ok(sandbox)
     }
 
     async fn wait_until_ready(&mut self) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
+        let mut http = reqwest::Client::builder();
+        if let Some(tls) = &self.tls {
+            let client = tls.client()?;
+            if let Some(pem) = &client.client_identity_pem {
+                http = http.identity(reqwest::Identity::from_pem(
+                    secrecy::ExposeSecret::expose_secret(pem).as_bytes(),
+                )?);
+            }
+            let ca = reqwest::Certificate::from_pem_bundle(tls.read("ca.pem")?.as_bytes())?;
+            http = http.tls_certs_only(ca);
+        }
+        let http = http.build()?;
         let health = format!("{}/health", self.base_url);
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait()? {
@@ -128,14 +186,19 @@ impl MeshSandbox {
         &self.base_url
     }
 
-    /// A client configuration for one of the sandbox's mailboxes.
+    /// A client configuration for one of the sandbox's mailboxes (with
+    /// the client certificate when the sandbox requires one).
     pub fn config(&self, mailbox: &str) -> MeshConfig {
-        MeshConfig::new(
+        let mut config = MeshConfig::new(
             self.base_url.clone(),
             mailbox,
             SecretString::from(SANDBOX_PASSWORD),
             SecretString::from(self.shared_key.clone()),
-        )
+        );
+        if let Some(tls) = &self.tls {
+            config.tls = tls.client().unwrap_or_default();
+        }
+        config
     }
 
     pub fn client(&self, mailbox: &str) -> anyhow::Result<MeshClient> {
