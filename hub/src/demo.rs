@@ -179,6 +179,12 @@ fn print_report(r: &DemoReport) {
         r.practices_without_dsa.join(", ")
     );
     println!("Opted out: {}", r.opted_out_practices.join(", "));
+    if !r.mesh_practices.is_empty() {
+        println!(
+            "Over MESH (CSV extracts, mesh-sandbox): {}",
+            r.mesh_practices.join(", ")
+        );
+    }
     if !r.failed_practices.is_empty() {
         println!("GP system failed: {}", r.failed_practices.join(", "));
     }

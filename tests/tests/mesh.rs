@@ -367,6 +367,7 @@ async fn a_mixed_region_reaches_the_same_patients_over_mesh_as_over_fhir() {
     let fhir = run(&options(0), &Quiet).await.expect("FHIR-only demo");
     let mixed = run(&options(2), &Quiet).await.expect("mixed demo");
     assert_eq!(mixed.state, "completed");
+    assert!(fhir.mesh_practices.is_empty());
     assert!(
         mixed.failed_practices.is_empty(),
         "{:?}",
@@ -395,6 +396,7 @@ async fn a_mixed_region_reaches_the_same_patients_over_mesh_as_over_fhir() {
         }
     }
     assert!(compared > 0, "a MESH practice took part: {last_two:?}");
+    assert_eq!(mixed.mesh_practices, last_two);
     // Which practice a dual registration is excluded at depends on which
     // is read first, so exclusions and contacts compare region-wide.
     assert_eq!(mixed.cohort, fhir.cohort);
