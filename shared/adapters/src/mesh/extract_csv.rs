@@ -121,39 +121,76 @@ impl Columns {
 
 /// Reads a whole extract: one result per data row, in order.
 pub fn parse_extract(bytes: &[u8]) -> Result<Vec<Result<GpPatient, RowError>>, ExtractFileError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes);
-    let mut records = reader.byte_records();
-    let header = match records.next() {
-        None => return Err(ExtractFileError::Empty),
-        Some(Err(_)) => return Err(ExtractFileError::Header),
-        Some(Ok(header)) => header,
-    };
-    let columns = Columns::from_header(&header)?;
-    let width = header.len();
-    let mut rows = Vec::new();
-    for (index, record) in records.enumerate() {
-        let row = index as u64 + 1;
-        let parsed = match record {
-            // The csv crate's error can quote the row; only its position is kept.
-            Err(_) => Err(RowError {
-                row,
-                problem: "not readable as CSV".into(),
-            }),
-            Ok(record) if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) => {
-                continue;
-            }
-            Ok(record) if record.len() != width => Err(RowError {
-                row,
-                problem: format!("{} fields where the header has {width}", record.len()),
-            }),
-            Ok(record) => patient(&columns, &record).map_err(|problem| RowError { row, problem }),
-        };
-        rows.push(parsed);
+    Ok(ExtractRows::new(bytes.to_vec())?.collect())
+}
+
+/// The rows of an extract, read one at a time as they are asked for, so
+/// only the file is held, not every patient read from it. The header is
+/// checked when it is made.
+pub struct ExtractRows {
+    reader: csv::Reader<std::io::Cursor<Vec<u8>>>,
+    columns: Columns,
+    width: usize,
+    row: u64,
+    record: csv::ByteRecord,
+}
+
+impl ExtractRows {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, ExtractFileError> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(std::io::Cursor::new(bytes));
+        let mut header = csv::ByteRecord::new();
+        match reader.read_byte_record(&mut header) {
+            Ok(true) => {}
+            Ok(false) => return Err(ExtractFileError::Empty),
+            Err(_) => return Err(ExtractFileError::Header),
+        }
+        Ok(Self {
+            columns: Columns::from_header(&header)?,
+            width: header.len(),
+            reader,
+            row: 0,
+            record: csv::ByteRecord::new(),
+        })
     }
-    Ok(rows)
+}
+
+impl Iterator for ExtractRows {
+    type Item = Result<GpPatient, RowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.row += 1;
+            let row = self.row;
+            let read = self.reader.read_byte_record(&mut self.record);
+            let record = &self.record;
+            return Some(match read {
+                Ok(false) => return None,
+                // The csv crate's error can quote the row; only its
+                // position is kept.
+                Err(_) => Err(RowError {
+                    row,
+                    problem: "not readable as CSV".into(),
+                }),
+                Ok(true) if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) => {
+                    continue;
+                }
+                Ok(true) if record.len() != self.width => Err(RowError {
+                    row,
+                    problem: format!(
+                        "{} fields where the header has {}",
+                        record.len(),
+                        self.width
+                    ),
+                }),
+                Ok(true) => {
+                    patient(&self.columns, record).map_err(|problem| RowError { row, problem })
+                }
+            });
+        }
+    }
 }
 
 fn patient(columns: &Columns, record: &csv::ByteRecord) -> Result<GpPatient, String> {

@@ -11,7 +11,9 @@ pub use client::{
     authorization, DownloadedMessage, MeshClient, MeshConfig, MeshError, MeshTls, MessageInfo,
     OutgoingMessage, AUTH_SCHEME, DEFAULT_CHUNK_SIZE,
 };
-pub use extract_csv::{header_line, parse_extract, ExtractFileError, RowError, COLUMNS};
+pub use extract_csv::{
+    header_line, parse_extract, ExtractFileError, ExtractRows, RowError, COLUMNS,
+};
 
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -184,8 +186,8 @@ impl GpConnector for MeshGpConnector {
             .download(&waiting[chosen].message_id)
             .await
             .map_err(|e| unavailable(ods, e))?;
-        let parsed = parse_extract(&message.body);
-        drop(message);
+        // The header is checked now; rows are read as the stream is consumed.
+        let parsed = ExtractRows::new(message.body);
         // Read (or unreadable for good): acknowledged, so MESH keeps no copy;
         // an older extract from the same practice goes with it.
         for info in &waiting {
@@ -198,14 +200,13 @@ impl GpConnector for MeshGpConnector {
             .map_err(|e| GpError::Misconfigured(format!("{ods}: MESH extract refused: {e}")))?;
         tracing::info!(
             ods = %ods,
-            rows = rows.len(),
+            chunks = message.chunks,
             "MESH extract received and acknowledged"
         );
-        Ok(stream::iter(
-            rows.into_iter()
-                .map(|row| row.map_err(|e| GpError::MalformedRecord(e.to_string()))),
+        Ok(
+            stream::iter(rows.map(|row| row.map_err(|e| GpError::MalformedRecord(e.to_string()))))
+                .boxed(),
         )
-        .boxed())
     }
 
     /// One CSV message to the practice listing who was messaged (NHS
