@@ -21,6 +21,9 @@ export HUB_REQUIRE_FHIR_VALIDATOR=1
 ./infra/moto.sh install
 .venv-aws/bin/cfn-lint template.yaml
 
+# NHS England's mesh-sandbox in .venv-mesh; the MESH tests start their own.
+./infra/mesh.sh install
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo nextest run --workspace --all-features --no-fail-fast "$@"

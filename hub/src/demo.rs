@@ -64,6 +64,11 @@ pub struct DemoArgs {
     /// simulated GP estate.
     #[arg(long, env = "HUB_FHIR_URL")]
     fhir_url: Option<String>,
+    /// This many practices (the last of the region) send CSV extracts over
+    /// NHS MESH instead, through NHS England's mesh-sandbox started on
+    /// loopback (install it with `infra/mesh.sh install`): a mixed region.
+    #[arg(long, default_value_t = 0)]
+    mesh_practices: usize,
     /// Call the simulators directly instead of over HTTP through the Notify
     /// and FHIR adapters: measures the hub alone.
     #[arg(long)]
@@ -121,6 +126,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let external = hub_local::External {
         notify,
         fhir_base_url: args.fhir_url.clone(),
+        mesh_practices: args.mesh_practices,
     };
     let options = DemoOptions {
         external,
@@ -173,6 +179,12 @@ fn print_report(r: &DemoReport) {
         r.practices_without_dsa.join(", ")
     );
     println!("Opted out: {}", r.opted_out_practices.join(", "));
+    if !r.mesh_practices.is_empty() {
+        println!(
+            "Over MESH (CSV extracts, mesh-sandbox): {}",
+            r.mesh_practices.join(", ")
+        );
+    }
     if !r.failed_practices.is_empty() {
         println!("GP system failed: {}", r.failed_practices.join(", "));
     }

@@ -20,10 +20,22 @@ async fn a_whole_demo_logs_no_patient_data() {
         .with_writer(move || writer.clone())
         .init();
 
+    // Two practices on the MESH route (CSV extracts through mesh-sandbox),
+    // so its adapter's logs are searched too.
+    let installed =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/mesh.sh"))
+            .arg("install")
+            .status()
+            .expect("infra/mesh.sh runs");
+    assert!(installed.success(), "infra/mesh.sh install failed");
     let options = DemoOptions {
         practices: 5,
         patients: 4_000,
         seed: 99,
+        external: hub_local::External {
+            mesh_practices: 2,
+            ..Default::default()
+        },
         ..DemoOptions::default()
     };
     let mut config = options.stack_config();
@@ -43,6 +55,10 @@ async fn a_whole_demo_logs_no_patient_data() {
     let log = captured.text();
     assert!(log.lines().count() > 40, "the run was logged");
     assert!(log.contains("will retry"), "the fault paths were logged");
+    assert!(
+        log.contains("MESH extract received"),
+        "the MESH route was logged"
+    );
 
     let mut leaks = Vec::new();
     for patient in stack.estate.all_patients() {

@@ -138,6 +138,8 @@ pub struct DemoReport {
     pub opted_out_practices: Vec<String>,
     pub practices_without_dsa: Vec<String>,
     pub failed_practices: Vec<String>,
+    /// Practices read over NHS MESH (CSV extracts); the rest over FHIR.
+    pub mesh_practices: Vec<String>,
     pub practices: Vec<DemoPractice>,
     pub duplicate_sends: u64,
     pub patient_data_remaining: u64,
@@ -325,6 +327,17 @@ pub async fn summarise(
             .iter()
             .map(|o| o.to_string())
             .collect(),
+        mesh_practices: stack
+            .http
+            .as_ref()
+            .and_then(|http| http.mesh.as_ref())
+            .map(|mesh| {
+                mesh.practices
+                    .iter()
+                    .map(|(ods, _)| ods.to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
         practices,
         duplicate_sends,
         patient_data_remaining: hub.patients.count_all().await?,

@@ -7,6 +7,7 @@ use crate::embedded::{LocalQueue, LocalScheduler, SqliteStore};
 use anyhow::Context;
 use async_trait::async_trait;
 use hub_adapters::fhir::{FhirConfig, FhirGpConnector};
+use hub_adapters::mesh::{MeshClient, MeshGpConfig, MeshGpConnector, RoutedGpConnector};
 use hub_adapters::notify::{NotifyClient, NotifyTemplates};
 use hub_core::handlers::jobs::{handle_batch, Message};
 use hub_core::handlers::{Hub, HubConfig, HubParts};
@@ -19,6 +20,7 @@ use hub_sim::http::{
     start_fhir, start_notify, CallbackTarget, FhirServer, FhirServerConfig, NotifyServer,
     NotifyServerConfig,
 };
+use hub_sim::mesh::{MeshPracticeSim, MeshSandbox};
 use hub_sim::{GatewayConfig, GatewaySim, GpEstate, RegionSpec};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
@@ -61,6 +63,9 @@ pub struct External {
     pub notify: Option<ExternalNotify>,
     /// A FHIR R4 server every practice is read from (paged search).
     pub fhir_base_url: Option<String>,
+    /// This many practices (the last of the region) send CSV extracts over
+    /// NHS MESH, through a local `mesh-sandbox` (HTTP transport only).
+    pub mesh_practices: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +126,28 @@ pub struct HttpServers {
     pub receipts_url: String,
     /// Serving from when the hub is built.
     _receipts: Option<JoinHandle<()>>,
+    /// The MESH sandbox and simulated MESH practices, if any.
+    pub mesh: Option<MeshRoute>,
+}
+
+/// The hub's mailbox on the local `mesh-sandbox`.
+pub const HUB_MESH_MAILBOX: &str = "SMSHUB01";
+
+/// A running `mesh-sandbox` and the simulated practices answering the
+/// hub's extract requests through it (stopped on drop).
+pub struct MeshRoute {
+    pub sandbox: MeshSandbox,
+    /// The practices on the MESH route, with their mailboxes.
+    pub practices: Vec<(hub_core::domain::OdsCode, String)>,
+    responders: Vec<JoinHandle<()>>,
+}
+
+impl Drop for MeshRoute {
+    fn drop(&mut self) {
+        for responder in &self.responders {
+            responder.abort();
+        }
+    }
 }
 
 pub struct LocalStack {
@@ -159,6 +186,9 @@ impl LocalStack {
             }
         };
         wiring.use_external(&config.external, &mut practices)?;
+        wiring
+            .use_mesh(config.external.mesh_practices, &estate, &mut practices)
+            .await?;
         let hub = HubParts {
             store: store.clone(),
             patients: store.clone(),
@@ -578,6 +608,7 @@ impl Wiring {
                 fhir,
                 receipts_url,
                 _receipts: None,
+                mesh: None,
             }),
             receipts: Some(receipts),
         })
@@ -616,6 +647,67 @@ impl Wiring {
             }
             self.gp = Arc::new(FhirGpConnector::new(FhirConfig::default())?);
         }
+        Ok(())
+    }
+}
+
+impl Wiring {
+    /// The last `count` practices send CSV extracts over MESH: a local
+    /// `mesh-sandbox` carries the hub's requests and the simulated
+    /// practices' answers (from the same estate), and a routed connector
+    /// sends each practice down its own route.
+    async fn use_mesh(
+        &mut self,
+        count: usize,
+        estate: &Arc<GpEstate>,
+        practices: &mut [hub_core::ports::Practice],
+    ) -> anyhow::Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        let Some(http) = self.http.as_mut() else {
+            anyhow::bail!("MESH practices need the HTTP transport");
+        };
+        let first = practices.len().saturating_sub(count);
+        let mesh_practices: Vec<_> = practices[first..]
+            .iter()
+            .map(|p| (p.ods.clone(), format!("{}MB", p.ods)))
+            .collect();
+        let mut mailboxes = vec![HUB_MESH_MAILBOX];
+        mailboxes.extend(mesh_practices.iter().map(|(_, mailbox)| mailbox.as_str()));
+        let sandbox = MeshSandbox::start(&MeshSandbox::default_venv(), &mailboxes)
+            .await
+            .context("starting mesh-sandbox for the MESH practices")?;
+        let mut responders = Vec::new();
+        for (practice, (_, mailbox)) in practices[first..].iter_mut().zip(&mesh_practices) {
+            practice.connection = hub_core::ports::GpConnection::Mesh {
+                mailbox: mailbox.clone(),
+                wait_seconds: Some(120),
+            };
+            // Small chunks, so the demo's extracts arrive chunked.
+            let mut config = sandbox.config(mailbox);
+            config.chunk_size = 256 * 1024;
+            let answering = MeshPracticeSim::new(MeshClient::new(config)?);
+            responders.push(answering.spawn(estate.clone(), Duration::from_millis(200)));
+        }
+        let mesh = MeshGpConnector::new(
+            sandbox.client(HUB_MESH_MAILBOX)?,
+            MeshGpConfig {
+                poll_interval: Duration::from_millis(250),
+                ..MeshGpConfig::default()
+            },
+        );
+        mesh.client().handshake().await?;
+        self.gp = Arc::new(RoutedGpConnector {
+            fhir: Some(self.gp.clone()),
+            mesh: Some(Arc::new(mesh)),
+            simulated: Some(estate.clone()),
+        });
+        http.mesh = Some(MeshRoute {
+            sandbox,
+            practices: mesh_practices,
+            responders,
+        });
         Ok(())
     }
 }

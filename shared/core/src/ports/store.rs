@@ -71,6 +71,14 @@ pub enum GpConnection {
         #[serde(default)]
         secret: Option<String>,
     },
+    /// A practice (or its supplier) that sends CSV extracts over NHS MESH:
+    /// the hub asks its `mailbox` for the extract at the deadline.
+    Mesh {
+        mailbox: String,
+        /// How long to wait for the extract; the hub's default if absent.
+        #[serde(default)]
+        wait_seconds: Option<u64>,
+    },
 }
 
 /// A GP practice in the region's registry. No patient data.

@@ -78,6 +78,31 @@ pub fn validate_practice(
             });
             None
         }
+        Some(GpConnection::Mesh {
+            mailbox,
+            wait_seconds,
+        }) => {
+            let mailbox_ok = !mailbox.is_empty()
+                && mailbox.len() <= 20
+                && mailbox.chars().all(|c| c.is_ascii_alphanumeric());
+            if !mailbox_ok {
+                errors.push(FieldError {
+                    field: "connection.mailbox".into(),
+                    message: "must be a MESH mailbox id: 1-20 letters and digits".into(),
+                });
+            }
+            if wait_seconds.is_some_and(|s| !(1..=86_400).contains(&s)) {
+                errors.push(FieldError {
+                    field: "connection.wait_seconds".into(),
+                    message: "must be between 1 and 86400".into(),
+                });
+            }
+            // Refused below if any field (this one included) is in error.
+            Some(GpConnection::Mesh {
+                mailbox: mailbox.to_ascii_uppercase(),
+                wait_seconds: *wait_seconds,
+            })
+        }
         Some(GpConnection::Simulated) | None if simulated_gp => Some(GpConnection::Simulated),
         Some(GpConnection::Simulated) => {
             errors.push(FieldError {
@@ -189,5 +214,35 @@ mod tests {
         // The local stack fills in its simulated estate.
         let local = validate_practice(&practice(None), true).expect("saved");
         assert_eq!(local.connection, GpConnection::Simulated);
+    }
+
+    #[test]
+    fn a_mesh_practice_names_a_valid_mailbox() {
+        let mesh = |mailbox: &str, wait_seconds| {
+            practice(Some(GpConnection::Mesh {
+                mailbox: mailbox.into(),
+                wait_seconds,
+            }))
+        };
+        let saved = validate_practice(&mesh("g85001mb", Some(600)), false).expect("saved");
+        assert_eq!(
+            saved.connection,
+            GpConnection::Mesh {
+                mailbox: "G85001MB".into(),
+                wait_seconds: Some(600)
+            }
+        );
+        assert_eq!(
+            refused_field(validate_practice(&mesh("", None), false)),
+            "connection.mailbox"
+        );
+        assert_eq!(
+            refused_field(validate_practice(&mesh("../X", None), false)),
+            "connection.mailbox"
+        );
+        assert_eq!(
+            refused_field(validate_practice(&mesh("G85001MB", Some(0)), false)),
+            "connection.wait_seconds"
+        );
     }
 }
