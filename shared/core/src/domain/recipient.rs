@@ -25,11 +25,46 @@ pub struct GpPatient {
     pub family_name: Personal<String>,
     pub address_lines: Personal<Vec<String>>,
     pub postcode: Personal<String>,
+    /// The first day the recorded birth date can mean (1 January for a
+    /// year alone); `birth_date_precision` says how much of it is known.
     pub birth_date: Personal<Option<NaiveDate>>,
-    /// Current mobile numbers, as recorded (unvalidated).
+    #[serde(default)]
+    pub birth_date_precision: DatePrecision,
+    /// The best current mobile, as recorded (unvalidated).
     pub mobile: Personal<Option<String>>,
     pub deceased: bool,
     pub contact_preference: ContactPreference,
+    /// `Patient.active`: `false` marks a record no longer in use.
+    #[serde(default = "record_active")]
+    pub active: bool,
+}
+
+fn record_active() -> bool {
+    true
+}
+
+/// How much of a date is known (FHIR allows `1980` and `1980-05`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DatePrecision {
+    #[default]
+    Day,
+    Month,
+    Year,
+}
+
+impl DatePrecision {
+    /// The last day a date known to this precision can mean, from its first.
+    pub fn last_day(self, first: NaiveDate) -> NaiveDate {
+        use chrono::Datelike;
+        let next = match self {
+            Self::Day => return first,
+            Self::Month if first.month() == 12 => NaiveDate::from_ymd_opt(first.year() + 1, 1, 1),
+            Self::Month => NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1),
+            Self::Year => NaiveDate::from_ymd_opt(first.year() + 1, 1, 1),
+        };
+        next.and_then(|d| d.pred_opt()).unwrap_or(first)
+    }
 }
 
 /// How the hub will reach a recipient.

@@ -38,11 +38,18 @@ fn classify(
 ) -> Classified {
     let on = campaign.optout_deadline.date_naive();
     let postcode = Postcode::parse(patient.postcode.expose()).ok();
+    let born_within = patient
+        .birth_date
+        .expose()
+        .map(|first| (first, patient.birth_date_precision.last_day(first)));
     if !campaign
         .target
-        .includes_patient(*patient.birth_date.expose(), postcode.as_ref(), on)
+        .includes_patient_born(born_within, postcode.as_ref(), on)
     {
         return Classified::NotInCohort;
+    }
+    if !patient.active {
+        return Classified::Excluded(ExclusionReason::InactiveRecord);
     }
     if patient.deceased {
         return Classified::Excluded(ExclusionReason::Deceased);
