@@ -57,6 +57,8 @@ pub async fn practices_are_upserted_and_listed_in_ods_order(s: &Stores) {
         base_url: "https://gp.example/fhir".into(),
         bulk_export: true,
         secret: Some("sms-hub/gp/G80002".into()),
+        patient_search: hub_core::ports::PatientSearch::Reference,
+        link_base: Some("http://fhir-internal:8080/fhir".into()),
     };
     // WHEN it is put again THEN it is replaced, not added
     hub.put_practice(&changed).await.unwrap();
