@@ -397,6 +397,13 @@ pub fn preview(p: &Preview, price: f64, currency: &str) -> String {
     for text_line in p.example.lines() {
         out.line(format_args!("  | {text_line}"));
     }
+    if let Some(without) = &p.example_without_names {
+        out.line("");
+        out.line("To a patient with no recorded name:");
+        for text_line in without.lines() {
+            out.line(format_args!("  | {text_line}"));
+        }
+    }
     let encoding = match p.encoding.as_str() {
         "gsm7" | "gsm_7" | "gsm" => "GSM-7".to_string(),
         "unicode" | "ucs2" => "Unicode (UCS-2)".to_string(),

@@ -43,6 +43,8 @@ pub struct PracticeEstimate {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Preview {
     pub example: String,
+    #[serde(default)]
+    pub example_without_names: Option<String>,
     pub encoding: String,
     pub characters: usize,
     pub fragments: u32,

@@ -103,13 +103,18 @@ pub enum RecipientStatus {
     },
     /// Refused by the provider (a bad number) with no fallback.
     Rejected,
+    /// Not contacted, because of what another record of the same patient
+    /// says (found when every practice's extraction had finished).
+    Withheld {
+        reason: super::ExclusionReason,
+    },
 }
 
 impl RecipientStatus {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Self::Sent { .. } | Self::LetterSent { .. } | Self::Rejected
+            Self::Sent { .. } | Self::LetterSent { .. } | Self::Rejected | Self::Withheld { .. }
         )
     }
 }
@@ -198,8 +203,24 @@ impl RecipientRef {
 /// number) is placed in at most one chunk of a campaign.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DedupeKey {
+    /// The patient is texted (held by the practice whose record texts them).
     Patient(NhsNumber),
     Mobile(UkMobile),
+    /// The patient is sent a letter (held by the practice whose record
+    /// addresses it); a letter is not sent when a `Patient` key exists.
+    Letter(NhsNumber),
+    /// Some record of this NHS number is restricted: whichever practice
+    /// holds the key, the restriction applies to every record.
+    Restricted(NhsNumber, Restriction),
+}
+
+/// What one record says that binds every record of the same NHS number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Restriction {
+    /// Deceased: nobody is contacted.
+    Deceased,
+    /// "No telephone contact" (code 8): no text.
+    NoTelephoneContact,
 }
 
 impl DedupeKey {
@@ -208,6 +229,11 @@ impl DedupeKey {
         match self {
             Self::Patient(nhs) => format!("P#{}", nhs.as_str()),
             Self::Mobile(mobile) => format!("M#{}", mobile.e164()),
+            Self::Letter(nhs) => format!("L#{}", nhs.as_str()),
+            Self::Restricted(nhs, Restriction::Deceased) => format!("D#{}", nhs.as_str()),
+            Self::Restricted(nhs, Restriction::NoTelephoneContact) => {
+                format!("N#{}", nhs.as_str())
+            }
         }
     }
 }

@@ -2,14 +2,17 @@
 //! keep the target cohort, exclude with reasons, deduplicate, split into
 //! chunks, store them in the patient-data table and queue the sends.
 //!
-//! Nothing is sent until the whole practice is extracted and committed, so
-//! a retried extraction simply starts again.
+//! Nothing is sent until every practice's extraction is final (extracted
+//! or failed): a patient registered at two practices is decided on all
+//! their records, and the most careful one wins (`restrictions.rs`). A
+//! retried extraction simply starts again.
 
 use super::{Hub, JobError};
 use crate::domain::{
     CampaignId, CampaignState, ChunkId, ChunkRecord, Contact, ContactPreference, DedupeKey,
     ExclusionReason, ExtractionStart, GpPatient, NhsNumber, OdsCode, OutcomeCounts, Participation,
-    ParticipationState, Personal, PostalAddress, Postcode, Recipient, RecipientStatus, UkMobile,
+    ParticipationState, Personal, PostalAddress, Postcode, Recipient, RecipientStatus, Restriction,
+    UkMobile,
 };
 use crate::ports::{GpError, Job, Placement, Practice, StoreError};
 use futures::StreamExt;
@@ -81,15 +84,7 @@ fn classify(
             match postcode {
                 Some(postcode) if !lines.is_empty() => Contact::Letter {
                     address: PostalAddress {
-                        name: Personal::new(
-                            format!(
-                                "{} {}",
-                                patient.given_name.expose(),
-                                patient.family_name.expose()
-                            )
-                            .trim()
-                            .to_string(),
-                        ),
+                        name: Personal::new(addressee(&patient)),
                         lines: Personal::new(lines),
                         postcode,
                     },
@@ -117,6 +112,24 @@ fn classify(
     }))
 }
 
+/// The name a letter is addressed to, NFC-normalised like every rendered
+/// name; with none recorded, "The patient" (a letter is never addressed to
+/// a blank line).
+fn addressee(patient: &GpPatient) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let name = format!(
+        "{} {}",
+        patient.given_name.expose().trim(),
+        patient.family_name.expose().trim()
+    );
+    let name: String = name.trim().nfc().collect();
+    if name.is_empty() {
+        "The patient".to_string()
+    } else {
+        name
+    }
+}
+
 /// Chunks being built for one practice.
 struct ChunkBuilder<'a> {
     hub: &'a Hub,
@@ -125,13 +138,22 @@ struct ChunkBuilder<'a> {
     pending: Vec<Candidate>,
     chunks: Vec<ChunkRecord>,
     counts: OutcomeCounts,
+    /// Patients this practice texts, and those it writes to: a patient may
+    /// be in both until the release, where the text wins.
     seen_patients: HashSet<NhsNumber>,
+    seen_letters: HashSet<NhsNumber>,
     seen_mobiles: HashSet<UkMobile>,
+    /// Restrictions read in this practice's records, not yet stored.
+    restrictions: Vec<DedupeKey>,
 }
 
 impl ChunkBuilder<'_> {
     async fn push(&mut self, candidate: Candidate) -> Result<(), JobError> {
-        if !self.seen_patients.insert(candidate.nhs_number.clone()) {
+        let seen = match candidate.contact {
+            Contact::Sms { .. } => &mut self.seen_patients,
+            Contact::Letter { .. } => &mut self.seen_letters,
+        };
+        if !seen.insert(candidate.nhs_number.clone()) {
             self.counts.exclude(ExclusionReason::DuplicatePatient);
             return Ok(());
         }
@@ -139,6 +161,44 @@ impl ChunkBuilder<'_> {
         if self.pending.len() >= self.hub.config.chunk_size {
             self.flush().await?;
         }
+        Ok(())
+    }
+
+    /// Notes what this record says that binds the patient's other records.
+    async fn restrict(&mut self, patient: &GpPatient) -> Result<(), JobError> {
+        let Ok(nhs_number) = NhsNumber::parse(patient.nhs_number.expose()) else {
+            return Ok(());
+        };
+        if patient.deceased {
+            self.restrictions.push(DedupeKey::Restricted(
+                nhs_number.clone(),
+                Restriction::Deceased,
+            ));
+        }
+        if patient.contact_preference == ContactPreference::NoTelephoneContact {
+            self.restrictions.push(DedupeKey::Restricted(
+                nhs_number,
+                Restriction::NoTelephoneContact,
+            ));
+        }
+        if self.restrictions.len() >= self.hub.config.chunk_size {
+            self.store_restrictions().await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the restrictions: whoever holds a key, it exists, and that is
+    /// all the release asks.
+    async fn store_restrictions(&mut self) -> Result<(), JobError> {
+        if self.restrictions.is_empty() {
+            return Ok(());
+        }
+        let expires = self.hub.now() + self.hub.config.patient_data_ttl;
+        let keys = std::mem::take(&mut self.restrictions);
+        self.hub
+            .patients
+            .place_keys(&self.campaign.id, self.ods, &keys, expires)
+            .await?;
         Ok(())
     }
 
@@ -152,7 +212,10 @@ impl ChunkBuilder<'_> {
         let candidates = std::mem::take(&mut self.pending);
         let patient_keys: Vec<DedupeKey> = candidates
             .iter()
-            .map(|c| DedupeKey::Patient(c.nhs_number.clone()))
+            .map(|c| match c.contact {
+                Contact::Sms { .. } => DedupeKey::Patient(c.nhs_number.clone()),
+                Contact::Letter { .. } => DedupeKey::Letter(c.nhs_number.clone()),
+            })
             .collect();
         let placed = self
             .hub
@@ -202,7 +265,8 @@ impl ChunkBuilder<'_> {
             letter_recipients: letters,
             send_done: sms == 0,
             letters_done: letters == 0,
-            writeback_done: sms == 0,
+            // Letters are written back too.
+            writeback_done: false,
             counted_final: false,
             counts: OutcomeCounts::default(),
         });
@@ -349,7 +413,9 @@ async fn read_practice(
         chunks: Vec::new(),
         counts: OutcomeCounts::default(),
         seen_patients: HashSet::new(),
+        seen_letters: HashSet::new(),
         seen_mobiles: HashSet::new(),
+        restrictions: Vec::new(),
     };
     let mut malformed = 0u64;
     let mut chunks_checked = 0;
@@ -362,6 +428,9 @@ async fn read_practice(
             }
             Err(other) => return Err(ReadError::Gp(other)),
         };
+        // Every record counts here, in the cohort or not: a death recorded
+        // at one practice stops the text another practice's record allows.
+        builder.restrict(&patient).await?;
         match classify(patient, campaign, keep_names) {
             Classified::NotInCohort => {}
             Classified::Excluded(reason) => {
@@ -382,6 +451,7 @@ async fn read_practice(
         }
     }
     builder.flush().await?;
+    builder.store_restrictions().await?;
     Ok(Built {
         chunks: builder.chunks,
         counts: builder.counts,
@@ -427,14 +497,20 @@ async fn commit(hub: &Hub, mut participation: Participation, built: Built) -> Re
         }),
     )
     .await?;
-    send_jobs(hub, &campaign_id, &built.chunks).await?;
-    participation.sends_queued = true;
-    // Losing this write only means the jobs may be queued again on a
-    // redelivery, which the send handlers absorb.
-    if let Err(error) = hub.store.update_participation(&participation).await {
-        tracing::warn!(campaign = %campaign_id, ods = %participation.ods, %error, "could not mark sends queued");
+    if progress.practices_pending == 0 {
+        release(hub, &campaign_id).await?;
     }
     hub.after_progress(&campaign_id, progress).await
+}
+
+/// Once every practice's extraction is final, every restriction of every
+/// record is stored: the chunks are released for sending (the send and
+/// letter handlers withhold what another record forbids). Repeating it
+/// only queues jobs the handlers absorb.
+async fn release(hub: &Hub, campaign: &CampaignId) -> Result<(), JobError> {
+    let chunks = hub.store.list_chunks(campaign).await?;
+    tracing::info!(campaign = %campaign, chunks = chunks.len(), "every practice extracted; chunks released");
+    send_jobs(hub, campaign, &chunks).await
 }
 
 async fn send_jobs(
@@ -461,20 +537,15 @@ async fn send_jobs(
     Ok(())
 }
 
-/// A redelivered job for an extracted practice re-queues its chunk jobs if
-/// the earlier worker stopped before queueing them.
+/// A redelivered job for an extracted practice releases the chunks again
+/// if every practice is done (the worker that finished last may have
+/// stopped before queueing them).
 async fn queue_chunks(hub: &Hub, participation: &Participation) -> Result<(), JobError> {
-    if participation.sends_queued {
+    let campaign = hub.campaign(&participation.campaign).await?;
+    if campaign.progress.practices_pending > 0 {
         return Ok(());
     }
-    let chunks: Vec<ChunkRecord> = hub
-        .store
-        .list_chunks(&participation.campaign)
-        .await?
-        .into_iter()
-        .filter(|c| c.ods == participation.ods)
-        .collect();
-    send_jobs(hub, &participation.campaign, &chunks).await
+    release(hub, &participation.campaign).await
 }
 
 /// The GP system could not be read: retry through the queue, or after the
@@ -510,5 +581,8 @@ async fn give_up_or_retry(
         serde_json::json!({ "ods": ods, "attempts": receive_count, "error": error.to_string() }),
     )
     .await?;
+    if progress.practices_pending == 0 {
+        release(hub, &campaign_id).await?;
+    }
     hub.after_progress(&campaign_id, progress).await
 }

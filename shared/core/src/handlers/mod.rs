@@ -13,6 +13,7 @@ pub mod optout_token;
 pub mod purge;
 pub mod receipts;
 pub mod report;
+mod restrictions;
 pub mod router;
 pub mod send;
 pub mod writeback;

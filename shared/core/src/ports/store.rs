@@ -222,6 +222,14 @@ pub trait PatientDataStore: Send + Sync {
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<Placement>, StoreError>;
 
+    /// Which practice holds each key (`None`: nobody), in order. A read:
+    /// it places nothing.
+    async fn key_holders(
+        &self,
+        campaign: &CampaignId,
+        keys: &[crate::domain::DedupeKey],
+    ) -> Result<Vec<Option<OdsCode>>, StoreError>;
+
     /// Writes a chunk's recipients (overwriting any from an earlier attempt).
     async fn put_recipients(
         &self,

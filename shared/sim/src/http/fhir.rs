@@ -22,7 +22,7 @@ use hub_adapters::fhir::{
 use hub_core::domain::UkMobile;
 use hub_core::domain::{ContactPreference, GpPatient, NhsNumber, OdsCode, Personal};
 use hub_core::ports::{
-    GpConnection, GpConnector, GpError, PatientSearch, Practice, WritebackEntry,
+    GpConnection, GpConnector, GpError, Medium, PatientSearch, Practice, WritebackEntry,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -950,6 +950,11 @@ fn read_entry(entry: &Value) -> Option<Incoming> {
     }
     let sent_at = chrono::DateTime::parse_from_rfc3339(resource.get("sent")?.as_str()?).ok()?;
     let text = resource.pointer("/payload/0/contentString")?.as_str()?;
+    let medium = match resource.pointer("/medium/0/coding/0/code")?.as_str()? {
+        "SMSWRIT" => Medium::Sms,
+        "MAILWRIT" => Medium::Letter,
+        _ => return None,
+    };
     Some(Incoming {
         key: key.clone(),
         entry: WritebackEntry {
@@ -957,6 +962,7 @@ fn read_entry(entry: &Value) -> Option<Incoming> {
             reference: reference.to_string(),
             sent_at: sent_at.with_timezone(&chrono::Utc),
             message: Personal::new(text.to_string()),
+            medium,
         },
         resource: resource.clone(),
     })
@@ -1001,10 +1007,18 @@ async fn transaction(
         }
     }
     // All or nothing: one unknown patient fails the whole transaction.
+    let extra = extras(&state, &practice.ods);
+    let served_extra = |nhs: &NhsNumber| {
+        extra.iter().any(|resource| {
+            resource["identifier"].as_array().is_some_and(|ids| {
+                ids.iter()
+                    .any(|id| id["system"] == NHS_NUMBER_SYSTEM && id["value"] == nhs.as_str())
+            })
+        })
+    };
     if incoming.iter().any(|item| {
-        !state
-            .estate
-            .has_patient(&practice.ods, &item.entry.nhs_number)
+        let nhs = &item.entry.nhs_number;
+        !state.estate.has_patient(&practice.ods, nhs) && !served_extra(nhs)
     }) {
         state.transactions_refused.fetch_add(1, Ordering::Relaxed);
         return outcome(
