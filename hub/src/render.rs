@@ -114,6 +114,9 @@ pub fn detail(d: &Detail) -> String {
     if let Some(eta) = c.eta_seconds {
         out.line(format_args!("ETA:       {}", duration(eta)));
     }
+    for line in held_lines(&d.practices) {
+        out.line(line);
+    }
     if !d.practices.is_empty() {
         out.line("");
         out.0.push_str(&practice_rows(&d.practices));
@@ -185,6 +188,21 @@ pub fn report(r: &Report) -> String {
         out.line(format_args!(
             "  GP system failed: {}",
             r.failed_practices.join(", ")
+        ));
+    }
+    for line in held_lines(&r.practices) {
+        out.line(line);
+    }
+    let malformed: Vec<String> = r
+        .practices
+        .iter()
+        .filter(|p| p.malformed_records > 0)
+        .map(|p| format!("{} {}", p.ods, thousands(p.malformed_records)))
+        .collect();
+    if !malformed.is_empty() {
+        out.line(format_args!(
+            "  malformed records (not read): {}",
+            malformed.join(", ")
         ));
     }
     out.line(format_args!(
@@ -386,6 +404,24 @@ pub fn report_csv(r: &Report, to: impl std::io::Write) -> Result<(), csv::Error>
     }
     writer.flush()?;
     Ok(())
+}
+
+/// One line per practice held as `extraction_suspect`, with what to do.
+pub fn held_lines(practices: &[PracticeReport]) -> Vec<String> {
+    practices
+        .iter()
+        .filter(|p| p.state == "extraction_suspect")
+        .map(|p| {
+            format!(
+                "  HELD {}: read {} of {} registered; decide with \
+                 `hub campaign extraction ID {} proceed|retry|exclude`",
+                p.ods,
+                thousands(p.records_read),
+                thousands(p.list_size),
+                p.ods
+            )
+        })
+        .collect()
 }
 
 /// What `hub campaign create` shows before it asks (no final newline).

@@ -112,6 +112,12 @@ pub struct PracticeReport {
     pub written_back: u64,
     #[serde(default)]
     pub last_error: Option<String>,
+    #[serde(default)]
+    pub malformed_records: u64,
+    #[serde(default)]
+    pub records_read: u64,
+    #[serde(default)]
+    pub list_size: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,7 +7,12 @@
 use hub_adapters::fhir::{
     CONTACT_PREFERENCE_URL, NHS_NUMBER_SYSTEM, ODS_SYSTEM, PREFERRED_CONTACT_METHOD_SYSTEM,
 };
-use hub_core::domain::{check_digit, CampaignState, ExclusionReason, OdsCode, UkMobile};
+use hub_core::domain::{
+    check_digit, CampaignState, ExclusionReason, OdsCode, ParticipationState, UkMobile,
+};
+use hub_core::handlers::api::{self, ApiError, ExtractionDecisionRequest};
+use hub_core::ports::{GpConnection, PatientSearch};
+use hub_local::demo::wait_until;
 use hub_local::LocalStack;
 use hub_tests::*;
 use serde_json::{json, Value};
@@ -304,4 +309,150 @@ async fn names_fall_back_are_normalised_and_letters_are_personalised_and_written
         .as_str()
         .unwrap()
         .contains("Chidi"));
+}
+
+async fn search_form(stack: &LocalStack, ods: &OdsCode, form: PatientSearch) {
+    let mut practice = stack.hub.store.get_practice(ods).await.unwrap().unwrap();
+    let GpConnection::Fhir { patient_search, .. } = &mut practice.connection else {
+        panic!("the HTTP stack reads practices over FHIR");
+    };
+    *patient_search = form;
+    stack.hub.store.put_practice(&practice).await.unwrap();
+}
+
+fn decision(ods: &OdsCode, decision: &str) -> ExtractionDecisionRequest {
+    ExtractionDecisionRequest {
+        ods: ods.to_string(),
+        decision: decision.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_practice_read_far_below_its_list_size_is_held_not_completed() {
+    let f = two_practices(63).await;
+    let hub = &f.stack.hub;
+    // GIVEN practice B registered with the reference form of the search
+    // while its server carries the practice as an identifier: it finds
+    // nobody, as the independent UK Core server did
+    search_form(&f.stack, &f.b, PatientSearch::Reference).await;
+    let id = create_and_approve(&f.stack, &request("Heat alert: see www.nhs.uk")).await;
+
+    // WHEN the deadline fires
+    fire_deadline_now(&f.stack, &id).await;
+    wait_until(Duration::from_secs(30), || async {
+        let held = hub.store.get_participation(&id, &f.b).await?;
+        Ok(held.is_some_and(|p| p.state == ParticipationState::ExtractionSuspect))
+    })
+    .await
+    .expect("practice B held as extraction_suspect");
+
+    // THEN B is held, shown, audited; nothing is sent and the campaign
+    // does not complete while it waits
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = api::report(hub, &id).await.unwrap();
+    assert_eq!(report.state, CampaignState::Extracting);
+    assert_eq!(report.suspect_practices, vec![f.b.clone()]);
+    let b = report.practices.iter().find(|p| p.ods == f.b).unwrap();
+    assert_eq!(
+        (b.records_read, b.state),
+        (0, ParticipationState::ExtractionSuspect)
+    );
+    assert!(b.list_size > 100);
+    assert_eq!(
+        f.stack.texts_sent(),
+        0,
+        "nothing is sent while a practice is held"
+    );
+    let audit = hub.store.list_audit(&id).await.unwrap();
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "practice_extraction_suspect"));
+
+    // Decisions are checked: a bad one names its field; a practice that is
+    // not held cannot be decided on.
+    let bad = api::decide_extraction(hub, &bob(), &id, &decision(&f.b, "ignore")).await;
+    assert!(matches!(bad, Err(ApiError::Validation(ref e)) if e[0].field == "decision"));
+    let not_held = api::decide_extraction(hub, &bob(), &id, &decision(&f.a, "proceed")).await;
+    assert!(
+        matches!(not_held, Err(ApiError::Conflict(_))),
+        "{not_held:?}"
+    );
+
+    // WHEN staff fix the registry and decide to retry
+    search_form(&f.stack, &f.b, PatientSearch::Identifier).await;
+    let retried = api::decide_extraction(hub, &bob(), &id, &decision(&f.b, "retry"))
+        .await
+        .unwrap();
+    assert_eq!(retried.state, ParticipationState::Participating);
+
+    // THEN the practice is read in full and the campaign completes
+    let report = wait_for_state(
+        &f.stack,
+        &id,
+        CampaignState::Completed,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_invariants(&f.stack, &report).await;
+    assert!(report.suspect_practices.is_empty());
+    let b = report.practices.iter().find(|p| p.ods == f.b).unwrap();
+    assert_eq!(b.state, ParticipationState::Extracted);
+    assert!(b.sent > 0 && b.records_read >= b.list_size);
+    let audit = hub.store.list_audit(&id).await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "extraction_suspect_retry"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_practice_is_excluded_or_proceeded_by_staff() {
+    for choice in ["exclude", "proceed"] {
+        let f = two_practices(64).await;
+        let hub = &f.stack.hub;
+        search_form(&f.stack, &f.b, PatientSearch::Reference).await;
+        // One patient the wrong search still finds (a stray reference).
+        f.serve(
+            &f.b,
+            vec![patient(
+                &nhs(31),
+                &f.b,
+                "SE6 3AA",
+                json!({ "telecom": phone(&mobile(31)),
+                        "generalPractitioner": [{ "reference": format!("Organization/{}", f.b) }] }),
+            )],
+        );
+        let id = create_and_approve(&f.stack, &request("Heat alert: see www.nhs.uk")).await;
+        fire_deadline_now(&f.stack, &id).await;
+        wait_until(Duration::from_secs(30), || async {
+            let held = hub.store.get_participation(&id, &f.b).await?;
+            Ok(held.is_some_and(|p| p.state == ParticipationState::ExtractionSuspect))
+        })
+        .await
+        .expect("held");
+        api::decide_extraction(hub, &bob(), &id, &decision(&f.b, choice))
+            .await
+            .unwrap();
+        let report = wait_for_state(
+            &f.stack,
+            &id,
+            CampaignState::Completed,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_invariants(&f.stack, &report).await;
+        let b = report.practices.iter().find(|p| p.ods == f.b).unwrap();
+        match choice {
+            "exclude" => {
+                assert_eq!(b.state, ParticipationState::ExtractionFailed);
+                assert_eq!((b.cohort, b.sent), (0, 0));
+                assert_eq!(f.texts_to(&mobile(31)), 0);
+                assert_eq!(report.failed_practices, vec![f.b.clone()]);
+            }
+            _ => {
+                assert_eq!(b.state, ParticipationState::Extracted);
+                assert_eq!((b.records_read, b.sent), (1, 1));
+                assert_eq!(f.texts_to(&mobile(31)), 1);
+            }
+        }
+        assert!(report.practices.iter().any(|p| p.ods == f.a && p.sent > 0));
+        assert_purged(&f.stack, &id).await;
+    }
 }

@@ -361,6 +361,9 @@ pub async fn extract_practice(
     }
 
     match read_practice(hub, &campaign, &practice).await {
+        Ok(built) if suspect(hub, &practice, built.records_read) => {
+            hold(hub, participation, &practice, built).await
+        }
         Ok(built) => commit(hub, participation, built).await,
         Err(ReadError::Cancelled) => {
             hub.patients.purge_campaign(campaign_id).await?;
@@ -395,6 +398,16 @@ struct Built {
     chunks: Vec<ChunkRecord>,
     counts: OutcomeCounts,
     malformed: u64,
+    /// Records the GP system returned, readable or not.
+    records_read: u64,
+}
+
+/// Far fewer records than the practice's registered list: a wrong search
+/// form, a broken feed or an empty export reads as a small practice, so it
+/// is held rather than completed.
+fn suspect(hub: &Hub, practice: &Practice, records_read: u64) -> bool {
+    let expected = practice.list_size as f64 * hub.config.suspect_below;
+    practice.list_size > 0 && (records_read as f64) < expected
 }
 
 async fn read_practice(
@@ -418,8 +431,12 @@ async fn read_practice(
         restrictions: Vec::new(),
     };
     let mut malformed = 0u64;
+    let mut records_read = 0u64;
     let mut chunks_checked = 0;
     while let Some(item) = stream.next().await {
+        if matches!(item, Ok(_) | Err(GpError::MalformedRecord(_))) {
+            records_read += 1;
+        }
         let patient = match item {
             Ok(patient) => patient,
             Err(GpError::MalformedRecord(_)) => {
@@ -456,7 +473,100 @@ async fn read_practice(
         chunks: builder.chunks,
         counts: builder.counts,
         malformed,
+        records_read,
     })
+}
+
+/// Holds a suspect extraction for a staff decision: its recipients stay
+/// stored, but no chunk is recorded or counted and the practice stays
+/// pending, so nothing is sent and the campaign cannot complete. Loud: a
+/// warning, an audit event, and the state in `watch` and the report.
+async fn hold(
+    hub: &Hub,
+    mut participation: Participation,
+    practice: &Practice,
+    built: Built,
+) -> Result<(), JobError> {
+    let campaign_id = participation.campaign.clone();
+    if hub.campaign(&campaign_id).await?.state == CampaignState::Cancelled {
+        hub.patients.purge_campaign(&campaign_id).await?;
+        return Ok(());
+    }
+    participation.hold_as_suspect(
+        built.chunks.len() as u32,
+        built.counts,
+        built.malformed,
+        built.records_read,
+    );
+    hub.store.update_participation(&participation).await?;
+    tracing::warn!(
+        campaign = %campaign_id,
+        ods = %participation.ods,
+        records_read = built.records_read,
+        list_size = practice.list_size,
+        "extraction far below the registered list size; held for a staff decision"
+    );
+    hub.audit(
+        Some(&campaign_id),
+        "hub",
+        "practice_extraction_suspect",
+        serde_json::json!({
+            "ods": participation.ods,
+            "records_read": built.records_read,
+            "list_size": practice.list_size,
+            "malformed_records": built.malformed,
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Staff proceed with a held extraction: its chunks are rebuilt from the
+/// stored recipients, recorded and counted, as a commit would have.
+pub(crate) async fn proceed_with_held(
+    hub: &Hub,
+    participation: &Participation,
+) -> Result<crate::domain::Progress, JobError> {
+    let mut chunks = Vec::with_capacity(participation.chunks as usize);
+    for sequence in 0..participation.chunks {
+        let chunk = ChunkId::new(&participation.ods, sequence);
+        let recipients = hub
+            .patients
+            .load_chunk(&participation.campaign, &chunk)
+            .await?;
+        let sms = recipients.iter().filter(|r| r.is_sms()).count() as u32;
+        let letters = recipients.len() as u32 - sms;
+        chunks.push(ChunkRecord {
+            campaign: participation.campaign.clone(),
+            chunk,
+            ods: participation.ods.clone(),
+            sms_recipients: sms,
+            letter_recipients: letters,
+            send_done: sms == 0,
+            letters_done: letters == 0,
+            writeback_done: false,
+            counted_final: false,
+            counts: OutcomeCounts::default(),
+        });
+    }
+    hub.store.put_chunks(&chunks).await?;
+    let progress = hub
+        .store
+        .commit_extraction(participation, chunks.len() as u64)
+        .await?;
+    if progress.practices_pending == 0 {
+        release(hub, &participation.campaign).await?;
+    }
+    Ok(progress)
+}
+
+/// Staff exclude a held practice (or a retry starts it again): what it
+/// read is deleted.
+pub(crate) async fn discard_held(hub: &Hub, participation: &Participation) -> Result<(), JobError> {
+    hub.patients
+        .delete_practice_recipients(&participation.campaign, &participation.ods)
+        .await?;
+    Ok(())
 }
 
 async fn commit(hub: &Hub, mut participation: Participation, built: Built) -> Result<(), JobError> {
@@ -469,6 +579,7 @@ async fn commit(hub: &Hub, mut participation: Participation, built: Built) -> Re
     }
     hub.store.put_chunks(&built.chunks).await?;
     participation.finish_extraction(built.chunks.len() as u32, built.counts, built.malformed);
+    participation.records_read = built.records_read;
     let progress = hub
         .store
         .commit_extraction(&participation, built.chunks.len() as u64)
@@ -507,8 +618,23 @@ async fn commit(hub: &Hub, mut participation: Participation, built: Built) -> Re
 /// record is stored: the chunks are released for sending (the send and
 /// letter handlers withhold what another record forbids). Repeating it
 /// only queues jobs the handlers absorb.
-async fn release(hub: &Hub, campaign: &CampaignId) -> Result<(), JobError> {
-    let chunks = hub.store.list_chunks(campaign).await?;
+pub(crate) async fn release(hub: &Hub, campaign: &CampaignId) -> Result<(), JobError> {
+    // Only chunks of practices whose extraction stands.
+    let extracted: HashSet<OdsCode> = hub
+        .store
+        .list_participations(campaign)
+        .await?
+        .into_iter()
+        .filter(|p| p.state == ParticipationState::Extracted)
+        .map(|p| p.ods)
+        .collect();
+    let chunks: Vec<ChunkRecord> = hub
+        .store
+        .list_chunks(campaign)
+        .await?
+        .into_iter()
+        .filter(|c| extracted.contains(&c.ods))
+        .collect();
     tracing::info!(campaign = %campaign, chunks = chunks.len(), "every practice extracted; chunks released");
     send_jobs(hub, campaign, &chunks).await
 }

@@ -364,6 +364,20 @@ fn subset(mut resource: Value, elements: Option<&String>) -> Value {
     resource
 }
 
+/// Whether a resource names the practice in `form` in generalPractitioner.
+fn carries(resource: &Value, form: PatientSearch, ods: &str) -> bool {
+    resource["generalPractitioner"]
+        .as_array()
+        .is_some_and(|gps| {
+            gps.iter().any(|gp| match form {
+                PatientSearch::Identifier => {
+                    gp["identifier"]["system"] == ODS_SYSTEM && gp["identifier"]["value"] == ods
+                }
+                PatientSearch::Reference => gp["reference"] == format!("Organization/{ods}"),
+            })
+        })
+}
+
 /// The estate's row as this server writes it.
 fn served(state: &ServerState, patient: &GpPatient, ods: &OdsCode, row: u64) -> Value {
     let mut resource = patient_resource(patient, ods, row);
@@ -711,11 +725,17 @@ async fn search(
     }
     state.searches.fetch_add(1, Ordering::Relaxed);
     let elements = query.get("_elements");
-    let extra = if found {
-        extras(&state, &practice.ods)
+    // A resource that carries the practice in the asked form is found
+    // whatever the server's own rows do (a stray record).
+    let asked = if by_identifier.is_some() {
+        PatientSearch::Identifier
     } else {
-        Vec::new()
+        PatientSearch::Reference
     };
+    let extra: Vec<Value> = extras(&state, &practice.ods)
+        .into_iter()
+        .filter(|resource| found || carries(resource, asked, ods))
+        .collect();
     let own = if found { practice.list_size } else { 0 };
     let total = own + extra.len() as u64;
     let every = lock(&state.malformed_every).get(&practice.ods).copied();
