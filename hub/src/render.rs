@@ -633,4 +633,38 @@ mod tests {
              A81001,Riverside Surgery,extracted,1200,1000,990,10,150,50,1000\n"
         );
     }
+
+    #[test]
+    fn a_held_practice_and_malformed_records_are_shown_with_what_to_do() {
+        let held: Report = views::read(json!({
+            "name": "Heat",
+            "state": "extracting",
+            "totals": { "cohort": 0 },
+            "practices": [
+                { "ods": "A81001", "name": "Riverside Surgery", "state": "extracted",
+                  "cohort": 0, "sent": 0, "delivered": 0, "failed": 0, "letters": 0,
+                  "excluded": 0, "written_back": 0, "malformed_records": 3,
+                  "records_read": 900, "list_size": 1000 },
+                { "ods": "A81002", "name": "Hill Surgery", "state": "extraction_suspect",
+                  "cohort": 0, "sent": 0, "delivered": 0, "failed": 0, "letters": 0,
+                  "excluded": 0, "written_back": 0, "records_read": 12, "list_size": 8000 }
+            ],
+            "patient_data_remaining": 12,
+            "adds_up": true
+        }))
+        .expect("a report");
+        let text = report(&held);
+        assert!(
+            text.contains(
+                "HELD A81002: read 12 of 8,000 registered; decide with \
+                 `hub campaign extraction ID A81002 proceed|retry|exclude`"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("HELD A81001"), "{text}");
+        assert!(
+            text.contains("malformed records (not read): A81001 3"),
+            "{text}"
+        );
+    }
 }

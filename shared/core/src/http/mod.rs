@@ -594,7 +594,7 @@ mod tests {
         assert_eq!(optout.methods, ["GET", "POST"]);
         assert!(optout.public);
         assert_eq!(routes.iter().filter(|r| r.public).count(), 1);
-        assert_eq!(routes.len(), 12);
+        assert_eq!(routes.len(), 13);
     }
 
     async fn call(router: &Router, method: &str, path: &str, body: Body) -> Response {
