@@ -114,6 +114,9 @@ pub fn detail(d: &Detail) -> String {
     if let Some(eta) = c.eta_seconds {
         out.line(format_args!("ETA:       {}", duration(eta)));
     }
+    for line in held_lines(&d.practices) {
+        out.line(line);
+    }
     if !d.practices.is_empty() {
         out.line("");
         out.0.push_str(&practice_rows(&d.practices));
@@ -185,6 +188,21 @@ pub fn report(r: &Report) -> String {
         out.line(format_args!(
             "  GP system failed: {}",
             r.failed_practices.join(", ")
+        ));
+    }
+    for line in held_lines(&r.practices) {
+        out.line(line);
+    }
+    let malformed: Vec<String> = r
+        .practices
+        .iter()
+        .filter(|p| p.malformed_records > 0)
+        .map(|p| format!("{} {}", p.ods, thousands(p.malformed_records)))
+        .collect();
+    if !malformed.is_empty() {
+        out.line(format_args!(
+            "  malformed records (not read): {}",
+            malformed.join(", ")
         ));
     }
     out.line(format_args!(
@@ -388,6 +406,24 @@ pub fn report_csv(r: &Report, to: impl std::io::Write) -> Result<(), csv::Error>
     Ok(())
 }
 
+/// One line per practice held as `extraction_suspect`, with what to do.
+pub fn held_lines(practices: &[PracticeReport]) -> Vec<String> {
+    practices
+        .iter()
+        .filter(|p| p.state == "extraction_suspect")
+        .map(|p| {
+            format!(
+                "  HELD {}: read {} of {} registered; decide with \
+                 `hub campaign extraction ID {} proceed|retry|exclude`",
+                p.ods,
+                thousands(p.records_read),
+                thousands(p.list_size),
+                p.ods
+            )
+        })
+        .collect()
+}
+
 /// What `hub campaign create` shows before it asks (no final newline).
 pub fn preview(p: &Preview, price: f64, currency: &str) -> String {
     let mut out = Lines::default();
@@ -396,6 +432,13 @@ pub fn preview(p: &Preview, price: f64, currency: &str) -> String {
     out.line("The message as a patient sees it (example personalisation):");
     for text_line in p.example.lines() {
         out.line(format_args!("  | {text_line}"));
+    }
+    if let Some(without) = &p.example_without_names {
+        out.line("");
+        out.line("To a patient with no recorded name:");
+        for text_line in without.lines() {
+            out.line(format_args!("  | {text_line}"));
+        }
     }
     let encoding = match p.encoding.as_str() {
         "gsm7" | "gsm_7" | "gsm" => "GSM-7".to_string(),
@@ -588,6 +631,40 @@ mod tests {
             String::from_utf8_lossy(&csv),
             "ods,name,state,cohort,sent,delivered,failed,letters,excluded,written_back\n\
              A81001,Riverside Surgery,extracted,1200,1000,990,10,150,50,1000\n"
+        );
+    }
+
+    #[test]
+    fn a_held_practice_and_malformed_records_are_shown_with_what_to_do() {
+        let held: Report = views::read(json!({
+            "name": "Heat",
+            "state": "extracting",
+            "totals": { "cohort": 0 },
+            "practices": [
+                { "ods": "A81001", "name": "Riverside Surgery", "state": "extracted",
+                  "cohort": 0, "sent": 0, "delivered": 0, "failed": 0, "letters": 0,
+                  "excluded": 0, "written_back": 0, "malformed_records": 3,
+                  "records_read": 900, "list_size": 1000 },
+                { "ods": "A81002", "name": "Hill Surgery", "state": "extraction_suspect",
+                  "cohort": 0, "sent": 0, "delivered": 0, "failed": 0, "letters": 0,
+                  "excluded": 0, "written_back": 0, "records_read": 12, "list_size": 8000 }
+            ],
+            "patient_data_remaining": 12,
+            "adds_up": true
+        }))
+        .expect("a report");
+        let text = report(&held);
+        assert!(
+            text.contains(
+                "HELD A81002: read 12 of 8,000 registered; decide with \
+                 `hub campaign extraction ID A81002 proceed|retry|exclude`"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("HELD A81001"), "{text}");
+        assert!(
+            text.contains("malformed records (not read): A81001 3"),
+            "{text}"
         );
     }
 }

@@ -43,6 +43,8 @@ pub struct PracticeEstimate {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Preview {
     pub example: String,
+    #[serde(default)]
+    pub example_without_names: Option<String>,
     pub encoding: String,
     pub characters: usize,
     pub fragments: u32,
@@ -110,6 +112,12 @@ pub struct PracticeReport {
     pub written_back: u64,
     #[serde(default)]
     pub last_error: Option<String>,
+    #[serde(default)]
+    pub malformed_records: u64,
+    #[serde(default)]
+    pub records_read: u64,
+    #[serde(default)]
+    pub list_size: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -85,8 +85,14 @@ impl Bars {
             .eta_seconds
             .map(|s| format!(", ETA {}", duration(s)))
             .unwrap_or_default();
+        let held = render::held_lines(&d.practices);
+        let held = if held.is_empty() {
+            String::new()
+        } else {
+            format!("\n{}", held.join("\n"))
+        };
         self.status
-            .set_message(format!("campaign {} — {}{eta}", c.id, c.state));
+            .set_message(format!("campaign {} — {}{eta}{held}", c.id, c.state));
     }
 
     pub(crate) fn show(&self, shown: &Shown) {

@@ -170,6 +170,13 @@ fn a_staff_members_first_campaign() {
         .map(|p| p["ods"].as_str().expect("ods").to_string())
         .collect();
     assert_eq!(ods.len(), 4);
+    // What each GP system holds (the estate's list sizes).
+    let held_in_gp: Vec<u64> = practices["practices"]
+        .as_array()
+        .expect("practices")
+        .iter()
+        .map(|p| p["list_size"].as_u64().expect("list size"))
+        .collect();
     let csv = server.path("practices.csv");
     write(
         &csv,
@@ -248,6 +255,43 @@ fn a_staff_members_first_campaign() {
     // AND the deadline is brought forward, and the campaign watched to the end
     let moved = server.hub(&BOB, &["campaign", "deadline", &id, "now"]);
     assert_eq!(moved.code, 0, "{}", moved.stderr);
+
+    // AND a practice whose GP system returns far fewer patients than the
+    // list size now on record (set above) is held, shown with what to do,
+    // and proceeded with by staff
+    let expected_held: Vec<&String> = [(0, 1234u64), (3, 777)]
+        .into_iter()
+        .filter(|(n, size)| held_in_gp[*n] * 2 < *size)
+        .map(|(n, _)| &ods[n])
+        .collect();
+    let started = std::time::Instant::now();
+    loop {
+        let report = server.json(&ALICE, &["campaign", "report", &id]);
+        let held = report["suspect_practices"].as_array().map_or(0, Vec::len);
+        if held == expected_held.len() && report["state"] != "opt_out_window" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "practices held: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for ods in &expected_held {
+        let shown = server.hub(&ALICE, &["campaign", "show", &id]);
+        assert!(
+            shown.stdout.contains(&format!("HELD {ods}: read ")),
+            "{}",
+            shown.stdout
+        );
+        let decided = server.hub(&BOB, &["campaign", "extraction", &id, ods, "proceed"]);
+        assert_eq!(decided.code, 0, "{}", decided.stderr);
+        assert!(
+            decided.stdout.contains("is extracted"),
+            "{}",
+            decided.stdout
+        );
+    }
     let watched = server.hub(
         &ALICE,
         &[

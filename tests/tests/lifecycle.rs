@@ -51,7 +51,11 @@ async fn demo_runs_a_campaign_whose_report_adds_up() {
         report.delivered > 0 && report.failed > 0,
         "receipts recorded"
     );
-    assert_eq!(report.written_back, report.sent, "every text written back");
+    assert_eq!(
+        report.written_back,
+        report.sent + report.letters,
+        "every text and letter written back"
+    );
     assert_eq!(report.duplicate_sends, 0);
     assert_eq!(report.patient_data_remaining, 0);
     assert!(report.purged_items > report.sent);

@@ -167,6 +167,11 @@ fn request_schemas_match_the_request_types() {
         "OptOutRequest",
         &example(&spec, "/campaigns/{id}/opt-outs", "post"),
     );
+    check_request::<hub_core::handlers::api::ExtractionDecisionRequest>(
+        &spec,
+        "ExtractionDecisionRequest",
+        &example(&spec, "/campaigns/{id}/extraction-decisions", "post"),
+    );
     check_request::<PracticeRequest>(
         &spec,
         "PracticeRequest",
@@ -423,6 +428,23 @@ async fn every_route_answers_as_described() {
     assert_eq!(res.status, 403);
     checker.check("/optout", &req, &res);
 
+    // One practice's list size on record is far above what its GP system
+    // holds: its extraction is held for a staff decision.
+    let mut inflated = stack
+        .hub
+        .store
+        .get_practice(&ods[2])
+        .await
+        .expect("read")
+        .expect("practice");
+    inflated.list_size *= 100;
+    stack
+        .hub
+        .store
+        .put_practice(&inflated)
+        .await
+        .expect("saved");
+
     let (req, res) = call(
         &stack,
         ApiRequest::new("POST", &at("/deadline"))
@@ -433,6 +455,44 @@ async fn every_route_answers_as_described() {
     assert_eq!(res.status, 200);
     checker.check("/campaigns/{id}/deadline", &req, &res);
     let campaign_id = campaign.id.clone();
+    hub_local::demo::wait_until(Duration::from_secs(60), || async {
+        let held = stack
+            .hub
+            .store
+            .get_participation(&campaign_id, &ods[2])
+            .await?;
+        Ok(
+            held.is_some_and(|p| {
+                p.state == hub_core::domain::ParticipationState::ExtractionSuspect
+            }),
+        )
+    })
+    .await
+    .expect("held for a decision");
+    let (req, res) = call(&stack, ApiRequest::new("GET", &at("")).caller(&alice())).await;
+    checker.check("/campaigns/{id}", &req, &res);
+    assert_eq!(
+        res.json_body().expect("json")["suspect_practices"],
+        json!([ods[2].as_str()])
+    );
+    let (req, res) = call(
+        &stack,
+        ApiRequest::new("POST", &at("/extraction-decisions"))
+            .caller(&bob())
+            .json(&json!({ "ods": ods[3].as_str(), "decision": "proceed" })),
+    )
+    .await;
+    assert_eq!(res.status, 409, "only a held practice is decided on");
+    checker.check("/campaigns/{id}/extraction-decisions", &req, &res);
+    let (req, res) = call(
+        &stack,
+        ApiRequest::new("POST", &at("/extraction-decisions"))
+            .caller(&bob())
+            .json(&json!({ "ods": ods[2].as_str(), "decision": "proceed" })),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    checker.check("/campaigns/{id}/extraction-decisions", &req, &res);
     wait_for_state(
         &stack,
         &campaign_id,

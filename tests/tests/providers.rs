@@ -906,6 +906,7 @@ fn writeback_entry(nhs: &str, reference: &str) -> WritebackEntry {
         reference: reference.into(),
         sent_at: chrono::Utc::now(),
         message: Personal::new("NHS South East London: please book your booster.".into()),
+        medium: hub_core::ports::Medium::Sms,
     }
 }
 

@@ -51,6 +51,15 @@ pub enum CampaignCommand {
     Deadline { id: String, deadline: String },
     /// Record a practice's opt-out on its behalf (it replied by email).
     OptOut { id: String, ods: String },
+    /// Decide on a practice held as extraction_suspect (its GP system
+    /// returned far fewer patients than its registered list size).
+    Extraction {
+        id: String,
+        ods: String,
+        /// proceed (send to those read), retry (read it again) or exclude.
+        #[arg(value_parser = ["proceed", "retry", "exclude"])]
+        decision: String,
+    },
     /// Every campaign, newest first.
     List,
     /// One campaign: state, counts, per-practice progress and ETA.
@@ -141,6 +150,21 @@ pub async fn run(command: CampaignCommand, cx: &Context) -> Result<(), CliError>
                 .await?;
             cx.done(answer, |p: Participation| {
                 format!("Practice {} is {} for campaign {id}.", p.ods, p.state)
+            })
+        }
+        CampaignCommand::Extraction { id, ods, decision } => {
+            let answer = cx
+                .client
+                .post(
+                    &path(&id, "/extraction-decisions"),
+                    &json!({ "ods": ods, "decision": decision }),
+                )
+                .await?;
+            cx.done(answer, |p: Participation| {
+                format!(
+                    "Practice {} is {} for campaign {id} ({decision}).",
+                    p.ods, p.state
+                )
             })
         }
         CampaignCommand::List => {

@@ -33,6 +33,14 @@ pub enum PracticesCommand {
         /// FHIR R4 base URL of the practice's GP system.
         #[arg(long)]
         fhir_url: Option<String>,
+        /// How its Patients carry the practice, so how to search them:
+        /// `identifier` (UK Core, the default) or `reference`.
+        #[arg(long, value_parser = ["identifier", "reference"])]
+        fhir_search: Option<String>,
+        /// The base the FHIR server writes in its links when it sits
+        /// behind a reverse proxy.
+        #[arg(long)]
+        fhir_link_base: Option<String>,
     },
 }
 
@@ -52,6 +60,8 @@ pub async fn run(command: PracticesCommand, cx: &Context) -> Result<(), CliError
             dsa_signed,
             list_size,
             fhir_url,
+            fhir_search,
+            fhir_link_base,
         } => {
             let answer = cx.client.get("/practices").await?;
             let existing: Vec<Practice> = views::read(answer["practices"].clone())?;
@@ -90,6 +100,18 @@ pub async fn run(command: PracticesCommand, cx: &Context) -> Result<(), CliError
             }
             if let Some(url) = fhir_url {
                 body["connection"] = json!({ "kind": "fhir", "base_url": url });
+            }
+            for (field, value) in [
+                ("patient_search", fhir_search),
+                ("link_base", fhir_link_base),
+            ] {
+                let Some(value) = value else { continue };
+                if body["connection"]["kind"] != "fhir" {
+                    return Err(CliError::usage(
+                        "--fhir-search and --fhir-link-base need a FHIR connection (give --fhir-url)",
+                    ));
+                }
+                body["connection"][field] = json!(value);
             }
             if body.get("connection").is_some_and(Value::is_null) {
                 if let Some(fields) = body.as_object_mut() {

@@ -643,6 +643,8 @@ impl Wiring {
                     base_url: base_url.clone(),
                     bulk_export: false,
                     secret: None,
+                    patient_search: hub_core::ports::PatientSearch::default(),
+                    link_base: None,
                 };
             }
             self.gp = Arc::new(FhirGpConnector::new(FhirConfig::default())?);

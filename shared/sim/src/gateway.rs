@@ -115,6 +115,9 @@ struct State {
     emails: Vec<(String, String, String)>,
     letters: HashMap<String, usize>,
     letters_sent: usize,
+    /// Bodies kept only for the numbers and postcodes a test watches.
+    watched_mobiles: HashMap<UkMobile, Vec<String>>,
+    watched_postcodes: HashMap<String, Vec<(String, String)>>,
 }
 
 impl GatewaySim {
@@ -142,6 +145,8 @@ impl GatewaySim {
             emails: Vec::new(),
             letters: HashMap::new(),
             letters_sent: 0,
+            watched_mobiles: HashMap::new(),
+            watched_postcodes: HashMap::new(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -282,6 +287,41 @@ impl GatewaySim {
         self.state().letters.keys().cloned().collect()
     }
 
+    /// Keeps the bodies of the texts accepted for `mobile` from now on
+    /// (for tests; nothing else is kept).
+    pub fn watch_mobile(&self, mobile: &UkMobile) {
+        self.state()
+            .watched_mobiles
+            .entry(mobile.clone())
+            .or_default();
+    }
+
+    /// The texts accepted for a watched number, in order.
+    pub fn texts_to(&self, mobile: &UkMobile) -> Vec<String> {
+        self.state()
+            .watched_mobiles
+            .get(mobile)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Keeps the addressee and body of letters accepted for `postcode`.
+    pub fn watch_postcode(&self, postcode: &str) {
+        self.state()
+            .watched_postcodes
+            .entry(postcode.to_string())
+            .or_default();
+    }
+
+    /// The letters accepted for a watched postcode: (addressee, body).
+    pub fn letters_to(&self, postcode: &str) -> Vec<(String, String)> {
+        self.state()
+            .watched_postcodes
+            .get(postcode)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.inner.state)
     }
@@ -357,6 +397,9 @@ impl GatewaySim {
                 final_at: now + config.receipt_delay,
             });
         *state.per_mobile.entry(request.to.clone()).or_default() += 1;
+        if let Some(bodies) = state.watched_mobiles.get_mut(&request.to) {
+            bodies.push(request.body.expose().clone());
+        }
         state.sent += 1;
         state.sent_today += 1;
         state.fragments += u64::from(request.fragments);
@@ -513,6 +556,15 @@ impl LetterProvider for GatewaySim {
             .to_string();
         *state.letters.entry(request.reference.clone()).or_default() += 1;
         state.letters_sent += 1;
+        if let Some(letters) = state
+            .watched_postcodes
+            .get_mut(request.address.postcode.as_str())
+        {
+            letters.push((
+                request.address.name.expose().clone(),
+                request.body.expose().clone(),
+            ));
+        }
         Ok(Accepted { provider_id })
     }
 }

@@ -46,6 +46,7 @@ macro_rules! store_contract {
             delivery_receipts_add_to_chunk_counts,
             audit_is_listed_per_campaign_oldest_first,
             dedupe_keys_are_held_by_one_practice,
+            key_holders_are_read_without_placing,
             recipients_round_trip_in_index_order_and_are_overwritten,
             claim_takes_only_pending_recipients,
             a_stale_claim_is_released_once_and_never_over_a_newer_one,

@@ -57,6 +57,8 @@ pub async fn practices_are_upserted_and_listed_in_ods_order(s: &Stores) {
         base_url: "https://gp.example/fhir".into(),
         bulk_export: true,
         secret: Some("sms-hub/gp/G80002".into()),
+        patient_search: hub_core::ports::PatientSearch::Reference,
+        link_base: Some("http://fhir-internal:8080/fhir".into()),
     };
     // WHEN it is put again THEN it is replaced, not added
     hub.put_practice(&changed).await.unwrap();
@@ -699,6 +701,68 @@ pub async fn dedupe_keys_are_held_by_one_practice(s: &Stores) {
         .unwrap();
     assert_eq!(elsewhere, vec![Placement::Placed; 5]);
     assert_eq!(patients.count_campaign(&c).await.unwrap(), 40);
+}
+
+pub async fn key_holders_are_read_without_placing(s: &Stores) {
+    use hub_core::domain::Restriction;
+    let patients = &*s.patients;
+    let c = CampaignId::new();
+    // GIVEN a patient key, a letter key and two restrictions held by
+    // different practices
+    patients
+        .place_keys(
+            &c,
+            &ods(1),
+            &[
+                DedupeKey::Patient(nhs(1)),
+                DedupeKey::Restricted(nhs(2), Restriction::Deceased),
+            ],
+            later(),
+        )
+        .await
+        .unwrap();
+    patients
+        .place_keys(
+            &c,
+            &ods(2),
+            &[
+                DedupeKey::Letter(nhs(1)),
+                DedupeKey::Restricted(nhs(1), Restriction::NoTelephoneContact),
+            ],
+            later(),
+        )
+        .await
+        .unwrap();
+    let asked = [
+        DedupeKey::Patient(nhs(1)),
+        DedupeKey::Letter(nhs(1)),
+        DedupeKey::Restricted(nhs(1), Restriction::NoTelephoneContact),
+        DedupeKey::Restricted(nhs(1), Restriction::Deceased),
+        DedupeKey::Restricted(nhs(2), Restriction::Deceased),
+        DedupeKey::Patient(nhs(2)),
+    ];
+    // WHEN their holders are read THEN each is found with its holder, in
+    // order, each kind a key of its own
+    let holders = patients.key_holders(&c, &asked).await.unwrap();
+    assert_eq!(
+        holders,
+        vec![
+            Some(ods(1)),
+            Some(ods(2)),
+            Some(ods(2)),
+            None,
+            Some(ods(1)),
+            None
+        ]
+    );
+    // AND reading placed nothing; another campaign holds none of them
+    assert_eq!(patients.count_campaign(&c).await.unwrap(), 4);
+    let none = patients
+        .key_holders(&CampaignId::new(), &asked)
+        .await
+        .unwrap();
+    assert!(none.iter().all(Option::is_none));
+    assert!(patients.key_holders(&c, &[]).await.unwrap().is_empty());
 }
 
 pub async fn recipients_round_trip_in_index_order_and_are_overwritten(s: &Stores) {

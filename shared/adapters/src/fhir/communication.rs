@@ -4,7 +4,7 @@
 
 use super::patient::NHS_NUMBER_SYSTEM;
 use chrono::SecondsFormat;
-use hub_core::ports::{WritebackEntry, WritebackResult};
+use hub_core::ports::{Medium, WritebackEntry, WritebackResult};
 use serde_json::{json, Value};
 
 /// The identifier system of the hub's message references. A real
@@ -30,6 +30,10 @@ pub fn writeback_bundle(entries: &[WritebackEntry], reference_system: &str) -> V
 
 fn communication_entry(entry: &WritebackEntry, reference_system: &str) -> Value {
     let full_url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let (code, display) = match entry.medium {
+        Medium::Sms => ("SMSWRIT", "SMS written"),
+        Medium::Letter => ("MAILWRIT", "mail"),
+    };
     json!({
         "fullUrl": full_url,
         "resource": {
@@ -43,8 +47,8 @@ fn communication_entry(entry: &WritebackEntry, reference_system: &str) -> Value 
             }]}],
             "medium": [{ "coding": [{
                 "system": PARTICIPATION_MODE_SYSTEM,
-                "code": "SMSWRIT",
-                "display": "SMS written"
+                "code": code,
+                "display": display
             }]}],
             "subject": { "identifier": {
                 "system": NHS_NUMBER_SYSTEM,
@@ -126,6 +130,11 @@ pub(crate) mod tests {
             reference: format!("c.G85001-0000.{n}"),
             sent_at: Utc.with_ymd_and_hms(2025, 3, 1, 9, 30, 0).unwrap(),
             message: Personal::new("Please book your booster".into()),
+            medium: if n.is_multiple_of(2) {
+                Medium::Sms
+            } else {
+                Medium::Letter
+            },
         }
     }
 

@@ -23,7 +23,7 @@ use chrono::Utc;
 use futures::stream::{self, BoxStream, StreamExt};
 use hub_core::domain::GpPatient;
 use hub_core::ports::{
-    GpConnection, GpConnector, GpError, Practice, WritebackEntry, WritebackResult,
+    GpConnection, GpConnector, GpError, PatientSearch, Practice, WritebackEntry, WritebackResult,
 };
 use reqwest::header::{
     HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LOCATION, CONTENT_TYPE, RETRY_AFTER,
@@ -39,6 +39,10 @@ const FHIR_JSON: &str = "application/fhir+json";
 const FHIR_NDJSON: &str = "application/fhir+ndjson";
 /// Records between explicit yields to the runtime while parsing.
 const YIELD_EVERY: u64 = 500;
+/// The Patient elements the hub reads (`_elements` of the search): no
+/// next of kin, no contacts beyond the patient's own.
+pub const PATIENT_ELEMENTS: &str =
+    "identifier,active,name,telecom,address,birthDate,deceased,extension";
 
 #[derive(Debug, Clone)]
 pub struct FhirConfig {
@@ -57,6 +61,10 @@ pub struct FhirConfig {
     /// Bounds on any poll interval, whatever the server asks.
     pub min_poll: Duration,
     pub max_poll: Duration,
+    /// Times one request answered 429 or 503 is tried again (after the
+    /// server's `Retry-After`, within the poll bounds) before the practice
+    /// is retried as a whole.
+    pub busy_retries: u32,
 }
 
 impl Default for FhirConfig {
@@ -70,6 +78,7 @@ impl Default for FhirConfig {
             default_poll: Duration::from_secs(2),
             min_poll: Duration::from_millis(100),
             max_poll: Duration::from_secs(60),
+            busy_retries: 5,
         }
     }
 }
@@ -94,10 +103,41 @@ impl std::fmt::Debug for FhirGpConnector {
 }
 
 /// One practice's server, resolved from its connection.
+#[derive(Clone)]
 struct Server {
     base: Url,
+    /// The base the server writes in its links, when not `base`.
+    link_base: Option<String>,
     bulk_export: bool,
+    patient_search: PatientSearch,
     token: Option<SecretString>,
+}
+
+impl Server {
+    /// A URL the server gave us, read against the base we call: relative
+    /// links are joined to it, and links under `link_base` (the server's
+    /// own idea of its address, behind a proxy) are moved onto it. Our
+    /// token goes only to the practice's own server.
+    fn follow(&self, ods: &str, what: &str, link: &str) -> Result<Url, GpError> {
+        let rebased = self
+            .link_base
+            .as_deref()
+            .map(|internal| internal.trim_end_matches('/'))
+            .and_then(|internal| link.strip_prefix(internal))
+            .filter(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
+            .map(|rest| format!("{}{rest}", self.base.as_str().trim_end_matches('/')));
+        let url = self
+            .base
+            .join(rebased.as_deref().unwrap_or(link))
+            .map_err(|_| GpError::Unavailable(format!("{ods}: {what} unreadable")))?;
+        if !same_origin(&url, &self.base) {
+            return Err(GpError::Misconfigured(format!(
+                "{ods}: {what} leaves the server (set the connection's link_base \
+                 if it sits behind a proxy)"
+            )));
+        }
+        Ok(url)
+    }
 }
 
 impl FhirGpConnector {
@@ -127,6 +167,8 @@ impl FhirGpConnector {
             base_url,
             bulk_export,
             secret,
+            patient_search,
+            link_base,
         } = &practice.connection
         else {
             return Err(GpError::Misconfigured(format!(
@@ -144,7 +186,9 @@ impl FhirGpConnector {
         };
         Ok(Server {
             base,
+            link_base: link_base.clone(),
             bulk_export: *bulk_export,
+            patient_search: *patient_search,
             token,
         })
     }
@@ -172,14 +216,13 @@ impl FhirGpConnector {
         let ods = &practice.ods;
         let mut kickoff = join(&server.base, &format!("Group/{ods}/$export"))?;
         kickoff.query_pairs_mut().append_pair("_type", "Patient");
-        let response = self
-            .request(reqwest::Method::GET, kickoff, server.token.as_ref())
-            .header(ACCEPT, FHIR_JSON)
-            .header("Prefer", "respond-async")
-            .timeout(self.config.request_timeout)
-            .send()
-            .await
-            .map_err(|e| transport(ods, "export kick-off", &e))?;
+        let response = busy_retry(&self.config, ods.as_str(), "export kick-off", || {
+            self.request(reqwest::Method::GET, kickoff.clone(), server.token.as_ref())
+                .header(ACCEPT, FHIR_JSON)
+                .header("Prefer", "respond-async")
+                .timeout(self.config.request_timeout)
+        })
+        .await?;
         if response.status() != StatusCode::ACCEPTED {
             return Err(status_error(ods, "export kick-off", response.status()));
         }
@@ -190,18 +233,17 @@ impl FhirGpConnector {
             .ok_or_else(|| {
                 GpError::Unavailable(format!("{ods}: export accepted without a status URL"))
             })?;
-        let status_url = server
-            .base
-            .join(location)
-            .map_err(|_| GpError::Unavailable(format!("{ods}: export status URL unreadable")))?;
+        let status_url = server.follow(ods.as_str(), "export status URL", location)?;
         let manifest = self.poll(practice, &server, status_url).await?;
         let mut files = VecDeque::new();
         for output in manifest.output.iter().filter(|o| o.type_ == "Patient") {
-            files.push_back((FileKind::Patients, output.url.clone()));
+            let url = server.follow(ods.as_str(), "export file URL", &output.url)?;
+            files.push_back((FileKind::Patients, url));
         }
         // Records the server could not export are reported, not lost.
         for error in &manifest.error {
-            files.push_back((FileKind::Errors, error.url.clone()));
+            let url = server.follow(ods.as_str(), "export error file URL", &error.url)?;
+            files.push_back((FileKind::Errors, url));
         }
         tracing::info!(
             ods = %ods,
@@ -215,7 +257,7 @@ impl FhirGpConnector {
             .then_some(server.token);
         let reader = ExportReader {
             http: self.http.clone(),
-            base: server.base,
+            config: self.config.clone(),
             token: token.flatten(),
             ods: ods.to_string(),
             files,
@@ -262,7 +304,9 @@ impl FhirGpConnector {
                     tracing::debug!(ods = %ods, polls, "export complete");
                     return Ok(manifest);
                 }
-                StatusCode::ACCEPTED | StatusCode::TOO_MANY_REQUESTS => {
+                StatusCode::ACCEPTED
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::SERVICE_UNAVAILABLE => {
                     let wait = retry_after(response.headers())
                         .unwrap_or(self.config.default_poll)
                         .clamp(self.config.min_poll, self.config.max_poll);
@@ -296,15 +340,24 @@ impl FhirGpConnector {
         server: Server,
     ) -> Result<BoxStream<'static, Result<GpPatient, GpError>>, GpError> {
         let mut first = join(&server.base, "Patient")?;
+        let ods = practice.ods.as_str();
+        match server.patient_search {
+            PatientSearch::Identifier => first.query_pairs_mut().append_pair(
+                "general-practitioner:identifier",
+                &format!("{ODS_SYSTEM}|{ods}"),
+            ),
+            PatientSearch::Reference => first
+                .query_pairs_mut()
+                .append_pair("general-practitioner", &format!("Organization/{ods}")),
+        };
         first
             .query_pairs_mut()
-            .append_pair("general-practitioner", practice.ods.as_str())
+            .append_pair("_elements", PATIENT_ELEMENTS)
             .append_pair("_count", &self.config.page_size.to_string());
         let mut reader = SearchReader {
             http: self.http.clone(),
-            timeout: self.config.request_timeout,
-            base: server.base,
-            token: server.token,
+            config: self.config.clone(),
+            server,
             ods: practice.ods.to_string(),
             next: None,
             page: VecDeque::new(),
@@ -468,6 +521,48 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .or(Some(Duration::ZERO))
 }
 
+/// Sends a request, and again while the server answers 429, or 503 with a
+/// `Retry-After` (busy, or down for a moment it names), waiting what it
+/// asks within the poll bounds, up to `busy_retries` times. Any other
+/// answer is returned.
+async fn busy_retry(
+    config: &FhirConfig,
+    ods: &str,
+    what: &str,
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, GpError> {
+    let mut retries = 0;
+    loop {
+        let response = request().send().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "could not connect"
+            } else {
+                "failed"
+            };
+            GpError::Unavailable(format!("{ods}: {what} {kind}"))
+        })?;
+        let status = response.status();
+        // A 503 without `Retry-After` is an outage of unknown length: the
+        // practice is retried later through the queue instead.
+        let wait = match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                Some(retry_after(response.headers()).unwrap_or(config.default_poll))
+            }
+            StatusCode::SERVICE_UNAVAILABLE => retry_after(response.headers()),
+            _ => None,
+        };
+        let Some(wait) = wait.filter(|_| retries < config.busy_retries) else {
+            return Ok(response);
+        };
+        retries += 1;
+        let wait = wait.clamp(config.min_poll, config.max_poll);
+        tracing::info!(ods, what, %status, retry = retries, wait_ms = wait.as_millis() as u64, "GP system busy; waiting");
+        tokio::time::sleep(wait).await;
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Manifest {
@@ -502,10 +597,10 @@ struct OpenFile {
 /// Reads the export's files one after another, one line at a time.
 struct ExportReader {
     http: reqwest::Client,
-    base: Url,
+    config: FhirConfig,
     token: Option<SecretString>,
     ods: String,
-    files: VecDeque<(FileKind, String)>,
+    files: VecDeque<(FileKind, Url)>,
     current: Option<OpenFile>,
     file_number: usize,
     read: u64,
@@ -519,7 +614,7 @@ impl ExportReader {
                 self.file_number += 1;
                 let opened = open_file(
                     self.http.clone(),
-                    self.base.clone(),
+                    self.config.clone(),
                     self.token.clone(),
                     format!("{} file {}", self.ods, self.file_number),
                     kind,
@@ -576,29 +671,22 @@ impl ExportReader {
 /// is not `Sync`, so it cannot be borrowed across the request).
 async fn open_file(
     http: reqwest::Client,
-    base: Url,
+    config: FhirConfig,
     token: Option<SecretString>,
     what: String,
     kind: FileKind,
-    url: String,
+    url: Url,
 ) -> Result<OpenFile, GpError> {
-    let url = base
-        .join(&url)
-        .map_err(|_| GpError::Unavailable(format!("{what}: URL unreadable")))?;
-    let mut request = http.get(url).header(ACCEPT, FHIR_NDJSON);
-    if let Some(token) = &token {
-        request = request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
-    }
-    let response = request.send().await.map_err(|e| {
-        GpError::Unavailable(format!(
-            "{what}: {}",
-            if e.is_timeout() {
-                "timed out"
-            } else {
-                "failed"
+    let response = busy_retry(&config, &what, "download", || {
+        let request = http.get(url.clone()).header(ACCEPT, FHIR_NDJSON);
+        match &token {
+            Some(token) => {
+                request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
             }
-        ))
-    })?;
+            None => request,
+        }
+    })
+    .await?;
     if !response.status().is_success() {
         return Err(GpError::Unavailable(format!(
             "{what}: HTTP {}",
@@ -615,9 +703,8 @@ async fn open_file(
 /// Follows a search's `next` links one page at a time.
 struct SearchReader {
     http: reqwest::Client,
-    timeout: Duration,
-    base: Url,
-    token: Option<SecretString>,
+    config: FhirConfig,
+    server: Server,
     ods: String,
     next: Option<Url>,
     page: VecDeque<Result<GpPatient, GpError>>,
@@ -646,24 +733,22 @@ impl SearchReader {
         self.pages += 1;
         let ods = &self.ods;
         let page = self.pages;
-        let mut request = self
-            .http
-            .get(url)
-            .header(ACCEPT, FHIR_JSON)
-            .timeout(self.timeout);
-        if let Some(token) = &self.token {
-            request = request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
-        }
-        let response = request.send().await.map_err(|e| {
-            GpError::Unavailable(format!(
-                "{ods}: search page {page} {}",
-                if e.is_timeout() {
-                    "timed out"
-                } else {
-                    "failed"
+        // A busy page is asked for again, not the practice restarted.
+        let what = format!("search page {page}");
+        let response = busy_retry(&self.config, ods, &what, || {
+            let request = self
+                .http
+                .get(url.clone())
+                .header(ACCEPT, FHIR_JSON)
+                .timeout(self.config.request_timeout);
+            match &self.server.token {
+                Some(token) => {
+                    request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
                 }
-            ))
-        })?;
+                None => request,
+            }
+        })
+        .await?;
         let status = response.status();
         if !status.is_success() {
             let code = status.as_u16();
@@ -713,17 +798,7 @@ impl SearchReader {
             .and_then(|l| l.get("url"))
             .and_then(|u| u.as_str());
         if let Some(next) = next {
-            let next = self
-                .base
-                .join(next)
-                .map_err(|_| GpError::Unavailable(format!("{ods}: next link unreadable")))?;
-            // Our token goes only to the practice's own server.
-            if !same_origin(&next, &self.base) {
-                return Err(GpError::Misconfigured(format!(
-                    "{ods}: search next link leaves the server"
-                )));
-            }
-            self.next = Some(next);
+            self.next = Some(self.server.follow(ods, "search next link", next)?);
         }
         Ok(())
     }
@@ -767,6 +842,42 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn links_behind_a_proxy_are_read_against_the_base_we_call() {
+        let server = Server {
+            base: Url::parse("https://gp.example/fhir/r4").unwrap(),
+            link_base: Some("http://fhir-internal:8080/fhir/".into()),
+            bulk_export: false,
+            patient_search: PatientSearch::Identifier,
+            token: None,
+        };
+        let next = "http://fhir-internal:8080/fhir/Patient?_page=2";
+        assert_eq!(
+            server.follow("G85001", "next", next).unwrap().as_str(),
+            "https://gp.example/fhir/r4/Patient?_page=2"
+        );
+        assert_eq!(
+            server
+                .follow("G85001", "next", "https://gp.example/fhir/r4/Patient?p=3")
+                .unwrap()
+                .as_str(),
+            "https://gp.example/fhir/r4/Patient?p=3"
+        );
+        // A look-alike host is not the internal base, and leaves the server.
+        let error = server
+            .follow("G85001", "next", "http://fhir-internal:8080/fhirx/Patient")
+            .unwrap_err();
+        assert!(matches!(error, GpError::Misconfigured(_)), "{error}");
+        let direct = Server {
+            link_base: None,
+            ..server
+        };
+        assert!(matches!(
+            direct.follow("G85001", "next", next),
+            Err(GpError::Misconfigured(_))
+        ));
+    }
+
     #[tokio::test]
     async fn a_practice_without_a_fhir_connection_is_misconfigured() {
         let connector = FhirGpConnector::new(FhirConfig::default()).unwrap();
@@ -786,6 +897,8 @@ mod tests {
             base_url: "http://127.0.0.1:9".into(),
             bulk_export: false,
             secret: Some("missing".into()),
+            patient_search: PatientSearch::Identifier,
+            link_base: None,
         };
         assert!(matches!(
             connector.extract(&practice).await,

@@ -3,7 +3,7 @@
 //! fields have the wrong JSON types is a malformed record.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use hub_core::domain::{ContactPreference, GpPatient, Personal};
+use hub_core::domain::{ContactPreference, DatePrecision, GpPatient, Personal, UkMobile};
 use serde::Deserialize;
 
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
@@ -33,6 +33,21 @@ pub(crate) struct Patient {
     deceased_date_time: Option<String>,
     #[serde(default)]
     extension: Vec<Extension>,
+    #[serde(default)]
+    active: Option<bool>,
+}
+
+/// A list of FHIR strings: servers write `null` where an item has no value
+/// and explain it in the `_field` sibling (a data-absent-reason
+/// extension), so a `null` is an absent item, not a malformed record.
+type Strings = Vec<Option<String>>;
+
+fn present(items: &Strings) -> impl Iterator<Item = &str> {
+    items
+        .iter()
+        .flatten()
+        .map(|item| item.trim())
+        .filter(|item| !item.is_empty())
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -59,7 +74,7 @@ struct HumanName {
     #[serde(default)]
     family: Option<String>,
     #[serde(default)]
-    given: Vec<String>,
+    given: Strings,
     #[serde(default)]
     period: Option<Period>,
 }
@@ -72,7 +87,7 @@ struct Address {
     #[serde(default, rename = "type")]
     type_: Option<String>,
     #[serde(default)]
-    line: Vec<String>,
+    line: Strings,
     #[serde(default)]
     city: Option<String>,
     #[serde(default)]
@@ -165,23 +180,13 @@ fn to_gp_patient(patient: Patient, now: DateTime<Utc>) -> Result<GpPatient, Pati
     let name = pick_name(&patient.name, now);
     let (given_name, family_name) = name.map_or((String::new(), String::new()), |n| {
         (
-            n.given
-                .iter()
-                .map(|g| g.trim())
-                .filter(|g| !g.is_empty())
-                .collect::<Vec<_>>()
-                .join(" "),
+            present(&n.given).collect::<Vec<_>>().join(" "),
             n.family.clone().unwrap_or_default(),
         )
     });
     let address = pick_address(&patient.address, now);
     let (address_lines, postcode) = address.map_or((Vec::new(), String::new()), |a| {
-        let mut lines: Vec<String> = a
-            .line
-            .iter()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect();
+        let mut lines: Vec<String> = present(&a.line).map(str::to_string).collect();
         if let Some(city) = a.city.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
             if lines.last().map(String::as_str) != Some(city) {
                 lines.push(city.to_string());
@@ -189,10 +194,13 @@ fn to_gp_patient(patient: Patient, now: DateTime<Utc>) -> Result<GpPatient, Pati
         }
         (lines, a.postal_code.clone().unwrap_or_default())
     });
-    let birth_date = patient
+    let (birth_date, birth_date_precision) = patient
         .birth_date
         .as_deref()
-        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+        .and_then(birth_date)
+        .map_or((None, DatePrecision::Day), |(first, precision)| {
+            (Some(first), precision)
+        });
     let deceased = patient.deceased_boolean == Some(true) || patient.deceased_date_time.is_some();
     Ok(GpPatient {
         nhs_number: Personal::new(nhs_number),
@@ -201,10 +209,25 @@ fn to_gp_patient(patient: Patient, now: DateTime<Utc>) -> Result<GpPatient, Pati
         address_lines: Personal::new(address_lines),
         postcode: Personal::new(postcode),
         birth_date: Personal::new(birth_date),
+        birth_date_precision,
         mobile: Personal::new(pick_mobile(&patient.telecom, now)),
         deceased,
         contact_preference: contact_preference(&patient.extension),
+        active: patient.active != Some(false),
     })
+}
+
+/// A FHIR `date`: `1980-02-29`, `1980-02` or `1980`, as its first day and
+/// how much of it is known.
+fn birth_date(text: &str) -> Option<(NaiveDate, DatePrecision)> {
+    let (year, month, day) = partial_date(text.trim())?;
+    let precision = match (month, day) {
+        (Some(_), Some(_)) => DatePrecision::Day,
+        (Some(_), None) => DatePrecision::Month,
+        _ => DatePrecision::Year,
+    };
+    let first = NaiveDate::from_ymd_opt(year, month.unwrap_or(1), day.unwrap_or(1))?;
+    Some((first, precision))
 }
 
 /// A period is current when it has started and not ended. An unreadable
@@ -286,21 +309,36 @@ fn pick_address(addresses: &[Address], now: DateTime<Utc>) -> Option<&Address> {
         .or_else(|| current().find(|a| a.use_.is_none()))
 }
 
-/// The current mobile (`system=phone`, `use=mobile`), best `rank` first.
+/// The best usable current mobile. Records hold mobiles under `use=mobile`,
+/// as `system=sms`, and also under `use=home`, `work`, `temp` or no use at
+/// all; pagers, faxes and e-mail are never texted. Candidates go by `rank`
+/// (unranked last), a declared mobile before a phone that merely parses as
+/// one, then record order; the first that is a valid UK mobile wins, so an
+/// unusable rank-1 entry does not hide a usable rank-2 one. With no usable
+/// number, a declared mobile is returned as recorded, so it is reported as
+/// invalid rather than missing.
 fn pick_mobile(telecom: &[ContactPoint], now: DateTime<Utc>) -> Option<String> {
-    telecom
+    let mut candidates: Vec<(u32, bool, usize, &str)> = telecom
         .iter()
         .enumerate()
-        .filter(|(_, t)| {
-            t.system.as_deref() == Some("phone") && t.use_.as_deref() == Some("mobile")
-        })
         .filter(|(_, t)| is_current(t.period.as_ref(), now))
         .filter_map(|(order, t)| {
             let value = t.value.as_deref()?.trim();
-            (!value.is_empty()).then(|| (t.rank.unwrap_or(u32::MAX), order, value.to_string()))
+            let declared = match (t.system.as_deref(), t.use_.as_deref()) {
+                (Some("sms"), _) | (Some("phone"), Some("mobile")) => true,
+                (Some("phone"), None | Some("home" | "work" | "temp")) => false,
+                _ => return None,
+            };
+            let rank = t.rank.filter(|r| *r > 0).unwrap_or(u32::MAX);
+            (!value.is_empty()).then_some((rank, !declared, order, value))
         })
-        .min()
-        .map(|(_, _, value)| value)
+        .collect();
+    candidates.sort_unstable();
+    candidates
+        .iter()
+        .find(|(_, _, _, value)| UkMobile::parse(value).is_ok())
+        .or_else(|| candidates.iter().find(|(_, inferred, _, _)| !inferred))
+        .map(|(_, _, _, value)| value.to_string())
 }
 
 /// Code 8 wins over anything else recorded: a "no telephone contact"
@@ -477,6 +515,131 @@ mod tests {
                           "period": { "start": "2020-01", "end": "2025-03-01" } }]
         }));
         assert_eq!(today.mobile.expose().as_deref(), Some("07700 900006"));
+    }
+
+    /// UK Core as servers write it: a `null` inside a string list with its
+    /// data-absent-reason in the `_given` / `_line` sibling.
+    #[test]
+    fn nulls_in_string_lists_are_absent_items_not_malformed_records() {
+        let absent = json!([{ "extension": [{
+            "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+            "valueCode": "unknown"
+        }]}]);
+        let patient = parse(json!({
+            "resourceType": "Patient",
+            "identifier": [{ "system": NHS_NUMBER_SYSTEM, "value": "9000000009" }],
+            "name": [{ "use": "official", "family": "Bloggs", "given": [null], "_given": absent }],
+            "address": [{ "use": "home", "line": ["1 High Street", null], "_line": [null, absent[0]],
+                          "postalCode": "SE13 6LH" }],
+            "telecom": [{ "system": "phone", "use": "mobile", "value": "07700 900123" }],
+            "generalPractitioner": [{ "identifier": { "system": ODS_SYSTEM, "value": "G85002" } }]
+        }));
+        assert_eq!(patient.nhs_number.expose(), "9000000009");
+        assert_eq!(patient.given_name.expose(), "");
+        assert_eq!(patient.family_name.expose(), "Bloggs");
+        assert_eq!(
+            patient.address_lines.expose(),
+            &vec!["1 High Street".to_string()]
+        );
+        assert_eq!(patient.mobile.expose().as_deref(), Some("07700 900123"));
+        let two = parse(json!({
+            "resourceType": "Patient",
+            "name": [{ "use": "official", "given": [null, "Ann"], "_given": [absent[0], null] }]
+        }));
+        assert_eq!(two.given_name.expose(), "Ann");
+    }
+
+    #[test]
+    fn mobiles_are_found_under_other_uses_and_ranks() {
+        let mobile_of = |telecom: serde_json::Value| {
+            parse(json!({ "resourceType": "Patient", "telecom": telecom }))
+                .mobile
+                .expose()
+                .clone()
+        };
+        // under use=home, with no use, and as system=sms
+        assert_eq!(
+            mobile_of(json!([{ "system": "phone", "use": "home", "value": "07700 900201" }]))
+                .as_deref(),
+            Some("07700 900201")
+        );
+        assert_eq!(
+            mobile_of(json!([{ "system": "phone", "value": "07700 900202" }])).as_deref(),
+            Some("07700 900202")
+        );
+        assert_eq!(
+            mobile_of(json!([{ "system": "sms", "value": "+447700900203" }])).as_deref(),
+            Some("+447700900203")
+        );
+        // a landline under use=home is not a mobile
+        assert_eq!(
+            mobile_of(json!([{ "system": "phone", "use": "home", "value": "020 7946 0000" }])),
+            None
+        );
+        // a rank-1 pager does not hide a rank-2 mobile
+        assert_eq!(
+            mobile_of(json!([
+                { "system": "pager", "value": "07700 900299", "rank": 1 },
+                { "system": "phone", "use": "mobile", "value": "07700 900204", "rank": 2 }
+            ]))
+            .as_deref(),
+            Some("07700 900204")
+        );
+        // an unusable rank-1 "mobile" does not hide a usable rank-2 one
+        assert_eq!(
+            mobile_of(json!([
+                { "system": "phone", "use": "mobile", "value": "020 7946 0000", "rank": 1 },
+                { "system": "phone", "use": "home", "value": "07700 900205", "rank": 2 }
+            ]))
+            .as_deref(),
+            Some("07700 900205")
+        );
+        // a declared mobile beats an inferred one of the same rank
+        assert_eq!(
+            mobile_of(json!([
+                { "system": "phone", "value": "07700 900206" },
+                { "system": "phone", "use": "mobile", "value": "07700 900207" }
+            ]))
+            .as_deref(),
+            Some("07700 900207")
+        );
+        // nothing usable: the declared mobile is kept, to be reported invalid
+        assert_eq!(
+            mobile_of(json!([{ "system": "phone", "use": "mobile", "value": "12345" }])).as_deref(),
+            Some("12345")
+        );
+        // e-mail and fax are never texted
+        assert_eq!(
+            mobile_of(json!([
+                { "system": "fax", "value": "07700 900208" },
+                { "system": "email", "value": "07700900209@example.org" }
+            ])),
+            None
+        );
+    }
+
+    #[test]
+    fn inactive_records_and_partial_birth_dates() {
+        let inactive = parse(json!({ "resourceType": "Patient", "active": false }));
+        assert!(!inactive.active);
+        assert!(parse(json!({ "resourceType": "Patient", "active": true })).active);
+        assert!(parse(json!({ "resourceType": "Patient" })).active);
+        let year = parse(json!({ "resourceType": "Patient", "birthDate": "1961" }));
+        assert_eq!(
+            *year.birth_date.expose(),
+            NaiveDate::from_ymd_opt(1961, 1, 1)
+        );
+        assert_eq!(year.birth_date_precision, DatePrecision::Year);
+        let month = parse(json!({ "resourceType": "Patient", "birthDate": "1961-05" }));
+        assert_eq!(
+            *month.birth_date.expose(),
+            NaiveDate::from_ymd_opt(1961, 5, 1)
+        );
+        assert_eq!(month.birth_date_precision, DatePrecision::Month);
+        let day = parse(json!({ "resourceType": "Patient", "birthDate": "1961-05-17" }));
+        assert_eq!(day.birth_date_precision, DatePrecision::Day);
+        let nonsense = parse(json!({ "resourceType": "Patient", "birthDate": "1961-13" }));
+        assert_eq!(*nonsense.birth_date.expose(), None);
     }
 
     #[test]

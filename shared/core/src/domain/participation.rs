@@ -17,6 +17,9 @@ pub enum ParticipationState {
     Extracted,
     /// The GP system could not be read after every retry.
     ExtractionFailed,
+    /// Read, but far fewer records than the registered list size: held
+    /// (nothing sent, the campaign not completed) for a staff decision.
+    ExtractionSuspect,
 }
 
 impl ParticipationState {
@@ -28,6 +31,7 @@ impl ParticipationState {
             Self::Extracting => "extracting",
             Self::Extracted => "extracted",
             Self::ExtractionFailed => "extraction_failed",
+            Self::ExtractionSuspect => "extraction_suspect",
         }
     }
 }
@@ -48,6 +52,10 @@ pub struct Participation {
     /// Records the GP system returned that could not be read.
     #[serde(default)]
     pub malformed_records: u64,
+    /// Records the GP system returned, readable or not (checked against
+    /// the registered list size).
+    #[serde(default)]
+    pub records_read: u64,
     /// Cohort and exclusions found at extraction.
     pub counts: OutcomeCounts,
     pub sends_queued: bool,
@@ -68,6 +76,7 @@ impl Participation {
             last_error: None,
             chunks: 0,
             malformed_records: 0,
+            records_read: 0,
             counts: Default::default(),
             sends_queued: false,
             version: 0,
@@ -82,6 +91,28 @@ pub struct ParticipationError {
     pub ods: OdsCode,
     pub state: ParticipationState,
     pub action: &'static str,
+}
+
+/// What staff decide about a practice held as `extraction_suspect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtractionDecision {
+    /// Send to the patients read (the list size on record was wrong).
+    Proceed,
+    /// Read the practice again.
+    Retry,
+    /// Leave the practice out of this campaign.
+    Exclude,
+}
+
+impl ExtractionDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proceed => "proceed",
+            Self::Retry => "retry",
+            Self::Exclude => "exclude",
+        }
+    }
 }
 
 /// What an extract job should do with a participation it was given.
@@ -147,7 +178,8 @@ impl Participation {
             ParticipationState::Extracted => return ExtractionStart::AlreadyExtracted,
             ParticipationState::Notified
             | ParticipationState::OptedOut
-            | ParticipationState::ExtractionFailed => return ExtractionStart::NotTakingPart,
+            | ParticipationState::ExtractionFailed
+            | ParticipationState::ExtractionSuspect => return ExtractionStart::NotTakingPart,
         }
         self.state = ParticipationState::Extracting;
         self.extraction_attempts += 1;
@@ -162,6 +194,49 @@ impl Participation {
         self.counts = counts;
         self.malformed_records = malformed;
         self.last_error = None;
+    }
+
+    /// The extraction read far fewer records than the list size: its
+    /// chunks are stored but not counted until staff decide.
+    pub fn hold_as_suspect(
+        &mut self,
+        chunks: u32,
+        counts: OutcomeCounts,
+        malformed: u64,
+        records_read: u64,
+    ) {
+        self.finish_extraction(chunks, counts, malformed);
+        self.records_read = records_read;
+        self.state = ParticipationState::ExtractionSuspect;
+    }
+
+    /// Staff decide on a held extraction. `Proceed` keeps what was read;
+    /// `Retry` puts the practice back in line (attempts start again);
+    /// `Exclude` ends its part with nothing sent.
+    pub fn decide(&mut self, decision: ExtractionDecision) -> Result<(), ParticipationError> {
+        if self.state != ParticipationState::ExtractionSuspect {
+            return Err(ParticipationError {
+                ods: self.ods.clone(),
+                state: self.state,
+                action: "take an extraction decision (only a held extraction can)",
+            });
+        }
+        match decision {
+            ExtractionDecision::Proceed => self.state = ParticipationState::Extracted,
+            ExtractionDecision::Retry => {
+                self.state = ParticipationState::Participating;
+                self.extraction_attempts = 0;
+                self.chunks = 0;
+                self.counts = OutcomeCounts::default();
+            }
+            ExtractionDecision::Exclude => {
+                self.state = ParticipationState::ExtractionFailed;
+                self.chunks = 0;
+                self.counts = OutcomeCounts::default();
+                self.last_error = Some("excluded by staff after a suspect extraction".into());
+            }
+        }
+        Ok(())
     }
 
     /// The GP system could not be read: back in line for another attempt,
@@ -243,6 +318,32 @@ mod tests {
             p.start_extraction(much_later, stale),
             ExtractionStart::AlreadyExtracted
         );
+
+        let mut held = notified();
+        held.freeze();
+        held.start_extraction(now, stale);
+        held.hold_as_suspect(1, OutcomeCounts::default(), 0, 12);
+        assert_eq!(held.state, ParticipationState::ExtractionSuspect);
+        assert_eq!(held.records_read, 12);
+        assert_eq!(
+            held.start_extraction(now, stale),
+            ExtractionStart::NotTakingPart,
+            "a held practice waits for staff"
+        );
+        for (decision, state) in [
+            (ExtractionDecision::Proceed, ParticipationState::Extracted),
+            (ExtractionDecision::Retry, ParticipationState::Participating),
+            (
+                ExtractionDecision::Exclude,
+                ParticipationState::ExtractionFailed,
+            ),
+        ] {
+            let mut p = held.clone();
+            p.decide(decision).unwrap();
+            assert_eq!(p.state, state);
+            assert!(p.decide(decision).is_err(), "decided once");
+        }
+        assert!(notified().decide(ExtractionDecision::Proceed).is_err());
 
         let mut failed = notified();
         failed.freeze();

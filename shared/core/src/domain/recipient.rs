@@ -25,11 +25,46 @@ pub struct GpPatient {
     pub family_name: Personal<String>,
     pub address_lines: Personal<Vec<String>>,
     pub postcode: Personal<String>,
+    /// The first day the recorded birth date can mean (1 January for a
+    /// year alone); `birth_date_precision` says how much of it is known.
     pub birth_date: Personal<Option<NaiveDate>>,
-    /// Current mobile numbers, as recorded (unvalidated).
+    #[serde(default)]
+    pub birth_date_precision: DatePrecision,
+    /// The best current mobile, as recorded (unvalidated).
     pub mobile: Personal<Option<String>>,
     pub deceased: bool,
     pub contact_preference: ContactPreference,
+    /// `Patient.active`: `false` marks a record no longer in use.
+    #[serde(default = "record_active")]
+    pub active: bool,
+}
+
+fn record_active() -> bool {
+    true
+}
+
+/// How much of a date is known (FHIR allows `1980` and `1980-05`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DatePrecision {
+    #[default]
+    Day,
+    Month,
+    Year,
+}
+
+impl DatePrecision {
+    /// The last day a date known to this precision can mean, from its first.
+    pub fn last_day(self, first: NaiveDate) -> NaiveDate {
+        use chrono::Datelike;
+        let next = match self {
+            Self::Day => return first,
+            Self::Month if first.month() == 12 => NaiveDate::from_ymd_opt(first.year() + 1, 1, 1),
+            Self::Month => NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1),
+            Self::Year => NaiveDate::from_ymd_opt(first.year() + 1, 1, 1),
+        };
+        next.and_then(|d| d.pred_opt()).unwrap_or(first)
+    }
 }
 
 /// How the hub will reach a recipient.
@@ -68,13 +103,18 @@ pub enum RecipientStatus {
     },
     /// Refused by the provider (a bad number) with no fallback.
     Rejected,
+    /// Not contacted, because of what another record of the same patient
+    /// says (found when every practice's extraction had finished).
+    Withheld {
+        reason: super::ExclusionReason,
+    },
 }
 
 impl RecipientStatus {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Self::Sent { .. } | Self::LetterSent { .. } | Self::Rejected
+            Self::Sent { .. } | Self::LetterSent { .. } | Self::Rejected | Self::Withheld { .. }
         )
     }
 }
@@ -163,8 +203,24 @@ impl RecipientRef {
 /// number) is placed in at most one chunk of a campaign.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DedupeKey {
+    /// The patient is texted (held by the practice whose record texts them).
     Patient(NhsNumber),
     Mobile(UkMobile),
+    /// The patient is sent a letter (held by the practice whose record
+    /// addresses it); a letter is not sent when a `Patient` key exists.
+    Letter(NhsNumber),
+    /// Some record of this NHS number is restricted: whichever practice
+    /// holds the key, the restriction applies to every record.
+    Restricted(NhsNumber, Restriction),
+}
+
+/// What one record says that binds every record of the same NHS number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Restriction {
+    /// Deceased: nobody is contacted.
+    Deceased,
+    /// "No telephone contact" (code 8): no text.
+    NoTelephoneContact,
 }
 
 impl DedupeKey {
@@ -173,6 +229,11 @@ impl DedupeKey {
         match self {
             Self::Patient(nhs) => format!("P#{}", nhs.as_str()),
             Self::Mobile(mobile) => format!("M#{}", mobile.e164()),
+            Self::Letter(nhs) => format!("L#{}", nhs.as_str()),
+            Self::Restricted(nhs, Restriction::Deceased) => format!("D#{}", nhs.as_str()),
+            Self::Restricted(nhs, Restriction::NoTelephoneContact) => {
+                format!("N#{}", nhs.as_str())
+            }
         }
     }
 }

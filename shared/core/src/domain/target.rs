@@ -47,10 +47,28 @@ impl Target {
         postcode: Option<&Postcode>,
         on: NaiveDate,
     ) -> bool {
+        self.includes_patient_born(birth_date.map(|d| (d, d)), postcode, on)
+    }
+
+    /// As [`Self::includes_patient`] for a birth date known only to lie
+    /// within `(first, last)` (a partial date such as `1980` or `1980-05`):
+    /// the patient is in an age band when any day of that range would be.
+    /// An emergency message rather reaches someone a few months outside
+    /// the band than misses someone inside it.
+    pub fn includes_patient_born(
+        &self,
+        born_within: Option<(NaiveDate, NaiveDate)>,
+        postcode: Option<&Postcode>,
+        on: NaiveDate,
+    ) -> bool {
         if let Some(band) = &self.age {
-            match birth_date {
-                Some(dob) if dob <= on => {
-                    if !band.contains(age_on(dob, on)) {
+            match born_within {
+                Some((first, last)) if first <= on => {
+                    let oldest = age_on(first, on);
+                    let youngest = age_on(last.min(on), on);
+                    let overlaps = band.min.is_none_or(|min| oldest >= min)
+                        && band.max.is_none_or(|max| youngest <= max);
+                    if !overlaps {
                         return false;
                     }
                 }
@@ -127,6 +145,38 @@ mod tests {
         assert!(!target.includes_patient(Some(date("2015-01-01")), Some(&se13), on));
         assert!(!target.includes_patient(None, Some(&se13), on));
         assert!(!target.includes_patient(Some(date("1980-01-01")), None, on));
+    }
+
+    #[test]
+    fn a_partial_birth_date_is_in_a_band_when_any_day_of_it_is() {
+        let target = Target {
+            age: Some(AgeBand {
+                min: Some(65),
+                max: Some(70),
+            }),
+            ..Target::default()
+        };
+        let on = date("2026-06-01");
+        let year = |y: &str| {
+            let first = date(&format!("{y}-01-01"));
+            Some((first, crate::domain::DatePrecision::Year.last_day(first)))
+        };
+        // born in 1961: 64 or 65 on the day, so possibly in the band
+        assert!(target.includes_patient_born(year("1961"), None, on));
+        // born in 1960: 65 or 66, certainly in
+        assert!(target.includes_patient_born(year("1960"), None, on));
+        // born in 1962: 63 or 64, certainly not
+        assert!(!target.includes_patient_born(year("1962"), None, on));
+        // born in 1955: 70 or 71, possibly in
+        assert!(target.includes_patient_born(year("1955"), None, on));
+        // born in 1954: 71 or 72, certainly not
+        assert!(!target.includes_patient_born(year("1954"), None, on));
+        let may = date("1961-05-01");
+        let month = Some((may, crate::domain::DatePrecision::Month.last_day(may)));
+        assert!(target.includes_patient_born(month, None, on));
+        let july = date("1961-07-01");
+        let month = Some((july, crate::domain::DatePrecision::Month.last_day(july)));
+        assert!(!target.includes_patient_born(month, None, on));
     }
 
     #[test]

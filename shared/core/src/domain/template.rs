@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use unicode_normalization::UnicodeNormalization;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateRules {
@@ -152,6 +153,12 @@ pub enum TemplateError {
     EmptyPlaceholder { position: usize },
     #[error("has a placeholder opened with (( at character {position} but not closed with )) on the same line")]
     UnclosedPlaceholder { position: usize },
+    #[error("has a placeholder at character {position} with an empty fallback after |; write one, e.g. ((first_name|there)), or leave out the |")]
+    EmptyFallback { position: usize },
+    #[error("has a placeholder at character {position} whose fallback is over {max} characters")]
+    LongFallback { position: usize, max: usize },
+    #[error("has a fallback at character {position} for practice_name, which always has a value")]
+    FallbackNotAllowed { position: usize },
     #[error("has a link at character {position} with no domain")]
     LinkWithoutDomain { position: usize },
     #[error("has a link to {domain} at character {position}; links may only go to {allowed}")]
@@ -202,6 +209,9 @@ impl MessageTemplate {
                     },
                     Problem::Empty => TemplateError::EmptyPlaceholder { position },
                     Problem::Unclosed => TemplateError::UnclosedPlaceholder { position },
+                    Problem::EmptyFallback => TemplateError::EmptyFallback { position },
+                    Problem::LongFallback(max) => TemplateError::LongFallback { position, max },
+                    Problem::NoFallbackHere => TemplateError::FallbackNotAllowed { position },
                 });
             }
         }
@@ -225,14 +235,14 @@ impl MessageTemplate {
     pub fn uses(&self, field: Field) -> bool {
         tokenize(&self.text)
             .iter()
-            .any(|token| matches!(token, Token::Field(f) if *f == field))
+            .any(|token| matches!(token, Token::Field(f, _) if *f == field))
     }
 
     /// Distinct fields, in order of first use.
     pub fn fields(&self) -> Vec<Field> {
         let mut fields = Vec::new();
         for token in tokenize(&self.text) {
-            if let Token::Field(field) = token {
+            if let Token::Field(field, _) = token {
                 if !fields.contains(&field) {
                     fields.push(field);
                 }
@@ -243,15 +253,64 @@ impl MessageTemplate {
 
     /// Fills the placeholders. Anything that is not a valid placeholder (only
     /// possible in an unvalidated, deserialised template) is kept as written.
+    ///
+    /// Values are normalised to NFC first (a name stored decomposed, `e` +
+    /// combining acute, reads and counts as the one character `é`). An empty
+    /// value takes the placeholder's fallback (`((first_name|there))`);
+    /// with none, the placeholder is left out along with the comma or space
+    /// that would dangle after it, so a text never reads "Hello , ...".
     pub fn render(&self, values: &Personalisation<'_>) -> String {
         let mut out = String::with_capacity(self.text.len() + 64);
+        let mut dropped = false;
         for token in tokenize(&self.text) {
-            match token {
-                Token::Text(text) | Token::Bad { raw: text, .. } => out.push_str(text),
-                Token::Field(field) => out.push_str(values.get(field)),
+            let mut text = match token {
+                Token::Text(text) | Token::Bad { raw: text, .. } => text,
+                Token::Field(field, fallback) => {
+                    let value = values.get(field).trim();
+                    match (value, fallback) {
+                        ("", Some(fallback)) => fallback,
+                        ("", None) => {
+                            dropped = true;
+                            continue;
+                        }
+                        (value, _) => {
+                            out.extend(value.nfc());
+                            continue;
+                        }
+                    }
+                }
+            };
+            if std::mem::take(&mut dropped) {
+                // "Dear ((first_name)), see" -> "Dear see" rather than "Dear , see";
+                // "NHS SEL: ((first_name)), an" -> "NHS SEL: an".
+                text = text.strip_prefix(',').unwrap_or(text);
+                if out.ends_with(char::is_whitespace) || out.is_empty() {
+                    text = text.trim_start_matches([' ', '\t']);
+                }
+                if text.starts_with(['.', '!', '?', ',', ';', ':']) {
+                    let kept = out
+                        .trim_end_matches([' ', '\t'])
+                        .trim_end_matches(',')
+                        .len();
+                    out.truncate(kept);
+                }
             }
+            out.push_str(text);
+        }
+        if dropped {
+            let kept = out.trim_end_matches([' ', '\t']).len();
+            out.truncate(kept);
         }
         out
+    }
+
+    /// The message as a patient with no recorded name sees it.
+    pub fn example_without_names(&self) -> String {
+        self.render(&Personalisation {
+            first_name: "",
+            last_name: "",
+            practice_name: "Example Surgery",
+        })
     }
 
     pub fn example(&self) -> String {
@@ -301,12 +360,17 @@ enum Problem<'a> {
     Unknown(&'a str),
     Empty,
     Unclosed,
+    EmptyFallback,
+    LongFallback(usize),
+    NoFallbackHere,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token<'a> {
     Text(&'a str),
-    Field(Field),
+    /// `((first_name|there))`: the field, and what stands in for an empty
+    /// value.
+    Field(Field, Option<&'a str>),
     /// `raw` is the exact source text, so rendering can keep it unchanged.
     Bad {
         raw: &'a str,
@@ -350,10 +414,31 @@ fn tokenize(text: &str) -> Vec<Token<'_>> {
         }
         let position = open + 1;
         if is(end, ')') && is(end + 1, ')') {
-            let name = &text[byte_at(name_start)..byte_at(end)];
+            let inside = &text[byte_at(name_start)..byte_at(end)];
+            let (name, fallback) = match inside.split_once('|') {
+                Some((name, fallback)) => (name, Some(fallback)),
+                None => (inside, None),
+            };
             let raw = &text[open_byte..byte_at(end + 2)];
             tokens.push(match Field::from_name(name) {
-                Some(field) => Token::Field(field),
+                Some(field) => match fallback {
+                    Some(fallback) if fallback.trim().is_empty() => Token::Bad {
+                        raw,
+                        problem: Problem::EmptyFallback,
+                        position,
+                    },
+                    Some(fallback) if fallback.chars().count() > field.max_length() => Token::Bad {
+                        raw,
+                        problem: Problem::LongFallback(field.max_length()),
+                        position,
+                    },
+                    Some(_) if field == Field::PracticeName => Token::Bad {
+                        raw,
+                        problem: Problem::NoFallbackHere,
+                        position,
+                    },
+                    fallback => Token::Field(field, fallback),
+                },
                 None if name.trim().is_empty() => Token::Bad {
                     raw,
                     problem: Problem::Empty,
@@ -846,5 +931,110 @@ mod tests {
         let template: MessageTemplate =
             serde_json::from_str("\"((x)) ((first_name)) ((\"").unwrap();
         assert_eq!(template.example(), "((x)) Alex ((");
+    }
+
+    fn named<'a>(first: &'a str, last: &'a str) -> Personalisation<'a> {
+        Personalisation {
+            first_name: first,
+            last_name: last,
+            practice_name: "Hilly Fields Surgery",
+        }
+    }
+
+    #[test]
+    fn a_name_placeholder_falls_back_when_there_is_no_name() {
+        let template = parse("Hello ((first_name|there)), please see www.nhs.uk").unwrap();
+        assert!(template.uses(Field::FirstName));
+        assert_eq!(
+            template.render(&named("Ada", "")),
+            "Hello Ada, please see www.nhs.uk"
+        );
+        assert_eq!(
+            template.render(&named("", "")),
+            "Hello there, please see www.nhs.uk"
+        );
+        assert_eq!(
+            template.render(&named("  ", "")),
+            "Hello there, please see www.nhs.uk"
+        );
+        assert_eq!(
+            template.example_without_names(),
+            "Hello there, please see www.nhs.uk"
+        );
+    }
+
+    #[test]
+    fn without_a_fallback_an_empty_name_leaves_no_dangling_comma() {
+        let cases = [
+            (
+                "NHS South East London: ((first_name)), an urgent message.",
+                "NHS South East London: an urgent message.",
+            ),
+            (
+                "Dear ((first_name)) ((last_name)), call us.",
+                "Dear call us.",
+            ),
+            ("((first_name)), call us.", "call us."),
+            ("Call us, ((first_name)).", "Call us."),
+            ("Call us ((first_name))", "Call us"),
+        ];
+        for (text, expected) in cases {
+            let rendered = parse(text).unwrap().render(&named("", ""));
+            assert_eq!(rendered, expected, "{text}");
+            assert!(
+                !rendered.contains(" ,") && !rendered.contains(": ,"),
+                "{rendered}"
+            );
+        }
+        // With a name nothing is taken away.
+        assert_eq!(
+            parse("Dear ((first_name)) ((last_name)), call us.")
+                .unwrap()
+                .render(&named("Ada", "Okafor")),
+            "Dear Ada Okafor, call us."
+        );
+    }
+
+    #[test]
+    fn names_are_normalised_to_nfc_before_rendering() {
+        // "Zoë" and "José" as a system may store them, decomposed.
+        let template = parse("Hi ((first_name)) ((last_name))").unwrap();
+        let rendered = template.render(&named("Zoe\u{308}", "Jose\u{301}"));
+        assert_eq!(rendered, "Hi Zo\u{eb} Jos\u{e9}");
+        assert_eq!(rendered.chars().count(), 11);
+        // é is GSM-7 once composed; decomposed, its combining accent is not.
+        let rendered = template.render(&named("Rene\u{301}e", "Jose\u{301}"));
+        assert_eq!(rendered, "Hi Ren\u{e9}e Jos\u{e9}");
+        assert_eq!(measure(&rendered).encoding, Encoding::Gsm7);
+        assert_eq!(measure("Hi Rene\u{301}e").encoding, Encoding::Ucs2);
+    }
+
+    #[test]
+    fn fallbacks_are_checked() {
+        assert_eq!(
+            parse("Hi ((first_name|)) x").unwrap_err(),
+            TemplateError::EmptyFallback { position: 4 }
+        );
+        let long = format!("Hi ((first_name|{})) x", "y".repeat(36));
+        assert_eq!(
+            parse(&long).unwrap_err(),
+            TemplateError::LongFallback {
+                position: 4,
+                max: 35
+            }
+        );
+        assert_eq!(
+            parse("From ((practice_name|us))").unwrap_err(),
+            TemplateError::FallbackNotAllowed { position: 6 }
+        );
+        assert!(matches!(
+            parse("Hi ((nickname|there))").unwrap_err(),
+            TemplateError::UnknownPlaceholder { .. }
+        ));
+        // A link in a fallback is checked like any other.
+        assert!(matches!(
+            parse("Hi ((first_name|www.evil.example))").unwrap_err(),
+            TemplateError::DisallowedLink { .. }
+        ));
     }
 }

@@ -2,14 +2,17 @@
 //! keep the target cohort, exclude with reasons, deduplicate, split into
 //! chunks, store them in the patient-data table and queue the sends.
 //!
-//! Nothing is sent until the whole practice is extracted and committed, so
-//! a retried extraction simply starts again.
+//! Nothing is sent until every practice's extraction is final (extracted
+//! or failed): a patient registered at two practices is decided on all
+//! their records, and the most careful one wins (`restrictions.rs`). A
+//! retried extraction simply starts again.
 
 use super::{Hub, JobError};
 use crate::domain::{
     CampaignId, CampaignState, ChunkId, ChunkRecord, Contact, ContactPreference, DedupeKey,
     ExclusionReason, ExtractionStart, GpPatient, NhsNumber, OdsCode, OutcomeCounts, Participation,
-    ParticipationState, Personal, PostalAddress, Postcode, Recipient, RecipientStatus, UkMobile,
+    ParticipationState, Personal, PostalAddress, Postcode, Recipient, RecipientStatus, Restriction,
+    UkMobile,
 };
 use crate::ports::{GpError, Job, Placement, Practice, StoreError};
 use futures::StreamExt;
@@ -38,11 +41,18 @@ fn classify(
 ) -> Classified {
     let on = campaign.optout_deadline.date_naive();
     let postcode = Postcode::parse(patient.postcode.expose()).ok();
+    let born_within = patient
+        .birth_date
+        .expose()
+        .map(|first| (first, patient.birth_date_precision.last_day(first)));
     if !campaign
         .target
-        .includes_patient(*patient.birth_date.expose(), postcode.as_ref(), on)
+        .includes_patient_born(born_within, postcode.as_ref(), on)
     {
         return Classified::NotInCohort;
+    }
+    if !patient.active {
+        return Classified::Excluded(ExclusionReason::InactiveRecord);
     }
     if patient.deceased {
         return Classified::Excluded(ExclusionReason::Deceased);
@@ -74,15 +84,7 @@ fn classify(
             match postcode {
                 Some(postcode) if !lines.is_empty() => Contact::Letter {
                     address: PostalAddress {
-                        name: Personal::new(
-                            format!(
-                                "{} {}",
-                                patient.given_name.expose(),
-                                patient.family_name.expose()
-                            )
-                            .trim()
-                            .to_string(),
-                        ),
+                        name: Personal::new(addressee(&patient)),
                         lines: Personal::new(lines),
                         postcode,
                     },
@@ -110,6 +112,24 @@ fn classify(
     }))
 }
 
+/// The name a letter is addressed to, NFC-normalised like every rendered
+/// name; with none recorded, "The patient" (a letter is never addressed to
+/// a blank line).
+fn addressee(patient: &GpPatient) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let name = format!(
+        "{} {}",
+        patient.given_name.expose().trim(),
+        patient.family_name.expose().trim()
+    );
+    let name: String = name.trim().nfc().collect();
+    if name.is_empty() {
+        "The patient".to_string()
+    } else {
+        name
+    }
+}
+
 /// Chunks being built for one practice.
 struct ChunkBuilder<'a> {
     hub: &'a Hub,
@@ -118,13 +138,22 @@ struct ChunkBuilder<'a> {
     pending: Vec<Candidate>,
     chunks: Vec<ChunkRecord>,
     counts: OutcomeCounts,
+    /// Patients this practice texts, and those it writes to: a patient may
+    /// be in both until the release, where the text wins.
     seen_patients: HashSet<NhsNumber>,
+    seen_letters: HashSet<NhsNumber>,
     seen_mobiles: HashSet<UkMobile>,
+    /// Restrictions read in this practice's records, not yet stored.
+    restrictions: Vec<DedupeKey>,
 }
 
 impl ChunkBuilder<'_> {
     async fn push(&mut self, candidate: Candidate) -> Result<(), JobError> {
-        if !self.seen_patients.insert(candidate.nhs_number.clone()) {
+        let seen = match candidate.contact {
+            Contact::Sms { .. } => &mut self.seen_patients,
+            Contact::Letter { .. } => &mut self.seen_letters,
+        };
+        if !seen.insert(candidate.nhs_number.clone()) {
             self.counts.exclude(ExclusionReason::DuplicatePatient);
             return Ok(());
         }
@@ -132,6 +161,44 @@ impl ChunkBuilder<'_> {
         if self.pending.len() >= self.hub.config.chunk_size {
             self.flush().await?;
         }
+        Ok(())
+    }
+
+    /// Notes what this record says that binds the patient's other records.
+    async fn restrict(&mut self, patient: &GpPatient) -> Result<(), JobError> {
+        let Ok(nhs_number) = NhsNumber::parse(patient.nhs_number.expose()) else {
+            return Ok(());
+        };
+        if patient.deceased {
+            self.restrictions.push(DedupeKey::Restricted(
+                nhs_number.clone(),
+                Restriction::Deceased,
+            ));
+        }
+        if patient.contact_preference == ContactPreference::NoTelephoneContact {
+            self.restrictions.push(DedupeKey::Restricted(
+                nhs_number,
+                Restriction::NoTelephoneContact,
+            ));
+        }
+        if self.restrictions.len() >= self.hub.config.chunk_size {
+            self.store_restrictions().await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the restrictions: whoever holds a key, it exists, and that is
+    /// all the release asks.
+    async fn store_restrictions(&mut self) -> Result<(), JobError> {
+        if self.restrictions.is_empty() {
+            return Ok(());
+        }
+        let expires = self.hub.now() + self.hub.config.patient_data_ttl;
+        let keys = std::mem::take(&mut self.restrictions);
+        self.hub
+            .patients
+            .place_keys(&self.campaign.id, self.ods, &keys, expires)
+            .await?;
         Ok(())
     }
 
@@ -145,7 +212,10 @@ impl ChunkBuilder<'_> {
         let candidates = std::mem::take(&mut self.pending);
         let patient_keys: Vec<DedupeKey> = candidates
             .iter()
-            .map(|c| DedupeKey::Patient(c.nhs_number.clone()))
+            .map(|c| match c.contact {
+                Contact::Sms { .. } => DedupeKey::Patient(c.nhs_number.clone()),
+                Contact::Letter { .. } => DedupeKey::Letter(c.nhs_number.clone()),
+            })
             .collect();
         let placed = self
             .hub
@@ -195,7 +265,8 @@ impl ChunkBuilder<'_> {
             letter_recipients: letters,
             send_done: sms == 0,
             letters_done: letters == 0,
-            writeback_done: sms == 0,
+            // Letters are written back too.
+            writeback_done: false,
             counted_final: false,
             counts: OutcomeCounts::default(),
         });
@@ -290,6 +361,9 @@ pub async fn extract_practice(
     }
 
     match read_practice(hub, &campaign, &practice).await {
+        Ok(built) if suspect(hub, &practice, built.records_read) => {
+            hold(hub, participation, &practice, built).await
+        }
         Ok(built) => commit(hub, participation, built).await,
         Err(ReadError::Cancelled) => {
             hub.patients.purge_campaign(campaign_id).await?;
@@ -324,6 +398,16 @@ struct Built {
     chunks: Vec<ChunkRecord>,
     counts: OutcomeCounts,
     malformed: u64,
+    /// Records the GP system returned, readable or not.
+    records_read: u64,
+}
+
+/// Far fewer records than the practice's registered list: a wrong search
+/// form, a broken feed or an empty export reads as a small practice, so it
+/// is held rather than completed.
+fn suspect(hub: &Hub, practice: &Practice, records_read: u64) -> bool {
+    let expected = practice.list_size as f64 * hub.config.suspect_below;
+    practice.list_size > 0 && (records_read as f64) < expected
 }
 
 async fn read_practice(
@@ -342,11 +426,17 @@ async fn read_practice(
         chunks: Vec::new(),
         counts: OutcomeCounts::default(),
         seen_patients: HashSet::new(),
+        seen_letters: HashSet::new(),
         seen_mobiles: HashSet::new(),
+        restrictions: Vec::new(),
     };
     let mut malformed = 0u64;
+    let mut records_read = 0u64;
     let mut chunks_checked = 0;
     while let Some(item) = stream.next().await {
+        if matches!(item, Ok(_) | Err(GpError::MalformedRecord(_))) {
+            records_read += 1;
+        }
         let patient = match item {
             Ok(patient) => patient,
             Err(GpError::MalformedRecord(_)) => {
@@ -355,6 +445,9 @@ async fn read_practice(
             }
             Err(other) => return Err(ReadError::Gp(other)),
         };
+        // Every record counts here, in the cohort or not: a death recorded
+        // at one practice stops the text another practice's record allows.
+        builder.restrict(&patient).await?;
         match classify(patient, campaign, keep_names) {
             Classified::NotInCohort => {}
             Classified::Excluded(reason) => {
@@ -375,11 +468,105 @@ async fn read_practice(
         }
     }
     builder.flush().await?;
+    builder.store_restrictions().await?;
     Ok(Built {
         chunks: builder.chunks,
         counts: builder.counts,
         malformed,
+        records_read,
     })
+}
+
+/// Holds a suspect extraction for a staff decision: its recipients stay
+/// stored, but no chunk is recorded or counted and the practice stays
+/// pending, so nothing is sent and the campaign cannot complete. Loud: a
+/// warning, an audit event, and the state in `watch` and the report.
+async fn hold(
+    hub: &Hub,
+    mut participation: Participation,
+    practice: &Practice,
+    built: Built,
+) -> Result<(), JobError> {
+    let campaign_id = participation.campaign.clone();
+    if hub.campaign(&campaign_id).await?.state == CampaignState::Cancelled {
+        hub.patients.purge_campaign(&campaign_id).await?;
+        return Ok(());
+    }
+    participation.hold_as_suspect(
+        built.chunks.len() as u32,
+        built.counts,
+        built.malformed,
+        built.records_read,
+    );
+    hub.store.update_participation(&participation).await?;
+    tracing::warn!(
+        campaign = %campaign_id,
+        ods = %participation.ods,
+        records_read = built.records_read,
+        list_size = practice.list_size,
+        "extraction far below the registered list size; held for a staff decision"
+    );
+    hub.audit(
+        Some(&campaign_id),
+        "hub",
+        "practice_extraction_suspect",
+        serde_json::json!({
+            "ods": participation.ods,
+            "records_read": built.records_read,
+            "list_size": practice.list_size,
+            "malformed_records": built.malformed,
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Staff proceed with a held extraction: its chunks are rebuilt from the
+/// stored recipients, recorded and counted, as a commit would have.
+pub(crate) async fn proceed_with_held(
+    hub: &Hub,
+    participation: &Participation,
+) -> Result<crate::domain::Progress, JobError> {
+    let mut chunks = Vec::with_capacity(participation.chunks as usize);
+    for sequence in 0..participation.chunks {
+        let chunk = ChunkId::new(&participation.ods, sequence);
+        let recipients = hub
+            .patients
+            .load_chunk(&participation.campaign, &chunk)
+            .await?;
+        let sms = recipients.iter().filter(|r| r.is_sms()).count() as u32;
+        let letters = recipients.len() as u32 - sms;
+        chunks.push(ChunkRecord {
+            campaign: participation.campaign.clone(),
+            chunk,
+            ods: participation.ods.clone(),
+            sms_recipients: sms,
+            letter_recipients: letters,
+            send_done: sms == 0,
+            letters_done: letters == 0,
+            writeback_done: false,
+            counted_final: false,
+            counts: OutcomeCounts::default(),
+        });
+    }
+    hub.store.put_chunks(&chunks).await?;
+    let progress = hub
+        .store
+        .commit_extraction(participation, chunks.len() as u64)
+        .await?;
+    if progress.practices_pending == 0 {
+        release(hub, &participation.campaign).await?;
+    }
+    Ok(progress)
+}
+
+/// Staff exclude a held practice (or a retry starts it again): what it
+/// read is deleted.
+pub(crate) async fn discard_held(hub: &Hub, participation: &Participation) -> Result<(), JobError> {
+    hub.patients
+        .delete_practice_recipients(&participation.campaign, &participation.ods)
+        .await?;
+    Ok(())
 }
 
 async fn commit(hub: &Hub, mut participation: Participation, built: Built) -> Result<(), JobError> {
@@ -392,6 +579,7 @@ async fn commit(hub: &Hub, mut participation: Participation, built: Built) -> Re
     }
     hub.store.put_chunks(&built.chunks).await?;
     participation.finish_extraction(built.chunks.len() as u32, built.counts, built.malformed);
+    participation.records_read = built.records_read;
     let progress = hub
         .store
         .commit_extraction(&participation, built.chunks.len() as u64)
@@ -420,14 +608,35 @@ async fn commit(hub: &Hub, mut participation: Participation, built: Built) -> Re
         }),
     )
     .await?;
-    send_jobs(hub, &campaign_id, &built.chunks).await?;
-    participation.sends_queued = true;
-    // Losing this write only means the jobs may be queued again on a
-    // redelivery, which the send handlers absorb.
-    if let Err(error) = hub.store.update_participation(&participation).await {
-        tracing::warn!(campaign = %campaign_id, ods = %participation.ods, %error, "could not mark sends queued");
+    if progress.practices_pending == 0 {
+        release(hub, &campaign_id).await?;
     }
     hub.after_progress(&campaign_id, progress).await
+}
+
+/// Once every practice's extraction is final, every restriction of every
+/// record is stored: the chunks are released for sending (the send and
+/// letter handlers withhold what another record forbids). Repeating it
+/// only queues jobs the handlers absorb.
+pub(crate) async fn release(hub: &Hub, campaign: &CampaignId) -> Result<(), JobError> {
+    // Only chunks of practices whose extraction stands.
+    let extracted: HashSet<OdsCode> = hub
+        .store
+        .list_participations(campaign)
+        .await?
+        .into_iter()
+        .filter(|p| p.state == ParticipationState::Extracted)
+        .map(|p| p.ods)
+        .collect();
+    let chunks: Vec<ChunkRecord> = hub
+        .store
+        .list_chunks(campaign)
+        .await?
+        .into_iter()
+        .filter(|c| extracted.contains(&c.ods))
+        .collect();
+    tracing::info!(campaign = %campaign, chunks = chunks.len(), "every practice extracted; chunks released");
+    send_jobs(hub, campaign, &chunks).await
 }
 
 async fn send_jobs(
@@ -454,20 +663,15 @@ async fn send_jobs(
     Ok(())
 }
 
-/// A redelivered job for an extracted practice re-queues its chunk jobs if
-/// the earlier worker stopped before queueing them.
+/// A redelivered job for an extracted practice releases the chunks again
+/// if every practice is done (the worker that finished last may have
+/// stopped before queueing them).
 async fn queue_chunks(hub: &Hub, participation: &Participation) -> Result<(), JobError> {
-    if participation.sends_queued {
+    let campaign = hub.campaign(&participation.campaign).await?;
+    if campaign.progress.practices_pending > 0 {
         return Ok(());
     }
-    let chunks: Vec<ChunkRecord> = hub
-        .store
-        .list_chunks(&participation.campaign)
-        .await?
-        .into_iter()
-        .filter(|c| c.ods == participation.ods)
-        .collect();
-    send_jobs(hub, &participation.campaign, &chunks).await
+    release(hub, &participation.campaign).await
 }
 
 /// The GP system could not be read: retry through the queue, or after the
@@ -503,5 +707,8 @@ async fn give_up_or_retry(
         serde_json::json!({ "ods": ods, "attempts": receive_count, "error": error.to_string() }),
     )
     .await?;
+    if progress.practices_pending == 0 {
+        release(hub, &campaign_id).await?;
+    }
     hub.after_progress(&campaign_id, progress).await
 }

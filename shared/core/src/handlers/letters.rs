@@ -1,4 +1,6 @@
-//! Postal fallback for patients with no usable mobile.
+//! Postal fallback for patients with no usable mobile: the message
+//! personalised as a text would be, addressed by name, and written back to
+//! the GP record like a text.
 
 use super::{Hub, JobError};
 use crate::domain::{
@@ -20,12 +22,16 @@ pub async fn send_letters(
         return Err(JobError::Malformed(format!("no chunk {chunk_id}")));
     };
     if record.letters_done {
-        return Ok(());
+        return super::send::queue_writeback(hub, campaign_id, chunk_id).await;
     }
+    let practice_name = super::send::practice_name(hub, chunk_id).await?;
     let recipients = hub.patients.load_chunk(campaign_id, chunk_id).await?;
-    let pending: Vec<u32> = recipients
+    let letters: Vec<_> = recipients.iter().filter(|r| !r.is_sms()).cloned().collect();
+    let withheld =
+        super::restrictions::withhold_restricted(hub, campaign_id, chunk_id, &letters).await?;
+    let pending: Vec<u32> = letters
         .iter()
-        .filter(|r| !r.is_sms() && r.status == RecipientStatus::Pending)
+        .filter(|r| r.status == RecipientStatus::Pending && !withheld.contains(&r.index))
         .map(|r| r.index)
         .collect();
     let claimed = hub
@@ -38,12 +44,8 @@ pub async fn send_letters(
         let Contact::Letter { address } = &recipient.contact else {
             continue;
         };
-        // Letters go by post and are not personalised beyond the address.
-        let body = campaign.template.render(&crate::domain::Personalisation {
-            first_name: "",
-            last_name: "",
-            practice_name: "",
-        });
+        // Personalised as the text would be, and addressed by name.
+        let body = super::send::render_for(&campaign, recipient, &practice_name);
         let request = LetterRequest {
             address: address.clone(),
             body: Personal::new(body),
@@ -79,6 +81,7 @@ pub async fn send_letters(
     for recipient in letters {
         match recipient.status {
             RecipientStatus::LetterSent { .. } => counts.letters += 1,
+            RecipientStatus::Withheld { reason } => counts.exclude(reason),
             _ => counts.exclude(crate::domain::ExclusionReason::NoPostalAddress),
         }
     }
@@ -88,7 +91,10 @@ pub async fn send_letters(
         .complete_chunk_stage(campaign_id, chunk_id, ChunkStage::Letters, &counts)
         .await?
     {
+        super::send::queue_writeback(hub, campaign_id, chunk_id).await?;
         hub.after_progress(campaign_id, progress).await?;
+    } else {
+        super::send::queue_writeback(hub, campaign_id, chunk_id).await?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod optout_token;
 pub mod purge;
 pub mod receipts;
 pub mod report;
+mod restrictions;
 pub mod router;
 pub mod send;
 pub mod writeback;
@@ -42,6 +43,10 @@ pub struct HubConfig {
     /// Attempts at a practice's extraction before it is reported failed
     /// (the extract queue's `maxReceiveCount` must be larger).
     pub max_extract_attempts: u32,
+    /// A practice whose extraction returns fewer records than this share
+    /// of its registered list size is held as `extraction_suspect` for a
+    /// staff decision (a practice with no list size on record never is).
+    pub suspect_below: f64,
     /// An extraction or a send claim older than this is presumed dead. Must
     /// be longer than the functions' timeout and than `send_deadline`.
     pub stale_after: chrono::Duration,
@@ -96,6 +101,9 @@ impl Default for HubConfig {
             send_batch: 50,
             send_concurrency: 32,
             max_extract_attempts: 3,
+            // Far below: half. Registered lists and GP systems differ by a
+            // few per cent; a wrong search form or a broken feed is ~0.
+            suspect_below: 0.5,
             // Longer than the extract and send functions' 15-minute timeout,
             // so a live worker is never taken for a dead one.
             stale_after: chrono::Duration::minutes(20),

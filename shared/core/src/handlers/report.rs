@@ -89,6 +89,9 @@ pub struct PracticeReport {
     pub chunks: u32,
     pub chunks_final: u32,
     pub malformed_records: u64,
+    /// Records the GP system returned, against the registered list size.
+    pub records_read: u64,
+    pub list_size: u64,
     pub extraction_attempts: u32,
     pub last_error: Option<String>,
 }
@@ -102,6 +105,8 @@ pub struct CampaignReport {
     pub practices: Vec<PracticeReport>,
     pub opted_out_practices: Vec<OdsCode>,
     pub failed_practices: Vec<OdsCode>,
+    /// Held as `extraction_suspect`, waiting for a staff decision.
+    pub suspect_practices: Vec<OdsCode>,
     pub patient_data_remaining: u64,
     pub purged_items: Option<u64>,
     pub eta_seconds: Option<u64>,
@@ -111,22 +116,24 @@ pub struct CampaignReport {
 pub async fn build(hub: &Hub, campaign: &Campaign) -> Result<CampaignReport, StoreError> {
     let participations = hub.store.list_participations(&campaign.id).await?;
     let chunks = hub.store.list_chunks(&campaign.id).await?;
-    let names: std::collections::HashMap<OdsCode, String> = hub
+    let registry: std::collections::HashMap<OdsCode, (String, u64)> = hub
         .store
         .list_practices()
         .await?
         .into_iter()
-        .map(|p| (p.ods, p.name))
+        .map(|p| (p.ods, (p.name, p.list_size)))
         .collect();
     let mut totals = OutcomeCounts::default();
     let mut practices = Vec::with_capacity(participations.len());
     let mut opted_out = Vec::new();
     let mut failed = Vec::new();
+    let mut suspect = Vec::new();
     let mut waiting_sms = 0u64;
     for participation in &participations {
         match participation.state {
             ParticipationState::OptedOut => opted_out.push(participation.ods.clone()),
             ParticipationState::ExtractionFailed => failed.push(participation.ods.clone()),
+            ParticipationState::ExtractionSuspect => suspect.push(participation.ods.clone()),
             _ => {}
         }
         let mut counts = participation.counts.clone();
@@ -140,12 +147,19 @@ pub async fn build(hub: &Hub, campaign: &Campaign) -> Result<CampaignReport, Sto
             }
             counts.add(&chunk.counts);
         }
+        // A held extraction's counts wait for the staff decision.
+        if participation.state == ParticipationState::ExtractionSuspect {
+            counts = OutcomeCounts::default();
+        }
         totals.add(&counts);
+        let (name, list_size) = registry
+            .get(&participation.ods)
+            .cloned()
+            .unwrap_or_else(|| (participation.ods.to_string(), 0));
         practices.push(PracticeReport {
-            name: names
-                .get(&participation.ods)
-                .cloned()
-                .unwrap_or_else(|| participation.ods.to_string()),
+            name,
+            list_size,
+            records_read: participation.records_read,
             ods: participation.ods.clone(),
             state: participation.state,
             cohort: counts.cohort,
@@ -181,6 +195,7 @@ pub async fn build(hub: &Hub, campaign: &Campaign) -> Result<CampaignReport, Sto
         practices,
         opted_out_practices: opted_out,
         failed_practices: failed,
+        suspect_practices: suspect,
         patient_data_remaining: hub.patients.count_campaign(&campaign.id).await?,
         purged_items: campaign.purged_items,
         eta_seconds,

@@ -61,6 +61,12 @@ pub async fn send_chunk(
         .into_iter()
         .filter(Recipient::is_sms)
         .collect();
+    let withheld =
+        super::restrictions::withhold_restricted(hub, campaign_id, chunk_id, &recipients).await?;
+    let recipients: Vec<Recipient> = recipients
+        .into_iter()
+        .filter(|r| !withheld.contains(&r.index))
+        .collect();
 
     let mut unfinished = false;
     for step in recipients.chunks(hub.config.send_batch.max(1)) {
@@ -83,6 +89,7 @@ pub async fn send_chunk(
         match recipient.status {
             RecipientStatus::Sent { .. } => counts.sent += 1,
             RecipientStatus::Rejected => counts.exclude(ExclusionReason::ProviderRejected),
+            RecipientStatus::Withheld { reason } => counts.exclude(reason),
             _ => {
                 return Err(JobError::retry(format!(
                     "chunk {chunk_id} has recipients still in flight"
@@ -104,7 +111,7 @@ pub async fn send_chunk(
     Ok(())
 }
 
-async fn queue_writeback(
+pub(crate) async fn queue_writeback(
     hub: &Hub,
     campaign: &CampaignId,
     chunk: &ChunkId,

@@ -1,10 +1,11 @@
 //! Write-back: record in each patient's GP record, by NHS number, that the
-//! message was sent (MPS & MDU guidance on patient communications).
+//! message was sent, by text or by letter (MPS & MDU guidance on patient
+//! communications).
 
 use super::send::{practice_name, render_for};
 use super::{Hub, JobError};
 use crate::domain::{CampaignId, ChunkId, ChunkStage, OutcomeCounts, Personal, RecipientStatus};
-use crate::ports::{WritebackEntry, WritebackResult};
+use crate::ports::{Medium, WritebackEntry, WritebackResult};
 
 /// Attempts before a failing entry is reported instead of retried.
 const MAX_WRITEBACK_ATTEMPTS: u32 = 5;
@@ -22,10 +23,11 @@ pub async fn write_back_chunk(
     if record.writeback_done || campaign.purged_at.is_some() {
         return Ok(());
     }
-    if !record.send_done {
-        return Err(JobError::retry(format!(
-            "chunk {chunk_id} is still sending"
-        )));
+    // Texts and letters are written back together, once both are final;
+    // whichever stage finishes last queues this job again.
+    if !(record.send_done && record.letters_done) {
+        tracing::debug!(campaign = %campaign_id, chunk = %chunk_id, "write-back waits for the chunk's other stage");
+        return Ok(());
     }
     let practice =
         hub.store.get_practice(&record.ods).await?.ok_or_else(|| {
@@ -43,6 +45,14 @@ pub async fn write_back_chunk(
                 reference: r.reference(campaign_id),
                 sent_at: *at,
                 message: Personal::new(render_for(&campaign, r, &practice_name)),
+                medium: Medium::Sms,
+            }),
+            RecipientStatus::LetterSent { at, .. } => Some(WritebackEntry {
+                nhs_number: r.nhs_number.clone(),
+                reference: r.reference(campaign_id),
+                sent_at: *at,
+                message: Personal::new(render_for(&campaign, r, &practice_name)),
+                medium: Medium::Letter,
             }),
             _ => None,
         })

@@ -21,7 +21,9 @@ pub use json::{from_json, parse_body, parse_json, JsonBody, RawBody};
 pub use receipts::receipts_router;
 
 use crate::domain::{CampaignId, OdsCode, StaffId};
-use crate::handlers::api::{self, ApiError, CreateCampaignRequest, PracticeRequest};
+use crate::handlers::api::{
+    self, ApiError, CreateCampaignRequest, ExtractionDecisionRequest, PracticeRequest,
+};
 use crate::handlers::Hub;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::handler::Handler;
@@ -220,6 +222,12 @@ fn operations() -> Vec<Operation> {
         operation("/campaigns/{id}/cancel", Post, staff, cancel),
         operation("/campaigns/{id}/deadline", Post, staff, deadline),
         operation("/campaigns/{id}/opt-outs", Post, staff, opt_out),
+        operation(
+            "/campaigns/{id}/extraction-decisions",
+            Post,
+            staff,
+            extraction_decision,
+        ),
         operation("/campaigns/{id}/report", Get, staff, report),
         operation("/campaigns/{id}/audit", Get, staff, audit),
         operation("/campaigns/{id}/evidence", Get, staff, evidence),
@@ -516,6 +524,16 @@ async fn opt_out(
     Ok(json(StatusCode::OK, &participation))
 }
 
+async fn extraction_decision(
+    State(hub): State<Hub>,
+    Caller(caller): Caller,
+    CampaignPath(id): CampaignPath,
+    JsonBody(body): JsonBody<ExtractionDecisionRequest>,
+) -> Answer {
+    let participation = api::decide_extraction(&hub, &caller, &id, &body).await?;
+    Ok(json(StatusCode::OK, &participation))
+}
+
 async fn report(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
     Ok(json(StatusCode::OK, &api::report(&hub, &id).await?))
 }
@@ -576,7 +594,7 @@ mod tests {
         assert_eq!(optout.methods, ["GET", "POST"]);
         assert!(optout.public);
         assert_eq!(routes.iter().filter(|r| r.public).count(), 1);
-        assert_eq!(routes.len(), 12);
+        assert_eq!(routes.len(), 13);
     }
 
     async fn call(router: &Router, method: &str, path: &str, body: Body) -> Response {

@@ -28,6 +28,15 @@ pub struct WritebackEntry {
     pub sent_at: DateTime<Utc>,
     /// The text as the patient received it (personal when personalised).
     pub message: crate::domain::Personal<String>,
+    /// How it reached them.
+    pub medium: Medium,
+}
+
+/// How a message reached the patient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Medium {
+    Sms,
+    Letter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,6 +70,14 @@ pub enum GpConnection {
         bulk_export: bool,
         #[serde(default)]
         secret: Option<String>,
+        /// How the paged search names the practice (ignored by `$export`).
+        #[serde(default)]
+        patient_search: PatientSearch,
+        /// The base the server writes in the links it returns (next pages,
+        /// export status and files) when it differs from `base_url`, as
+        /// behind a reverse proxy: such links are read against `base_url`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link_base: Option<String>,
     },
     /// A practice (or its supplier) that sends CSV extracts over NHS MESH:
     /// the hub asks its `mailbox` for the extract at the deadline.
@@ -79,6 +87,20 @@ pub enum GpConnection {
         #[serde(default)]
         wait_seconds: Option<u64>,
     },
+}
+
+/// How a practice's Patients carry their registered practice, so how the
+/// search must ask for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PatientSearch {
+    /// `generalPractitioner` as an ODS identifier (UK Core, PDS):
+    /// `general-practitioner:identifier=https://fhir.nhs.uk/Id/ods-organization-code|ODS`.
+    #[default]
+    Identifier,
+    /// `generalPractitioner` as a reference to `Organization/ODS`:
+    /// `general-practitioner=Organization/ODS`.
+    Reference,
 }
 
 /// A GP practice in the region's registry. No patient data.
@@ -207,6 +229,14 @@ pub trait PatientDataStore: Send + Sync {
         keys: &[crate::domain::DedupeKey],
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<Placement>, StoreError>;
+
+    /// Which practice holds each key (`None`: nobody), in order. A read:
+    /// it places nothing.
+    async fn key_holders(
+        &self,
+        campaign: &CampaignId,
+        keys: &[crate::domain::DedupeKey],
+    ) -> Result<Vec<Option<OdsCode>>, StoreError>;
 
     /// Writes a chunk's recipients (overwriting any from an earlier attempt).
     async fn put_recipients(

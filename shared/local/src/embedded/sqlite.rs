@@ -750,6 +750,47 @@ impl PatientDataStore for SqliteStore {
             .await
     }
 
+    async fn key_holders(
+        &self,
+        campaign: &CampaignId,
+        keys: &[DedupeKey],
+    ) -> Result<Vec<Option<OdsCode>>, StoreError> {
+        let campaign = campaign.clone();
+        let keys: Vec<String> = keys.iter().map(DedupeKey::storage_key).collect();
+        let holders: Vec<Option<String>> = self
+            .db
+            .call(move |conn| -> Result<_, StoreError> {
+                let mut find = conn
+                    .prepare_cached(
+                        "SELECT ods FROM patient_dedupe_keys WHERE campaign = ?1 AND key = ?2",
+                    )
+                    .op("key_holders")?;
+                let mut holders = Vec::with_capacity(keys.len());
+                for key in &keys {
+                    holders.push(
+                        find.query_row(params![campaign.as_str(), key], |row| row.get(0))
+                            .optional()
+                            .op("key_holders")?,
+                    );
+                }
+                Ok(holders)
+            })
+            .await?;
+        holders
+            .into_iter()
+            .map(|ods| {
+                ods.map(|ods| {
+                    OdsCode::parse(&ods).map_err(|_| {
+                        StoreError::Unexpected(anyhow::anyhow!(
+                            "a dedupe key is held by an unreadable ODS code"
+                        ))
+                    })
+                })
+                .transpose()
+            })
+            .collect()
+    }
+
     async fn put_recipients(
         &self,
         campaign: &CampaignId,

@@ -177,9 +177,11 @@ impl Person {
             address_lines: Personal::new(self.address_lines),
             postcode: Personal::new(self.postcode),
             birth_date: Personal::new(self.birth_date),
+            birth_date_precision: hub_core::domain::DatePrecision::Day,
             mobile: Personal::new(self.mobile),
             deceased: self.deceased,
             contact_preference: self.contact_preference,
+            active: true,
         }
     }
 }

@@ -288,6 +288,7 @@ fn entry(nhs: &str, reference: &str) -> WritebackEntry {
         reference: reference.to_string(),
         sent_at: Utc::now(),
         message: Personal::new("Please book your vaccination".to_string()),
+        medium: hub_core::ports::Medium::Sms,
     }
 }
 

@@ -19,8 +19,11 @@ use axum::Router;
 use hub_adapters::fhir::{
     CONTACT_PREFERENCE_URL, NHS_NUMBER_SYSTEM, ODS_SYSTEM, PREFERRED_CONTACT_METHOD_SYSTEM,
 };
+use hub_core::domain::UkMobile;
 use hub_core::domain::{ContactPreference, GpPatient, NhsNumber, OdsCode, Personal};
-use hub_core::ports::{GpConnection, GpConnector, GpError, Practice, WritebackEntry};
+use hub_core::ports::{
+    GpConnection, GpConnector, GpError, Medium, PatientSearch, Practice, WritebackEntry,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -44,6 +47,12 @@ pub struct FhirServerConfig {
     pub max_page_size: u32,
     /// When set, every request must present it as a bearer token.
     pub bearer: Option<SecretString>,
+    /// How Patients carry their practice; the search answers only the
+    /// matching form and finds nobody with the other, as real servers do.
+    pub general_practitioner: PatientSearch,
+    /// The base written in next links and export URLs, when the server
+    /// believes it lives elsewhere (behind a reverse proxy).
+    pub link_base: Option<String>,
 }
 
 impl Default for FhirServerConfig {
@@ -54,6 +63,8 @@ impl Default for FhirServerConfig {
             rows_per_file: 50_000,
             max_page_size: 1_000,
             bearer: None,
+            general_practitioner: PatientSearch::Identifier,
+            link_base: None,
         }
     }
 }
@@ -77,6 +88,13 @@ struct ServerState {
     next_job: AtomicU64,
     /// Malformed line after every n-th row, per practice.
     malformed_every: Mutex<HashMap<OdsCode, u64>>,
+    /// Resources served after the estate's rows, per practice.
+    extra: Mutex<HashMap<OdsCode, Vec<Value>>>,
+    /// Requests still to be answered 429/503 (`Retry-After: 0`): search
+    /// pages after the first, export kick-offs and files.
+    busy_left: AtomicU64,
+    busy_answers: AtomicU64,
+    first_pages: AtomicU64,
     /// Communications by `system|value` of their identifier.
     communications: Mutex<HashMap<String, Stored>>,
     bytes_served: AtomicU64,
@@ -116,6 +134,10 @@ pub async fn start_fhir(
         jobs: Mutex::new(HashMap::new()),
         next_job: AtomicU64::new(1),
         malformed_every: Mutex::new(HashMap::new()),
+        extra: Mutex::new(HashMap::new()),
+        busy_left: AtomicU64::new(0),
+        busy_answers: AtomicU64::new(0),
+        first_pages: AtomicU64::new(0),
         communications: Mutex::new(HashMap::new()),
         bytes_served: AtomicU64::new(0),
         polls: AtomicU64::new(0),
@@ -158,8 +180,36 @@ impl FhirServer {
             base_url: self.base_url(ods),
             bulk_export,
             secret: secret.map(str::to_string),
+            patient_search: self.state.config.general_practitioner,
+            link_base: None,
         };
         Some(practice)
+    }
+
+    /// Serves `resources` (Patients as a test writes them, in any shape)
+    /// after the practice's own rows, in the search and the export.
+    pub fn add_resources(&self, ods: &OdsCode, resources: Vec<Value>) {
+        lock(&self.state.extra)
+            .entry(ods.clone())
+            .or_default()
+            .extend(resources);
+    }
+
+    /// The next `n` search pages after the first, export kick-offs and
+    /// export files are answered 429 or 503 (alternately) with
+    /// `Retry-After: 0`.
+    pub fn answer_busy(&self, n: u64) {
+        self.state.busy_left.store(n, Ordering::Relaxed);
+    }
+
+    /// 429/503 answers given so far.
+    pub fn busy_answers(&self) -> u64 {
+        self.state.busy_answers.load(Ordering::Relaxed)
+    }
+
+    /// First search pages served (a practice's search started).
+    pub fn first_pages(&self) -> u64 {
+        self.state.first_pages.load(Ordering::Relaxed)
     }
 
     pub fn estate(&self) -> &GpEstate {
@@ -257,6 +307,86 @@ fn fhir_json(status: StatusCode, value: &Value) -> Response {
         .into_response()
 }
 
+/// A 429 or 503 while `answer_busy` lasts.
+fn busy(state: &ServerState) -> Option<Response> {
+    state
+        .busy_left
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .ok()?;
+    let n = state.busy_answers.fetch_add(1, Ordering::Relaxed);
+    let status = if n.is_multiple_of(2) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    let mut response = outcome(status, "transient", "busy, try again");
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("0"));
+    Some(response)
+}
+
+/// The base written in links the server hands out.
+fn link_base(state: &ServerState) -> &str {
+    state.config.link_base.as_deref().unwrap_or(&state.base)
+}
+
+/// The practice's extra resources.
+fn extras(state: &ServerState, ods: &OdsCode) -> Vec<Value> {
+    lock(&state.extra).get(ods).cloned().unwrap_or_default()
+}
+
+/// Keeps only the elements `_elements` asks for (and those every resource
+/// keeps), marking the resource `SUBSETTED` as the specification says.
+fn subset(mut resource: Value, elements: Option<&String>) -> Value {
+    let Some(elements) = elements else {
+        return resource;
+    };
+    let wanted: Vec<&str> = elements.split(',').map(str::trim).collect();
+    if let Value::Object(fields) = &mut resource {
+        fields.retain(|key, _| {
+            let name = key.trim_start_matches('_');
+            matches!(name, "resourceType" | "id" | "meta")
+                || wanted.contains(&name)
+                || (name.starts_with("deceased") && wanted.contains(&"deceased"))
+        });
+        fields
+            .entry("meta")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .map(|meta| {
+                meta.insert(
+                    "tag".into(),
+                    json!([{ "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED" }]),
+                )
+            });
+    }
+    resource
+}
+
+/// Whether a resource names the practice in `form` in generalPractitioner.
+fn carries(resource: &Value, form: PatientSearch, ods: &str) -> bool {
+    resource["generalPractitioner"]
+        .as_array()
+        .is_some_and(|gps| {
+            gps.iter().any(|gp| match form {
+                PatientSearch::Identifier => {
+                    gp["identifier"]["system"] == ODS_SYSTEM && gp["identifier"]["value"] == ods
+                }
+                PatientSearch::Reference => gp["reference"] == format!("Organization/{ods}"),
+            })
+        })
+}
+
+/// The estate's row as this server writes it.
+fn served(state: &ServerState, patient: &GpPatient, ods: &OdsCode, row: u64) -> Value {
+    let mut resource = patient_resource(patient, ods, row);
+    if state.config.general_practitioner == PatientSearch::Reference {
+        resource["generalPractitioner"] = json!([{ "reference": format!("Organization/{ods}") }]);
+    }
+    resource
+}
+
 /// Checks the bearer token and the practice; returns the practice.
 fn admit(state: &ServerState, headers: &HeaderMap, ods: &str) -> Result<Practice, Response> {
     if let Some(expected) = &state.config.bearer {
@@ -300,6 +430,9 @@ async fn kick_off(
         Ok(practice) => practice,
         Err(refused) => return refused,
     };
+    if let Some(busy) = busy(&state) {
+        return busy;
+    }
     if operation != "$export" || group != practice.ods.as_str() {
         return outcome(
             StatusCode::NOT_FOUND,
@@ -343,7 +476,11 @@ async fn kick_off(
         },
     );
     state.exports_started.fetch_add(1, Ordering::Relaxed);
-    let location = format!("{}/{}/$export-status/{job}", state.base, practice.ods);
+    let location = format!(
+        "{}/{}/$export-status/{job}",
+        link_base(&state),
+        practice.ods
+    );
     (StatusCode::ACCEPTED, [(header::CONTENT_LOCATION, location)]).into_response()
 }
 
@@ -397,7 +534,7 @@ async fn export_status(
                 .min(per_file);
             json!({
                 "type": "Patient",
-                "url": format!("{}/{}/$export-file/{job}/{n}", state.base, practice.ods),
+                "url": format!("{}/{}/$export-file/{job}/{n}", link_base(&state), practice.ods),
                 "count": rows
             })
         })
@@ -462,16 +599,27 @@ async fn export_file(
     if operation != "$export-file" || !known {
         return outcome(StatusCode::NOT_FOUND, "not-found", "no such file");
     }
+    if let Some(busy) = busy(&state) {
+        return busy;
+    }
     let per_file = state.config.rows_per_file.max(1);
     let start = file.saturating_mul(per_file);
     let end = practice.list_size.min(start.saturating_add(per_file));
     let every = lock(&state.malformed_every).get(&practice.ods).copied();
+    // The extra resources close the last file.
+    let last_file = practice.list_size.div_ceil(per_file).max(1) - 1;
+    let extra = if file == last_file {
+        extras(&state, &practice.ods)
+    } else {
+        Vec::new()
+    };
     let generator = Rows {
         state: state.clone(),
         ods: practice.ods.clone(),
         next: start,
         end,
         every,
+        extra: extra.into(),
     };
     // Rows are generated as the client reads: the body is never whole in
     // memory here either.
@@ -496,12 +644,18 @@ struct Rows {
     next: u64,
     end: u64,
     every: Option<u64>,
+    extra: std::collections::VecDeque<Value>,
 }
 
 impl Rows {
     fn chunk(&mut self) -> Option<Bytes> {
         if self.next >= self.end {
-            return None;
+            let mut lines = Vec::new();
+            for resource in self.extra.drain(..) {
+                lines.extend_from_slice(resource.to_string().as_bytes());
+                lines.push(b'\n');
+            }
+            return (!lines.is_empty()).then(|| Bytes::from(lines));
         }
         let mut buffer = Vec::with_capacity(CHUNK_BYTES + 4096);
         while self.next < self.end && buffer.len() < CHUNK_BYTES {
@@ -509,7 +663,7 @@ impl Rows {
             self.next += 1;
             if let Some(patient) = self.state.estate.patient(&self.ods, row) {
                 buffer.extend_from_slice(
-                    patient_resource(&patient, &self.ods, row)
+                    served(&self.state, &patient, &self.ods, row)
                         .to_string()
                         .as_bytes(),
                 );
@@ -534,22 +688,23 @@ async fn search(
         Ok(practice) => practice,
         Err(refused) => return refused,
     };
-    let gp = query
-        .get("general-practitioner")
-        .or_else(|| query.get("general-practitioner:identifier"))
-        .map(|v| {
-            v.rsplit('|')
-                .next()
-                .unwrap_or(v)
-                .trim_start_matches("Organization/")
-        });
-    if gp != Some(practice.ods.as_str()) {
+    let ods = practice.ods.as_str();
+    // Each form finds the practice only where the Patients carry it so.
+    let by_identifier = query.get("general-practitioner:identifier").map(|v| {
+        state.config.general_practitioner == PatientSearch::Identifier
+            && *v == format!("{ODS_SYSTEM}|{ods}")
+    });
+    let by_reference = query.get("general-practitioner").map(|v| {
+        state.config.general_practitioner == PatientSearch::Reference
+            && (v == ods || *v == format!("Organization/{ods}"))
+    });
+    let Some(found) = by_identifier.or(by_reference) else {
         return outcome(
             StatusCode::BAD_REQUEST,
             "invalid",
             "search by general-practitioner only",
         );
-    }
+    };
     let count = query
         .get("_count")
         .and_then(|c| c.parse::<u32>().ok())
@@ -564,21 +719,46 @@ async fn search(
         if let Err(error) = state.estate.extract(&practice).await {
             return gp_error(error);
         }
+        state.first_pages.fetch_add(1, Ordering::Relaxed);
+    } else if let Some(busy) = busy(&state) {
+        return busy;
     }
     state.searches.fetch_add(1, Ordering::Relaxed);
+    let elements = query.get("_elements");
+    // A resource that carries the practice in the asked form is found
+    // whatever the server's own rows do (a stray record).
+    let asked = if by_identifier.is_some() {
+        PatientSearch::Identifier
+    } else {
+        PatientSearch::Reference
+    };
+    let extra: Vec<Value> = extras(&state, &practice.ods)
+        .into_iter()
+        .filter(|resource| found || carries(resource, asked, ods))
+        .collect();
+    let own = if found { practice.list_size } else { 0 };
+    let total = own + extra.len() as u64;
     let every = lock(&state.malformed_every).get(&practice.ods).copied();
-    let end = practice.list_size.min(offset + u64::from(count));
+    let end = total.min(offset + u64::from(count));
     let mut entries = Vec::new();
     for row in offset..end {
-        if let Some(patient) = state.estate.patient(&practice.ods, row) {
-            let resource = patient_resource(&patient, &practice.ods, row);
+        let resource = if row >= own {
+            extra.get((row - own) as usize).cloned()
+        } else {
+            state
+                .estate
+                .patient(&practice.ods, row)
+                .map(|patient| served(&state, &patient, &practice.ods, row))
+        };
+        if let Some(resource) = resource {
+            let resource = subset(resource, elements);
             entries.push(json!({
-                "fullUrl": format!("{}/{}/Patient/{}", state.base, practice.ods, resource["id"].as_str().unwrap_or("")),
+                "fullUrl": format!("{}/{}/Patient/{}", link_base(&state), practice.ods, resource["id"].as_str().unwrap_or("")),
                 "resource": resource,
                 "search": { "mode": "match" }
             }));
         }
-        if let Some(every) = every.filter(|e| (row + 1) % e == 0) {
+        if let Some(every) = every.filter(|e| row < own && (row + 1) % e == 0) {
             let line = malformed_line((row + 1) / every);
             // A truncated line cannot sit in a Bundle; use a mistyped one.
             let resource = serde_json::from_str::<Value>(line)
@@ -586,14 +766,24 @@ async fn search(
             entries.push(json!({ "resource": resource, "search": { "mode": "match" } }));
         }
     }
+    let mut params: Vec<(String, String)> = query
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "_count" | "_offset"))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    params.sort();
     let page_url = |offset: u64| {
-        format!(
-            "{}/{}/Patient?general-practitioner={}&_count={count}&_offset={offset}",
-            state.base, practice.ods, practice.ods
-        )
+        let mut url =
+            reqwest::Url::parse(&format!("{}/{}/Patient", link_base(&state), practice.ods))
+                .expect("the server's own URL");
+        url.query_pairs_mut()
+            .extend_pairs(&params)
+            .append_pair("_count", &count.to_string())
+            .append_pair("_offset", &offset.to_string());
+        url.to_string()
     };
     let mut links = vec![json!({ "relation": "self", "url": page_url(offset) })];
-    if end < practice.list_size {
+    if end < total {
         links.push(json!({ "relation": "next", "url": page_url(end) }));
     }
     fhir_json(
@@ -601,7 +791,7 @@ async fn search(
         &json!({
             "resourceType": "Bundle",
             "type": "searchset",
-            "total": practice.list_size,
+            "total": total,
             "link": links,
             "entry": entries
         }),
@@ -620,8 +810,21 @@ pub fn patient_resource(patient: &GpPatient, ods: &OdsCode, row: u64) -> Value {
             .push(json!({ "system": NHS_NUMBER_SYSTEM, "value": patient.nhs_number.expose() }));
     }
     let given: Vec<&str> = patient.given_name.expose().split_whitespace().collect();
-    let official =
+    let mut official =
         json!({ "use": "official", "family": patient.family_name.expose(), "given": given });
+    // Servers write an unknown item as `null` with a data-absent reason.
+    let absent = json!({ "extension": [{
+        "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+        "valueCode": "unknown"
+    }]});
+    if row % 7 == 3 {
+        let mut with_null: Vec<Value> = given.iter().map(|g| json!(g)).collect();
+        let mut reasons: Vec<Value> = vec![Value::Null; with_null.len()];
+        with_null.push(Value::Null);
+        reasons.push(absent.clone());
+        official["given"] = Value::Array(with_null);
+        official["_given"] = Value::Array(reasons);
+    }
     let mut name = Vec::new();
     if row.is_multiple_of(4) {
         name.push(json!({ "use": "usual", "given": [format!("{}y", given.first().copied().unwrap_or("X"))] }));
@@ -640,7 +843,19 @@ pub fn patient_resource(patient: &GpPatient, ods: &OdsCode, row: u64) -> Value {
         if row.is_multiple_of(5) {
             telecom.push(json!({ "system": "phone", "use": "mobile", "value": "07700 900555", "rank": 1, "period": { "start": "2015-01-01", "end": "2020-01-01" } }));
         }
-        telecom.push(json!({ "system": "phone", "use": "mobile", "value": mobile }));
+        // Mobiles are recorded under other uses too; only a number that is
+        // a mobile can be found there, so only those are moved.
+        let usable = UkMobile::parse(mobile).is_ok();
+        if row % 19 == 4 {
+            telecom.push(json!({ "system": "pager", "value": "07700 900777", "rank": 1 }));
+        }
+        telecom.push(match row % 19 {
+            1 if usable => json!({ "system": "phone", "use": "home", "value": mobile }),
+            2 if usable => json!({ "system": "phone", "value": mobile }),
+            3 => json!({ "system": "sms", "value": mobile }),
+            4 => json!({ "system": "phone", "use": "mobile", "value": mobile, "rank": 2 }),
+            _ => json!({ "system": "phone", "use": "mobile", "value": mobile }),
+        });
     }
     if row.is_multiple_of(17) {
         telecom
@@ -650,12 +865,22 @@ pub fn patient_resource(patient: &GpPatient, ods: &OdsCode, row: u64) -> Value {
     if row.is_multiple_of(6) {
         address.push(json!({ "use": "old", "line": ["1 Former Road"], "postalCode": "SE1 1AA", "period": { "end": "2019-05-01" } }));
     }
-    address.push(json!({
+    let mut home = json!({
         "use": "home",
         "type": "both",
         "line": patient.address_lines.expose(),
         "postalCode": patient.postcode.expose()
-    }));
+    });
+    if row % 8 == 5 && !patient.address_lines.expose().is_empty() {
+        let lines = patient.address_lines.expose();
+        let mut with_null: Vec<Value> = lines.iter().map(|l| json!(l)).collect();
+        let mut reasons: Vec<Value> = vec![Value::Null; with_null.len()];
+        with_null.insert(1, Value::Null);
+        reasons.insert(1, absent);
+        home["line"] = Value::Array(with_null);
+        home["_line"] = Value::Array(reasons);
+    }
+    address.push(home);
     let mut extension = Vec::new();
     if row.is_multiple_of(11) {
         extension.push(json!({
@@ -745,6 +970,11 @@ fn read_entry(entry: &Value) -> Option<Incoming> {
     }
     let sent_at = chrono::DateTime::parse_from_rfc3339(resource.get("sent")?.as_str()?).ok()?;
     let text = resource.pointer("/payload/0/contentString")?.as_str()?;
+    let medium = match resource.pointer("/medium/0/coding/0/code")?.as_str()? {
+        "SMSWRIT" => Medium::Sms,
+        "MAILWRIT" => Medium::Letter,
+        _ => return None,
+    };
     Some(Incoming {
         key: key.clone(),
         entry: WritebackEntry {
@@ -752,6 +982,7 @@ fn read_entry(entry: &Value) -> Option<Incoming> {
             reference: reference.to_string(),
             sent_at: sent_at.with_timezone(&chrono::Utc),
             message: Personal::new(text.to_string()),
+            medium,
         },
         resource: resource.clone(),
     })
@@ -796,10 +1027,18 @@ async fn transaction(
         }
     }
     // All or nothing: one unknown patient fails the whole transaction.
+    let extra = extras(&state, &practice.ods);
+    let served_extra = |nhs: &NhsNumber| {
+        extra.iter().any(|resource| {
+            resource["identifier"].as_array().is_some_and(|ids| {
+                ids.iter()
+                    .any(|id| id["system"] == NHS_NUMBER_SYSTEM && id["value"] == nhs.as_str())
+            })
+        })
+    };
     if incoming.iter().any(|item| {
-        !state
-            .estate
-            .has_patient(&practice.ods, &item.entry.nhs_number)
+        let nhs = &item.entry.nhs_number;
+        !state.estate.has_patient(&practice.ods, nhs) && !served_extra(nhs)
     }) {
         state.transactions_refused.fetch_add(1, Ordering::Relaxed);
         return outcome(

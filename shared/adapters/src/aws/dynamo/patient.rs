@@ -55,6 +55,7 @@ fn status_tag(status: &RecipientStatus) -> &'static str {
         RecipientStatus::Sent { .. } => "sent",
         RecipientStatus::LetterSent { .. } => "letter_sent",
         RecipientStatus::Rejected => "rejected",
+        RecipientStatus::Withheld { .. } => "withheld",
     }
 }
 
@@ -280,6 +281,33 @@ impl PatientDataStore for DynamoPatientStore {
                             }
                         }
                     }
+                }
+            })
+            .buffered(self.table.concurrency)
+            .try_collect()
+            .await
+    }
+
+    async fn key_holders(
+        &self,
+        campaign: &CampaignId,
+        keys: &[DedupeKey],
+    ) -> Result<Vec<Option<OdsCode>>, StoreError> {
+        let pk = campaign_pk(campaign);
+        futures::stream::iter(0..keys.len())
+            .map(|position| {
+                let sk = key_sk(&keys[position]);
+                let pk = pk.clone();
+                async move {
+                    let Some(item) = self.table.get(&pk, &sk).await? else {
+                        return Ok(None);
+                    };
+                    let ods = get_s(&item, "ods").map_err(decode(format!("key {position}")))?;
+                    OdsCode::parse(ods).map(Some).map_err(|_| {
+                        StoreError::Unexpected(anyhow::anyhow!(
+                            "key {position} is held by an unreadable ODS code"
+                        ))
+                    })
                 }
             })
             .buffered(self.table.concurrency)

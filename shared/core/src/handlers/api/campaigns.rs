@@ -173,6 +173,10 @@ pub fn validate(request: &CreateCampaignRequest, hub: &Hub) -> Result<NewCampaig
 #[derive(Debug, Clone, Serialize)]
 pub struct Preview {
     pub example: String,
+    /// As a patient with no recorded name sees it (the fallbacks), when
+    /// the message uses names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub example_without_names: Option<String>,
     pub encoding: crate::domain::Encoding,
     pub characters: usize,
     pub fragments: u32,
@@ -223,6 +227,9 @@ async fn preview(hub: &Hub, new: &NewCampaign) -> Result<Preview, ApiError> {
     );
     Ok(Preview {
         example: new.template.example(),
+        example_without_names: (new.template.uses(crate::domain::Field::FirstName)
+            || new.template.uses(crate::domain::Field::LastName))
+        .then(|| new.template.example_without_names()),
         encoding: example.encoding,
         characters: example.units,
         fragments: example.fragments,

@@ -139,10 +139,12 @@ pub(super) async fn load(hub: &Hub, id: &CampaignId) -> Result<Campaign, ApiErro
 
 mod campaigns;
 mod decisions;
+mod extraction;
 mod practices;
 mod views;
 
 pub use campaigns::*;
 pub use decisions::*;
+pub use extraction::*;
 pub use practices::*;
 pub use views::*;

@@ -68,12 +68,21 @@ pub fn validate_practice(
             }
         },
     };
+    let http_url = |url: &str| url.starts_with("https://") || url.starts_with("http://");
     let connection = match &request.connection {
-        Some(GpConnection::Fhir { base_url, .. })
-            if !(base_url.starts_with("https://") || base_url.starts_with("http://")) =>
-        {
+        Some(GpConnection::Fhir { base_url, .. }) if !http_url(base_url) => {
             errors.push(FieldError {
                 field: "connection.base_url".into(),
+                message: "must be an http(s) URL".into(),
+            });
+            None
+        }
+        Some(GpConnection::Fhir {
+            link_base: Some(link_base),
+            ..
+        }) if !http_url(link_base) => {
+            errors.push(FieldError {
+                field: "connection.link_base".into(),
                 message: "must be an http(s) URL".into(),
             });
             None
@@ -208,9 +217,31 @@ mod tests {
             base_url: "https://gp.example.nhs.uk/fhir".into(),
             bulk_export: false,
             secret: Some("sms-hub/gp/G85001".into()),
+            patient_search: crate::ports::PatientSearch::Identifier,
+            link_base: Some("http://fhir-internal:8080/fhir".into()),
         };
         let saved = validate_practice(&practice(Some(fhir.clone())), false).expect("saved");
         assert_eq!(saved.connection, fhir);
+        let mut proxied = fhir.clone();
+        if let GpConnection::Fhir { link_base, .. } = &mut proxied {
+            *link_base = Some("fhir-internal:8080".into());
+        }
+        assert_eq!(
+            refused_field(validate_practice(&practice(Some(proxied)), false)),
+            "connection.link_base"
+        );
+        // The identifier search is the default (the UK Core shape).
+        let read: GpConnection = serde_json::from_value(serde_json::json!({
+            "kind": "fhir", "base_url": "https://gp.example.nhs.uk/fhir"
+        }))
+        .unwrap();
+        assert!(matches!(
+            read,
+            GpConnection::Fhir {
+                patient_search: crate::ports::PatientSearch::Identifier,
+                ..
+            }
+        ));
         // The local stack fills in its simulated estate.
         let local = validate_practice(&practice(None), true).expect("saved");
         assert_eq!(local.connection, GpConnection::Simulated);

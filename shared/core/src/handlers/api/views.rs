@@ -22,6 +22,8 @@ pub struct CampaignDetail {
     pub practices: Vec<report::PracticeReport>,
     pub opted_out_practices: Vec<OdsCode>,
     pub failed_practices: Vec<OdsCode>,
+    /// Held as `extraction_suspect`, waiting for a staff decision.
+    pub suspect_practices: Vec<OdsCode>,
 }
 
 pub async fn detail(hub: &Hub, id: &CampaignId) -> Result<CampaignDetail, ApiError> {
@@ -43,6 +45,7 @@ pub async fn detail(hub: &Hub, id: &CampaignId) -> Result<CampaignDetail, ApiErr
         practices: report.practices,
         opted_out_practices: report.opted_out_practices,
         failed_practices: report.failed_practices,
+        suspect_practices: report.suspect_practices,
     })
 }
 
