@@ -11,7 +11,7 @@ use hub_adapters::mesh::{
 };
 use hub_core::domain::{check_digit, ContactPreference, OdsCode, Personal};
 use hub_core::ports::{
-    GpConnection, GpConnector, GpError, Practice, WritebackEntry, WritebackResult,
+    GpConnection, GpConnector, GpError, Medium, Practice, WritebackEntry, WritebackResult,
 };
 use hub_sim::mesh::{MeshPracticeSim, MeshSandbox, SandboxTls};
 use secrecy::SecretString;
@@ -322,6 +322,7 @@ async fn write_back_sends_the_practice_the_list_of_who_was_messaged() {
             reference: format!("campaign-1.G85001-0001.{n}"),
             sent_at: Utc::now(),
             message: Personal::new(format!("Stay cool, patient {n}, drink water.")),
+            medium: if n == 2 { Medium::Letter } else { Medium::Sms },
         })
         .collect();
     let results = connector
@@ -338,10 +339,11 @@ async fn write_back_sends_the_practice_the_list_of_who_was_messaged() {
     assert_eq!(ids.len(), 1);
     let csv = String::from_utf8(practice_side.download(&ids[0]).await.unwrap().body).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "nhs_number,reference,sent_at,message");
+    assert_eq!(lines[0], "nhs_number,reference,sent_at,medium,message");
     assert_eq!(lines.len(), 4);
     assert!(lines[2].starts_with(&format!("{},campaign-1.G85001-0001.1,", nhs_number(1))));
-    assert!(lines[2].ends_with("\"Stay cool, patient 1, drink water.\""));
+    assert!(lines[2].ends_with(",sms,\"Stay cool, patient 1, drink water.\""));
+    assert!(lines[3].contains(",letter,"));
 }
 
 /// A mixed region: the same synthetic region run twice, all on FHIR and

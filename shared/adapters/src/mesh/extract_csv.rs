@@ -24,7 +24,7 @@
 //! row number and column, never by its content.
 
 use chrono::NaiveDate;
-use hub_core::domain::{ContactPreference, GpPatient, Personal};
+use hub_core::domain::{ContactPreference, DatePrecision, GpPatient, Personal};
 
 /// Every column the hub reads, in the order it asks for them.
 pub const COLUMNS: [&str; 13] = [
@@ -232,9 +232,14 @@ fn patient(columns: &Columns, record: &csv::ByteRecord) -> Result<GpPatient, Str
         address_lines: Personal::new(address_lines),
         postcode: Personal::new(field(columns.postcode, "postcode")?),
         birth_date: Personal::new(birth_date),
+        // The columns take whole dates only.
+        birth_date_precision: DatePrecision::Day,
         mobile: Personal::new((!mobile.is_empty()).then_some(mobile)),
         deceased,
         contact_preference,
+        // An extract lists the practice's registered patients: every row is
+        // a record in use.
+        active: true,
     })
 }
 

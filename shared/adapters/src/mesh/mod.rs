@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
 use hub_core::domain::{GpPatient, OdsCode};
 use hub_core::ports::{
-    GpConnection, GpConnector, GpError, Practice, WritebackEntry, WritebackResult,
+    GpConnection, GpConnector, GpError, Medium, Practice, WritebackEntry, WritebackResult,
 };
 use std::time::Duration;
 use tokio::time::Instant;
@@ -224,14 +224,14 @@ impl GpConnector for MeshGpConnector {
             return Ok(Vec::new());
         }
         let mut writer = csv::Writer::from_writer(Vec::new());
-        let write = |writer: &mut csv::Writer<Vec<u8>>, row: [&str; 4]| {
+        let write = |writer: &mut csv::Writer<Vec<u8>>, row: [&str; 5]| {
             writer
                 .write_record(row)
                 .map_err(|_| GpError::Misconfigured(format!("{ods}: write-back CSV")))
         };
         write(
             &mut writer,
-            ["nhs_number", "reference", "sent_at", "message"],
+            ["nhs_number", "reference", "sent_at", "medium", "message"],
         )?;
         for entry in entries {
             write(
@@ -240,6 +240,10 @@ impl GpConnector for MeshGpConnector {
                     entry.nhs_number.as_str(),
                     &entry.reference,
                     &entry.sent_at.to_rfc3339(),
+                    match entry.medium {
+                        Medium::Sms => "sms",
+                        Medium::Letter => "letter",
+                    },
                     entry.message.expose(),
                 ],
             )?;
