@@ -57,6 +57,7 @@ pub fn config(practices: usize, patients: u64, seed: u64) -> LocalStackConfig {
             receipt_window: chrono::Duration::milliseconds(500),
             stale_after: chrono::Duration::seconds(5),
             send_deadline: Duration::from_secs(2),
+            access: hub_core::domain::AccessPolicy::open(),
             ..HubConfig::default()
         },
         region: RegionSpec {

@@ -67,6 +67,9 @@ impl DemoOptions {
             receipt_window: chrono::Duration::seconds(1),
             stale_after: chrono::Duration::seconds(30),
             send_deadline: Duration::from_secs(10),
+            // Local: every identity holds every role unless `hub local
+            // serve --role` says otherwise.
+            access: hub_core::domain::AccessPolicy::open(),
             ..HubConfig::default()
         };
         let sms_gateways = (0..self.providers)

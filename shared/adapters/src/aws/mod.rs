@@ -58,9 +58,12 @@ pub mod env {
     /// The send queue's maximum concurrency: each invocation paces itself
     /// at its share of the providers' rate.
     pub const SEND_MAX_CONCURRENCY: &str = "SEND_MAX_CONCURRENCY";
+    /// Hub roles of IAM identities: `requester=PATTERN,…;approver=…`
+    /// (`hub_core::domain::AccessPolicy::parse`). Empty: nobody may act.
+    pub const HUB_ROLES: &str = "HUB_ROLES";
 
     /// Every variable above, for checks against the template.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         HUB_TABLE,
         PATIENT_DATA_TABLE,
         NOTICES_QUEUE_URL,
@@ -78,6 +81,7 @@ pub mod env {
         CALLBACK_TOKEN_SECRET_ARN,
         PUBLIC_BASE_URL,
         SEND_MAX_CONCURRENCY,
+        HUB_ROLES,
     ];
 
     /// The variable holding a queue's URL.

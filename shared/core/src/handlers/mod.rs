@@ -63,6 +63,8 @@ pub struct HubConfig {
     /// This hub reads practices from the simulated GP estate (the local
     /// stack only): a practice saved without a GP system gets it.
     pub simulated_gp: bool,
+    /// Which IAM identities hold which hub roles.
+    pub access: crate::domain::AccessPolicy,
 }
 
 /// Settings the hub refuses to run with.
@@ -108,6 +110,7 @@ impl Default for HubConfig {
             rate_cap: None,
             max_deadline_ahead: chrono::Duration::days(14),
             simulated_gp: false,
+            access: crate::domain::AccessPolicy::default(),
         }
     }
 }

@@ -20,7 +20,7 @@ mod receipts;
 pub use json::{from_json, parse_body, parse_json, JsonBody, RawBody};
 pub use receipts::receipts_router;
 
-use crate::domain::{CampaignId, OdsCode, StaffId};
+use crate::domain::{authorise, CampaignId, Need, OdsCode, Staff, StaffId};
 use crate::handlers::api::{self, ApiError, CreateCampaignRequest, PracticeRequest};
 use crate::handlers::Hub;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
@@ -65,6 +65,74 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         };
         tracing::info!(method = %parts.method, %reason, "request refused");
         Err(ApiError::Forbidden(reason))
+    }
+}
+
+/// What an operation needs of its caller, as a type for [`Authorised`].
+pub trait Requires {
+    const NEED: Need;
+}
+
+macro_rules! requirement {
+    ($($(#[$doc:meta])* $name:ident = $need:expr;)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+        impl Requires for $name {
+            const NEED: Need = $need;
+        }
+    )*};
+}
+
+requirement! {
+    /// Reads: any staff role.
+    Reads = Need::READ;
+    /// Creating a campaign.
+    Requests = Need::REQUEST;
+    /// Approving a campaign.
+    Approves = Need::APPROVE;
+    /// Cancelling, or a practice's opt-out on its behalf.
+    Stops = Need::STOP;
+    /// Asking for, or approving, a deadline change.
+    Deadlines = Need::DEADLINE;
+    /// The practice registry.
+    Registers = Need::REGISTRY;
+}
+
+/// The caller, authorised for what `N` requires: their roles from
+/// [`crate::handlers::HubConfig::access`] and, for a change, the person.
+/// A refusal is a 403 naming what is missing, before the body is read
+/// (so nothing changes), and is audited.
+pub struct Authorised<N>(pub Staff, std::marker::PhantomData<N>);
+
+impl<N: Requires> FromRequestParts<Hub> for Authorised<N> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, hub: &Hub) -> Result<Self, ApiError> {
+        let Caller(caller) = Caller::from_request_parts(parts, hub).await?;
+        match authorise(&hub.config.access, caller.as_str(), N::NEED) {
+            Ok(staff) => Ok(Self(staff, std::marker::PhantomData)),
+            Err(refused) => {
+                let path = parts.uri.path();
+                let campaign = path
+                    .strip_prefix("/campaigns/")
+                    .and_then(|rest| rest.split('/').next())
+                    .and_then(CampaignId::parse);
+                tracing::info!(method = %parts.method, reason = %refused, "request refused");
+                hub.audit(
+                    campaign.as_ref(),
+                    caller.as_str(),
+                    "access_refused",
+                    serde_json::json!({
+                        "method": parts.method.as_str(),
+                        "path": path.chars().take(100).collect::<String>(),
+                        "needed": N::NEED.describe(),
+                        "missing": refused.missing(),
+                    }),
+                )
+                .await?;
+                Err(ApiError::Forbidden(refused.to_string()))
+            }
+        }
     }
 }
 
@@ -425,14 +493,14 @@ pub struct OptOutRequest {
 
 type Answer = Result<Response, ApiError>;
 
-async fn list_campaigns(State(hub): State<Hub>, _: Caller) -> Answer {
+async fn list_campaigns(State(hub): State<Hub>, _: Authorised<Reads>) -> Answer {
     let campaigns = api::list(&hub).await?;
     Ok(json(StatusCode::OK, &CampaignList { campaigns }))
 }
 
 async fn create_campaign(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Requests>,
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,
 ) -> Answer {
@@ -450,7 +518,7 @@ async fn create_campaign(
         let preview = api::dry_run(&hub, &create).await?;
         return Ok(json(StatusCode::OK, &preview));
     }
-    let created = api::create_campaign(&hub, &caller, &create).await?;
+    let created = api::create_campaign(&hub, &staff.id, &create).await?;
     let location = HeaderValue::from_str(&format!("/campaigns/{}", created.campaign.id))
         .map_err(|error| ApiError::Internal(anyhow::anyhow!("campaign location: {error}")))?;
     let mut response = json(StatusCode::CREATED, &created);
@@ -460,7 +528,7 @@ async fn create_campaign(
 
 async fn campaign_detail(
     State(hub): State<Hub>,
-    _: Caller,
+    _: Authorised<Reads>,
     CampaignPath(id): CampaignPath,
 ) -> Answer {
     Ok(json(StatusCode::OK, &api::detail(&hub, &id).await?))
@@ -468,38 +536,38 @@ async fn campaign_detail(
 
 async fn approve(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Approves>,
     CampaignPath(id): CampaignPath,
 ) -> Answer {
     Ok(json(
         StatusCode::OK,
-        &api::approve(&hub, &caller, &id).await?,
+        &api::approve(&hub, &staff.id, &id).await?,
     ))
 }
 
 async fn cancel(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Stops>,
     CampaignPath(id): CampaignPath,
     JsonBody(body): JsonBody<CancelRequest>,
 ) -> Answer {
-    let view = api::cancel(&hub, &caller, &id, &body.reason).await?;
+    let view = api::cancel(&hub, &staff.id, &id, &body.reason).await?;
     Ok(json(StatusCode::OK, &view))
 }
 
 async fn deadline(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Deadlines>,
     CampaignPath(id): CampaignPath,
     JsonBody(body): JsonBody<DeadlineRequest>,
 ) -> Answer {
-    let view = api::reschedule_deadline(&hub, &caller, &id, &body.optout_deadline).await?;
+    let view = api::reschedule_deadline(&hub, &staff.id, &id, &body.optout_deadline).await?;
     Ok(json(StatusCode::OK, &view))
 }
 
 async fn opt_out(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Stops>,
     CampaignPath(id): CampaignPath,
     JsonBody(body): JsonBody<OptOutRequest>,
 ) -> Answer {
@@ -512,32 +580,44 @@ async fn opt_out(
             )));
         }
     }
-    let participation = api::record_opt_out(&hub, caller.as_str(), &id, &body.ods).await?;
+    let participation = api::record_opt_out(&hub, staff.id.as_str(), &id, &body.ods).await?;
     Ok(json(StatusCode::OK, &participation))
 }
 
-async fn report(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
+async fn report(
+    State(hub): State<Hub>,
+    _: Authorised<Reads>,
+    CampaignPath(id): CampaignPath,
+) -> Answer {
     Ok(json(StatusCode::OK, &api::report(&hub, &id).await?))
 }
 
-async fn audit(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
+async fn audit(
+    State(hub): State<Hub>,
+    _: Authorised<Reads>,
+    CampaignPath(id): CampaignPath,
+) -> Answer {
     let events = api::audit(&hub, &id).await?;
     Ok(json(StatusCode::OK, &AuditList { events }))
 }
 
-async fn evidence(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
+async fn evidence(
+    State(hub): State<Hub>,
+    _: Authorised<Reads>,
+    CampaignPath(id): CampaignPath,
+) -> Answer {
     let evidence = crate::handlers::evidence::for_campaign(&hub, &id).await?;
     Ok(json(StatusCode::OK, &evidence))
 }
 
-async fn list_practices(State(hub): State<Hub>, _: Caller) -> Answer {
+async fn list_practices(State(hub): State<Hub>, _: Authorised<Reads>) -> Answer {
     let practices = api::list_practices(&hub).await?;
     Ok(json(StatusCode::OK, &PracticeList { practices }))
 }
 
 async fn put_practice(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Registers>,
     OdsPath(path_ods): OdsPath,
     JsonBody(body): JsonBody<PracticeRequest>,
 ) -> Answer {
@@ -547,7 +627,7 @@ async fn put_practice(
             format!("must match the practice in the path ({path_ods})"),
         ));
     }
-    let practice = api::put_practice(&hub, &caller, &body).await?;
+    let practice = api::put_practice(&hub, &staff.id, &body).await?;
     Ok(json(StatusCode::OK, &practice))
 }
 
