@@ -274,7 +274,7 @@ async fn create(
     } else if !cx.json {
         println!("{text}");
     }
-    let created = cx.client.post("/campaigns", &body).await?;
+    let created = cx.client.post_once("/campaigns", &body).await?;
     cx.done(created, |created: Created| {
         let c = created.campaign;
         format!(

@@ -36,6 +36,9 @@ use serde_json::Value;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 
+/// Set on the answer to a create replayed with its `Idempotency-Key`.
+pub const REPLAYED: &str = "idempotent-replayed";
+
 /// Largest request body accepted (the biggest real one, a campaign, is a
 /// few kilobytes).
 pub const MAX_BODY: usize = 256 * 1024;
@@ -502,8 +505,15 @@ async fn create_campaign(
     State(hub): State<Hub>,
     Authorised(staff, _): Authorised<Requests>,
     RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Answer {
+    let key = match headers.get(api::IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::field(api::IDEMPOTENCY_KEY, "must be visible ASCII characters")
+        })?),
+    };
     let mut dry_run = flag(query.as_deref(), "dry_run")?;
     let mut body = parse_json(&body)?;
     if let Value::Object(fields) = &mut body {
@@ -518,11 +528,16 @@ async fn create_campaign(
         let preview = api::dry_run(&hub, &create).await?;
         return Ok(json(StatusCode::OK, &preview));
     }
-    let created = api::create_campaign(&hub, &staff.id, &create).await?;
+    let (created, replayed) = api::create_campaign_once(&hub, &staff.id, &create, key).await?;
     let location = HeaderValue::from_str(&format!("/campaigns/{}", created.campaign.id))
         .map_err(|error| ApiError::Internal(anyhow::anyhow!("campaign location: {error}")))?;
     let mut response = json(StatusCode::CREATED, &created);
     response.headers_mut().insert(LOCATION, location);
+    if replayed {
+        response
+            .headers_mut()
+            .insert(REPLAYED, HeaderValue::from_static("true"));
+    }
     Ok(response)
 }
 
