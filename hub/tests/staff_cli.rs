@@ -232,10 +232,20 @@ fn a_staff_members_first_campaign() {
         .to_string();
 
     // THEN the creator cannot approve it; a second person can
-    let own = server.hub(&ALICE, &["campaign", "approve", &id]);
+    let own = server.hub(&ALICE, &["campaign", "approve", &id, "--yes"]);
     assert_eq!(own.code, 3);
     assert!(own.stderr.contains("different person"), "{}", own.stderr);
-    let approved = server.hub(&BOB, &["campaign", "approve", &id]);
+    // (shown what they approve, and asked: no answer is no)
+    let blind = server.hub(&BOB, &["campaign", "approve", &id]);
+    assert_eq!(blind.code, 1, "{}", blind.stderr);
+    assert!(
+        blind.stdout.contains("The message as a patient sees it")
+            && blind.stdout.contains("Estimated cohort")
+            && blind.stdout.contains("(version 0)"),
+        "{}",
+        blind.stdout
+    );
+    let approved = server.hub(&BOB, &["campaign", "approve", &id, "--yes"]);
     assert_eq!(approved.code, 0, "{}", approved.stderr);
 
     // AND a practice that replied by email is opted out by staff
@@ -246,7 +256,37 @@ fn a_staff_members_first_campaign() {
     assert!(bad.stderr.contains("ods:"), "{}", bad.stderr);
 
     // AND the deadline is brought forward, and the campaign watched to the end
-    let moved = server.hub(&BOB, &["campaign", "deadline", &id, "now"]);
+    // by one person with a reason and a second who approves it
+    let alone = server.hub(&ALICE, &["campaign", "deadline", &id, "now"]);
+    assert_eq!(alone.code, 3, "{}", alone.stderr);
+    assert!(alone.stderr.contains("reason"), "{}", alone.stderr);
+    let asked = server.hub(
+        &ALICE,
+        &[
+            "campaign",
+            "deadline",
+            &id,
+            "now",
+            "--reason",
+            "the alert was upgraded",
+        ],
+    );
+    assert_eq!(asked.code, 0, "{}", asked.stderr);
+    assert!(asked.stdout.contains("second person"), "{}", asked.stdout);
+    let own = server.hub(&ALICE, &["campaign", "approve-deadline", &id, "--yes"]);
+    assert_eq!(own.code, 3, "{}", own.stderr);
+    let moved = server.hub(
+        &BOB,
+        &[
+            "campaign",
+            "approve-deadline",
+            &id,
+            "--emergency-override",
+            "--reason",
+            "upgraded alert: cannot wait",
+            "--yes",
+        ],
+    );
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     let watched = server.hub(
         &ALICE,
@@ -631,8 +671,9 @@ fn unsigned_forged_expired_or_unknown_requests_change_nothing() {
     assert_eq!(audit["events"].as_array().map(Vec::len), Some(1));
 
     // The same raw request, signed properly by bob, is accepted.
-    let headers = sign_as(&BOB, &approve, b"", SystemTime::now(), REGION);
-    let (status, answer) = raw(address, "POST", &approve, &headers, b"");
+    let body = br#"{"version":0}"#;
+    let headers = sign_as(&BOB, &approve, body, SystemTime::now(), REGION);
+    let (status, answer) = raw(address, "POST", &approve, &headers, body);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["approved_by"], BOB.arn);
 }

@@ -108,7 +108,7 @@ pub async fn create_and_approve(stack: &LocalStack, request: &CreateCampaignRequ
 
 /// Brings the deadline forward to now, so the scheduler fires it.
 pub async fn fire_deadline_now(stack: &LocalStack, id: &CampaignId) {
-    api::reschedule_deadline(&stack.hub, &bob(), id, &chrono::Utc::now().to_rfc3339())
+    hub_local::demo::bring_deadline_forward_now(&stack.hub, &alice(), &bob(), id)
         .await
         .expect("deadline moved");
 }

@@ -86,3 +86,148 @@ async fn a_replayed_create_returns_the_first_campaign() {
         2
     );
 }
+
+fn carol() -> StaffId {
+    StaffId::new("arn:aws:iam::000000000000:user/carol")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_creator_alone_cannot_shorten_the_opt_out_window() {
+    use hub_core::handlers::api::{self, ApiError};
+    let mut config = config(3, 300, 52);
+    config.hub.min_optout_window = chrono::Duration::minutes(30);
+    let stack = LocalStack::start(config).await.expect("stack");
+    let hub = &stack.hub;
+
+    // GIVEN a campaign changed after creation: the approval must name the
+    // version it saw
+    let created = api::create_campaign(hub, &alice(), &request("NHS: heat alert. See www.nhs.uk"))
+        .await
+        .expect("create");
+    let id = created.campaign.id.clone();
+    let later = (chrono::Utc::now() + chrono::Duration::hours(3)).to_rfc3339();
+    let moved = api::reschedule_deadline(hub, &alice(), &id, &later, None)
+        .await
+        .expect("a pending campaign's deadline moves at once");
+    assert!(moved.version > created.campaign.version);
+    let stale = api::approve_seen(hub, &bob(), &id, Some(created.campaign.version)).await;
+    assert!(matches!(stale, Err(ApiError::Conflict(_))), "{stale:?}");
+    api::approve_seen(hub, &bob(), &id, Some(moved.version))
+        .await
+        .expect("the version seen is approved");
+    // (asking again re-derives the schedule and notices: retry-safe)
+    api::approve(hub, &bob(), &id).await.expect("approve again");
+    hub_local::demo::wait_until(std::time::Duration::from_secs(30), || async {
+        let parts = hub.store.list_participations(&id).await?;
+        Ok(!parts.is_empty() && parts.iter().all(|p| p.notice_sent_at.is_some()))
+    })
+    .await
+    .expect("notices sent");
+    let deadline = hub.campaign(&id).await.expect("campaign").optout_deadline;
+    let soon = (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
+
+    // WHEN the creator alone brings it forward: no reason, no change
+    let unreasoned = api::reschedule_deadline(hub, &alice(), &id, &soon, None).await;
+    assert!(
+        matches!(&unreasoned, Err(ApiError::Validation(e)) if e[0].field == "reason"),
+        "{unreasoned:?}"
+    );
+    // with a reason, it waits for a second person
+    let asked = api::reschedule_deadline(hub, &alice(), &id, &soon, Some("the alert was upgraded"))
+        .await
+        .expect("asked");
+    assert_eq!(asked.optout_deadline, deadline, "unchanged until approved");
+    let to = asked.deadline_change.expect("waiting").to;
+    let own =
+        api::approve_deadline_change(hub, &alice(), &id, &to.to_rfc3339(), true, Some("x")).await;
+    assert!(matches!(own, Err(ApiError::Forbidden(_))), "{own:?}");
+
+    // THEN a second person approves only what was asked ...
+    let other_time = (to + chrono::Duration::minutes(1)).to_rfc3339();
+    let differs = api::approve_deadline_change(hub, &bob(), &id, &other_time, false, None).await;
+    assert!(matches!(differs, Err(ApiError::Conflict(_))), "{differs:?}");
+    // ... never sooner than the minimum after the notices ...
+    let too_soon =
+        api::approve_deadline_change(hub, &bob(), &id, &to.to_rfc3339(), false, None).await;
+    assert!(
+        matches!(&too_soon, Err(ApiError::Conflict(m)) if m.contains("emergency override")),
+        "{too_soon:?}"
+    );
+    let no_reason =
+        api::approve_deadline_change(hub, &bob(), &id, &to.to_rfc3339(), true, None).await;
+    assert!(
+        matches!(no_reason, Err(ApiError::Validation(_))),
+        "{no_reason:?}"
+    );
+    assert_eq!(
+        hub.campaign(&id).await.expect("campaign").optout_deadline,
+        deadline
+    );
+
+    // ... a deadline past the minimum is approved without an override ...
+    let fair = (chrono::Utc::now() + chrono::Duration::minutes(45)).to_rfc3339();
+    let asked = api::reschedule_deadline(
+        hub,
+        &carol(),
+        &id,
+        &fair,
+        Some("agreed at the incident call"),
+    )
+    .await
+    .expect("asked");
+    let to = asked.deadline_change.expect("waiting").to;
+    let approved = api::approve_deadline_change(hub, &bob(), &id, &to.to_rfc3339(), false, None)
+        .await
+        .expect("approved");
+    assert_eq!(approved.optout_deadline, to);
+    assert!(approved.deadline_change.is_none());
+
+    // ... and sooner only with an emergency override and its reason
+    let asked = api::reschedule_deadline(
+        hub,
+        &alice(),
+        &id,
+        &chrono::Utc::now().to_rfc3339(),
+        Some("casualties rising"),
+    )
+    .await
+    .expect("asked");
+    let to = asked.deadline_change.expect("waiting").to;
+    api::approve_deadline_change(
+        hub,
+        &bob(),
+        &id,
+        &to.to_rfc3339(),
+        true,
+        Some("cannot wait"),
+    )
+    .await
+    .expect("override");
+    wait_for_state(
+        &stack,
+        &id,
+        hub_core::domain::CampaignState::Completed,
+        std::time::Duration::from_secs(120),
+    )
+    .await;
+
+    let audit = hub.store.list_audit(&id).await.expect("audit");
+    let changes: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "deadline_changed")
+        .collect();
+    assert_eq!(changes.len(), 3, "one before approval, two approved");
+    assert_eq!(changes[1].actor, bob().as_str());
+    assert_eq!(changes[1].detail["requested_by"], carol().as_str());
+    assert_eq!(changes[1].detail["emergency_override"], false);
+    assert_eq!(changes[2].detail["emergency_override"], true);
+    assert_eq!(changes[2].detail["reason"], "casualties rising");
+    assert_eq!(changes[2].detail["override_reason"], "cannot wait");
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.action == "deadline_change_requested")
+            .count(),
+        3
+    );
+}

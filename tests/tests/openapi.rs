@@ -5,7 +5,9 @@
 use hub_core::domain::{CampaignState, OdsCode};
 use hub_core::handlers::api::{CreateCampaignRequest, PracticeRequest, TargetRequest};
 use hub_core::handlers::optout_token::{self, OptOutClaim};
-use hub_core::http::{self, CancelRequest, DeadlineRequest, OptOutRequest};
+use hub_core::http::{
+    self, ApproveRequest, CancelRequest, DeadlineApproval, DeadlineRequest, OptOutRequest,
+};
 use hub_local::LocalStack;
 use hub_tests::requests::{send, ApiRequest, ApiResponse};
 use hub_tests::*;
@@ -161,6 +163,16 @@ fn request_schemas_match_the_request_types() {
         &spec,
         "DeadlineRequest",
         &example(&spec, "/campaigns/{id}/deadline", "post"),
+    );
+    check_request::<DeadlineApproval>(
+        &spec,
+        "DeadlineApproval",
+        &example(&spec, "/campaigns/{id}/deadline/approve", "post"),
+    );
+    check_request::<ApproveRequest>(
+        &spec,
+        "ApproveRequest",
+        &example(&spec, "/campaigns/{id}/approve", "post"),
     );
     check_request::<OptOutRequest>(
         &spec,
@@ -351,14 +363,18 @@ async fn every_route_answers_as_described() {
     checker.check("/campaigns/{id}", &req, &res);
     let (req, res) = call(
         &stack,
-        ApiRequest::new("POST", &at("/approve")).caller(&alice()),
+        ApiRequest::new("POST", &at("/approve"))
+            .caller(&alice())
+            .json(&json!({ "version": 0 })),
     )
     .await;
     assert_eq!(res.status, 403, "the creator cannot approve");
     checker.check("/campaigns/{id}/approve", &req, &res);
     let (req, res) = call(
         &stack,
-        ApiRequest::new("POST", &at("/approve")).caller(&bob()),
+        ApiRequest::new("POST", &at("/approve"))
+            .caller(&bob())
+            .json(&json!({ "version": 0 })),
     )
     .await;
     assert_eq!(res.status, 200);
@@ -426,12 +442,29 @@ async fn every_route_answers_as_described() {
     let (req, res) = call(
         &stack,
         ApiRequest::new("POST", &at("/deadline"))
-            .caller(&bob())
-            .json(&json!({ "optout_deadline": chrono::Utc::now().to_rfc3339() })),
+            .caller(&alice())
+            .json(&json!({
+                "optout_deadline": chrono::Utc::now().to_rfc3339(),
+                "reason": "the alert was upgraded",
+            })),
     )
     .await;
     assert_eq!(res.status, 200);
     checker.check("/campaigns/{id}/deadline", &req, &res);
+    let asked = res.json_body().expect("json")["deadline_change"]["to"].clone();
+    let (req, res) = call(
+        &stack,
+        ApiRequest::new("POST", &at("/deadline/approve"))
+            .caller(&bob())
+            .json(&json!({
+                "optout_deadline": asked,
+                "emergency_override": true,
+                "reason": "cannot wait",
+            })),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    checker.check("/campaigns/{id}/deadline/approve", &req, &res);
     let campaign_id = campaign.id.clone();
     wait_for_state(
         &stack,

@@ -63,6 +63,10 @@ pub struct HubConfig {
     /// This hub reads practices from the simulated GP estate (the local
     /// stack only): a practice saved without a GP system gets it.
     pub simulated_gp: bool,
+    /// The shortest opt-out window left after every practice's notice was
+    /// sent when the deadline is brought forward (unless the approver
+    /// records an emergency override).
+    pub min_optout_window: chrono::Duration,
     /// Which IAM identities hold which hub roles.
     pub access: crate::domain::AccessPolicy,
 }
@@ -110,6 +114,7 @@ impl Default for HubConfig {
             rate_cap: None,
             max_deadline_ahead: chrono::Duration::days(14),
             simulated_gp: false,
+            min_optout_window: chrono::Duration::hours(2),
             access: crate::domain::AccessPolicy::default(),
         }
     }

@@ -290,6 +290,12 @@ fn operations() -> Vec<Operation> {
         operation("/campaigns/{id}/approve", Post, staff, approve),
         operation("/campaigns/{id}/cancel", Post, staff, cancel),
         operation("/campaigns/{id}/deadline", Post, staff, deadline),
+        operation(
+            "/campaigns/{id}/deadline/approve",
+            Post,
+            staff,
+            approve_deadline,
+        ),
         operation("/campaigns/{id}/opt-outs", Post, staff, opt_out),
         operation("/campaigns/{id}/report", Get, staff, report),
         operation("/campaigns/{id}/audit", Get, staff, audit),
@@ -485,6 +491,32 @@ pub struct CancelRequest {
 pub struct DeadlineRequest {
     /// RFC 3339; "now" (a minute either way) fires the deadline at once.
     pub optout_deadline: String,
+    /// Why: required to bring the deadline forward once practices have
+    /// been notified.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /campaigns/{id}/deadline/approve`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineApproval {
+    /// The deadline waiting for approval, as the approver saw it.
+    pub optout_deadline: String,
+    /// Sooner than the minimum window after the last practice notice.
+    #[serde(default)]
+    pub emergency_override: bool,
+    /// Required with an emergency override.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /campaigns/{id}/approve`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    /// The campaign's `version` the approver was shown.
+    pub version: u64,
 }
 
 /// `POST /campaigns/{id}/opt-outs`
@@ -553,11 +585,28 @@ async fn approve(
     State(hub): State<Hub>,
     Authorised(staff, _): Authorised<Approves>,
     CampaignPath(id): CampaignPath,
+    JsonBody(body): JsonBody<ApproveRequest>,
 ) -> Answer {
-    Ok(json(
-        StatusCode::OK,
-        &api::approve(&hub, &staff.id, &id).await?,
-    ))
+    let view = api::approve_seen(&hub, &staff.id, &id, Some(body.version)).await?;
+    Ok(json(StatusCode::OK, &view))
+}
+
+async fn approve_deadline(
+    State(hub): State<Hub>,
+    Authorised(staff, _): Authorised<Approves>,
+    CampaignPath(id): CampaignPath,
+    JsonBody(body): JsonBody<DeadlineApproval>,
+) -> Answer {
+    let view = api::approve_deadline_change(
+        &hub,
+        &staff.id,
+        &id,
+        &body.optout_deadline,
+        body.emergency_override,
+        body.reason.as_deref(),
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &view))
 }
 
 async fn cancel(
@@ -576,7 +625,14 @@ async fn deadline(
     CampaignPath(id): CampaignPath,
     JsonBody(body): JsonBody<DeadlineRequest>,
 ) -> Answer {
-    let view = api::reschedule_deadline(&hub, &staff.id, &id, &body.optout_deadline).await?;
+    let view = api::reschedule_deadline(
+        &hub,
+        &staff.id,
+        &id,
+        &body.optout_deadline,
+        body.reason.as_deref(),
+    )
+    .await?;
     Ok(json(StatusCode::OK, &view))
 }
 
@@ -671,7 +727,7 @@ mod tests {
         assert_eq!(optout.methods, ["GET", "POST"]);
         assert!(optout.public);
         assert_eq!(routes.iter().filter(|r| r.public).count(), 1);
-        assert_eq!(routes.len(), 12);
+        assert_eq!(routes.len(), 13);
     }
 
     async fn call(router: &Router, method: &str, path: &str, body: Body) -> Response {

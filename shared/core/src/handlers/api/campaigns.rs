@@ -192,6 +192,20 @@ pub struct PracticeEstimate {
     pub dsa_signed: bool,
 }
 
+/// What the approver is shown: the stored campaign's preview, as its
+/// creator saw it (cohort and plan from today's registry).
+pub async fn preview_of(hub: &Hub, campaign: &Campaign) -> Result<Preview, ApiError> {
+    let new = NewCampaign {
+        name: campaign.name.clone(),
+        template: campaign.template.clone(),
+        target: campaign.target.clone(),
+        deadline: campaign.optout_deadline,
+        justification: campaign.justification.clone(),
+        options: campaign.options,
+    };
+    preview(hub, &new).await
+}
+
 async fn preview(hub: &Hub, new: &NewCampaign) -> Result<Preview, ApiError> {
     let practices: Vec<PracticeEstimate> = hub
         .store
@@ -323,6 +337,7 @@ pub async fn create_campaign_once(
         progress: Progress::default(),
         purged_at: None,
         purged_items: None,
+        deadline_change: None,
         version: 0,
     };
     match hub.store.create_campaign(&campaign).await {
