@@ -185,7 +185,38 @@ fn a_staff_members_first_campaign() {
         &["practices", "import", csv.to_str().expect("path")],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("Imported 2 practices"));
+    // (new notice addresses and DSAs wait for a second registry admin)
+    assert!(run.stdout.contains("2 changes"), "{}", run.stdout);
+    let unchanged = server.json(&BOB, &["practices", "list"]);
+    assert_ne!(
+        unchanged["practices"][0]["notice_email"],
+        "manager@example.nhs.uk"
+    );
+    assert_eq!(
+        unchanged["pending_changes"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let own = server.hub(&ALICE, &["practices", "approve", &ods[0], "--yes"]);
+    assert_eq!(own.code, 3, "{}", own.stderr);
+    for practice in &ods[..2] {
+        let run = server.hub(&BOB, &["practices", "approve", practice, "--yes"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let audit = server.json(&BOB, &["practices", "audit"]);
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "practice_change_approved")
+            .count(),
+        2,
+        "{actions:?}"
+    );
     let practices = server.json(&BOB, &["practices", "list"]);
     let first = &practices["practices"][0];
     assert_eq!(first["name"], "Lewisham Medical Centre, Ladywell");
@@ -410,12 +441,14 @@ fn bad_input_and_bad_configuration_have_their_own_exit_codes() {
     assert_eq!(run.code, 3, "a refused row is a refusal");
     assert!(run.stdout.contains("line 3"), "{}", run.stdout);
     assert!(run.stdout.contains("ods:"), "{}", run.stdout);
+    // (a changed notice address waits for a second registry admin)
+    assert!(run.stdout.contains("1 change"), "{}", run.stdout);
     let listed = server.json(&ALICE, &["practices", "list"]);
-    assert!(listed["practices"]
+    assert!(listed["pending_changes"]
         .as_array()
-        .expect("practices")
+        .expect("pending changes")
         .iter()
-        .any(|p| p["name"] == "Good Surgery"));
+        .any(|c| c["proposed"]["name"] == "Good Surgery"));
 
     let file = server.path("wrong.toml");
     write(

@@ -58,6 +58,7 @@ pub fn config(practices: usize, patients: u64, seed: u64) -> LocalStackConfig {
             stale_after: chrono::Duration::seconds(5),
             send_deadline: Duration::from_secs(2),
             access: hub_core::domain::AccessPolicy::open(),
+            local_gp_urls: true,
             ..HubConfig::default()
         },
         region: RegionSpec {

@@ -231,3 +231,106 @@ async fn the_creator_alone_cannot_shorten_the_opt_out_window() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registry_changes_that_reach_patients_need_a_second_person() {
+    use hub_core::handlers::api::{self, ApiError, PracticeRequest, PracticeSaved};
+    use hub_core::ports::GpConnection;
+    let mut config = config(2, 100, 53);
+    // As deployed: GP systems must be public https addresses.
+    config.hub.local_gp_urls = false;
+    let stack = LocalStack::start(config).await.expect("stack");
+    let hub = &stack.hub;
+    let ods = stack.estate.practices()[0].ods.clone();
+    let before = hub
+        .store
+        .get_practice(&ods)
+        .await
+        .expect("read")
+        .expect("practice");
+    let request = |email: &str, url: &str| PracticeRequest {
+        ods: ods.to_string(),
+        name: before.name.clone(),
+        notice_email: email.into(),
+        dsa_signed: before.dsa_signed.map(|d| d.to_string()),
+        connection: Some(GpConnection::Fhir {
+            base_url: url.into(),
+            bulk_export: false,
+            secret: None,
+        }),
+        list_size: before.list_size,
+    };
+
+    // GIVEN a registry admin pointing the practice somewhere internal: refused
+    let internal = api::put_practice(
+        hub,
+        &alice(),
+        &request("attacker@evil.example", "http://169.254.169.254/"),
+    )
+    .await;
+    assert!(
+        matches!(&internal, Err(ApiError::Validation(e)) if e[0].field == "connection.base_url"),
+        "{internal:?}"
+    );
+
+    // WHEN they change its notice address and GP system
+    let saved = api::put_practice(
+        hub,
+        &alice(),
+        &request(
+            "new-manager@example.nhs.uk",
+            "https://gp.example.nhs.uk/fhir",
+        ),
+    )
+    .await
+    .expect("asked");
+    let PracticeSaved::AwaitingApproval(change) = saved else {
+        panic!("a change reaching patients is saved at once: {saved:?}");
+    };
+    assert_eq!(change.fields, ["notice_email", "connection"]);
+
+    // THEN nothing changes until a second person approves what was asked
+    assert_eq!(
+        hub.store.get_practice(&ods).await.expect("read"),
+        Some(before.clone())
+    );
+    let own = api::approve_practice_change(hub, &alice(), &ods, &change.change_id).await;
+    assert!(matches!(own, Err(ApiError::Forbidden(_))), "{own:?}");
+    let other = api::approve_practice_change(hub, &bob(), &ods, "000000000000").await;
+    assert!(matches!(other, Err(ApiError::Conflict(_))), "{other:?}");
+    let approved = api::approve_practice_change(hub, &bob(), &ods, &change.change_id)
+        .await
+        .expect("approved");
+    assert_eq!(approved.notice_email, "new-manager@example.nhs.uk");
+    assert_eq!(
+        hub.store.get_practice(&ods).await.expect("read"),
+        Some(approved)
+    );
+    assert!(api::pending_practice_changes(hub)
+        .await
+        .expect("pending")
+        .is_empty());
+
+    // AND the old notice address is told
+    let told: Vec<_> = stack
+        .gateways
+        .iter()
+        .chain(std::iter::once(&stack.postal))
+        .flat_map(|g| g.emails())
+        .filter(|(to, subject, _)| {
+            *to == before.notice_email && subject.contains("Notice address changed")
+        })
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    let audit = hub.store.list_hub_audit().await.expect("audit");
+    let approval = audit
+        .iter()
+        .find(|e| e.action == "practice_change_approved")
+        .expect("audited");
+    assert_eq!(approval.actor, bob().as_str());
+    assert_eq!(approval.detail["requested_by"], alice().as_str());
+    assert_eq!(approval.detail["old_notice_address_told"], true);
+    // (an approved change cannot be approved twice)
+    let again = api::approve_practice_change(hub, &bob(), &ods, &change.change_id).await;
+    assert!(matches!(again, Err(ApiError::Conflict(_))), "{again:?}");
+}

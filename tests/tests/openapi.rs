@@ -7,6 +7,7 @@ use hub_core::handlers::api::{CreateCampaignRequest, PracticeRequest, TargetRequ
 use hub_core::handlers::optout_token::{self, OptOutClaim};
 use hub_core::http::{
     self, ApproveRequest, CancelRequest, DeadlineApproval, DeadlineRequest, OptOutRequest,
+    PracticeApproval,
 };
 use hub_local::LocalStack;
 use hub_tests::requests::{send, ApiRequest, ApiResponse};
@@ -168,6 +169,11 @@ fn request_schemas_match_the_request_types() {
         &spec,
         "DeadlineApproval",
         &example(&spec, "/campaigns/{id}/deadline/approve", "post"),
+    );
+    check_request::<PracticeApproval>(
+        &spec,
+        "PracticeApproval",
+        &example(&spec, "/practices/{ods}/approve", "post"),
     );
     check_request::<ApproveRequest>(
         &spec,
@@ -586,8 +592,42 @@ async fn every_route_answers_as_described() {
             })),
     )
     .await;
-    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.status, 202,
+        "a new notice address waits for a second person"
+    );
     checker.check("/practices/{ods}", &req, &res);
+    let change_id = res.json_body().expect("json")["change_id"].clone();
+    let (req, res) = call(
+        &stack,
+        ApiRequest::new("POST", &format!("/practices/{}/approve", ods[2]))
+            .caller(&bob())
+            .json(&json!({ "change_id": change_id })),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    checker.check("/practices/{ods}/approve", &req, &res);
+    let (req, res) = call(
+        &stack,
+        ApiRequest::new("PUT", &format!("/practices/{}", ods[2]))
+            .caller(&alice())
+            .json(&json!({
+                "ods": ods[2],
+                "name": "Renamed Again Surgery",
+                "notice_email": "manager@example.nhs.uk",
+                "dsa_signed": "2026-01-15",
+                "list_size": 4321,
+            })),
+    )
+    .await;
+    assert_eq!(res.status, 200, "a new name is saved at once");
+    checker.check("/practices/{ods}", &req, &res);
+    let (req, res) = call(
+        &stack,
+        ApiRequest::new("GET", "/practices/audit").caller(&alice()),
+    )
+    .await;
+    checker.check("/practices/audit", &req, &res);
     let (req, res) = call(
         &stack,
         ApiRequest::new("PUT", "/practices/G12345")

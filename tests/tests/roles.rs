@@ -103,6 +103,7 @@ fn operations(id: &CampaignId, ods: &str) -> Vec<Operation> {
         op("GET", format!("/campaigns/{id}/audit"), None, ANY, any),
         op("GET", format!("/campaigns/{id}/evidence"), None, ANY, any),
         op("GET", "/practices".into(), None, ANY, any),
+        op("GET", "/practices/audit".into(), None, ANY, any),
         op(
             "POST",
             format!("/campaigns/{id}/opt-outs"),
@@ -136,6 +137,13 @@ fn operations(id: &CampaignId, ods: &str) -> Vec<Operation> {
                 "name": "Renamed Surgery",
                 "notice_email": "attacker@evil.example",
             })),
+            &[Role::RegistryAdmin],
+            "the registry_admin role",
+        ),
+        op(
+            "POST",
+            format!("/practices/{ods}/approve"),
+            Some(json!({ "change_id": "000000000000" })),
             &[Role::RegistryAdmin],
             "the registry_admin role",
         ),

@@ -441,7 +441,7 @@ async fn approve_deadline(
     })
 }
 
-fn confirm(question: &str, declined: &str) -> Result<(), CliError> {
+pub(super) fn confirm(question: &str, declined: &str) -> Result<(), CliError> {
     let mut stderr = std::io::stderr();
     let _ = write!(stderr, "{question}");
     let _ = stderr.flush();

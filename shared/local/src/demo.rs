@@ -70,6 +70,8 @@ impl DemoOptions {
             // Local: every identity holds every role unless `hub local
             // serve --role` says otherwise.
             access: hub_core::domain::AccessPolicy::open(),
+            // The simulated GP systems listen on loopback over http.
+            local_gp_urls: true,
             ..HubConfig::default()
         };
         let sms_gateways = (0..self.providers)

@@ -63,6 +63,9 @@ pub struct HubConfig {
     /// This hub reads practices from the simulated GP estate (the local
     /// stack only): a practice saved without a GP system gets it.
     pub simulated_gp: bool,
+    /// GP systems may be at http, loopback or private addresses (the
+    /// local stack's simulators); never on AWS.
+    pub local_gp_urls: bool,
     /// The shortest opt-out window left after every practice's notice was
     /// sent when the deadline is brought forward (unless the approver
     /// records an emergency override).
@@ -114,6 +117,7 @@ impl Default for HubConfig {
             rate_cap: None,
             max_deadline_ahead: chrono::Duration::days(14),
             simulated_gp: false,
+            local_gp_urls: false,
             min_optout_window: chrono::Duration::hours(2),
             access: crate::domain::AccessPolicy::default(),
         }

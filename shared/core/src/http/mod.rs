@@ -301,7 +301,9 @@ fn operations() -> Vec<Operation> {
         operation("/campaigns/{id}/audit", Get, staff, audit),
         operation("/campaigns/{id}/evidence", Get, staff, evidence),
         operation("/practices", Get, staff, list_practices),
+        operation("/practices/audit", Get, staff, registry_audit),
         operation("/practices/{ods}", Put, staff, put_practice),
+        operation("/practices/{ods}/approve", Post, staff, approve_practice),
         operation("/optout", Get, public, optout::ask),
         operation("/optout", Post, public, optout::confirm),
     ]
@@ -476,6 +478,16 @@ struct AuditList {
 #[derive(Debug, Serialize)]
 struct PracticeList {
     practices: Vec<crate::ports::Practice>,
+    /// Changes waiting for a second registry admin.
+    pending_changes: Vec<api::PracticeChange>,
+}
+
+/// `POST /practices/{ods}/approve`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PracticeApproval {
+    /// The change waiting for approval, as the approver saw it.
+    pub change_id: String,
 }
 
 /// `POST /campaigns/{id}/cancel`
@@ -683,7 +695,31 @@ async fn evidence(
 
 async fn list_practices(State(hub): State<Hub>, _: Authorised<Reads>) -> Answer {
     let practices = api::list_practices(&hub).await?;
-    Ok(json(StatusCode::OK, &PracticeList { practices }))
+    let pending_changes = api::pending_practice_changes(&hub).await?;
+    Ok(json(
+        StatusCode::OK,
+        &PracticeList {
+            practices,
+            pending_changes,
+        },
+    ))
+}
+
+async fn approve_practice(
+    State(hub): State<Hub>,
+    Authorised(staff, _): Authorised<Registers>,
+    OdsPath(ods): OdsPath,
+    JsonBody(body): JsonBody<PracticeApproval>,
+) -> Answer {
+    let practice = api::approve_practice_change(&hub, &staff.id, &ods, &body.change_id).await?;
+    Ok(json(StatusCode::OK, &practice))
+}
+
+/// The hub's own audit trail: registry changes and refusals outside any
+/// campaign.
+async fn registry_audit(State(hub): State<Hub>, _: Authorised<Reads>) -> Answer {
+    let events = hub.store.list_hub_audit().await?;
+    Ok(json(StatusCode::OK, &AuditList { events }))
 }
 
 async fn put_practice(
@@ -698,8 +734,10 @@ async fn put_practice(
             format!("must match the practice in the path ({path_ods})"),
         ));
     }
-    let practice = api::put_practice(&hub, &staff.id, &body).await?;
-    Ok(json(StatusCode::OK, &practice))
+    match api::put_practice(&hub, &staff.id, &body).await? {
+        api::PracticeSaved::Saved(practice) => Ok(json(StatusCode::OK, &practice)),
+        api::PracticeSaved::AwaitingApproval(change) => Ok(json(StatusCode::ACCEPTED, &change)),
+    }
 }
 
 #[cfg(test)]
@@ -727,7 +765,7 @@ mod tests {
         assert_eq!(optout.methods, ["GET", "POST"]);
         assert!(optout.public);
         assert_eq!(routes.iter().filter(|r| r.public).count(), 1);
-        assert_eq!(routes.len(), 13);
+        assert_eq!(routes.len(), 15);
     }
 
     async fn call(router: &Router, method: &str, path: &str, body: Body) -> Response {
