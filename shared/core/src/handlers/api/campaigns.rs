@@ -62,12 +62,10 @@ pub fn validate(request: &CreateCampaignRequest, hub: &Hub) -> Result<NewCampaig
             message,
         })
     };
-    let name = request.name.trim().to_string();
-    if name.is_empty() {
-        fail("name", "is required".into());
-    } else if name.chars().count() > 100 {
-        fail("name", "must be at most 100 characters".into());
-    }
+    let name = super::check_text("name", &request.name, 1, 100, false).unwrap_or_else(|error| {
+        fail(&error.field, error.message);
+        String::new()
+    });
     let template = match MessageTemplate::parse(&request.message, &hub.config.template_rules) {
         Ok(template) => Some(template),
         Err(error) => {
@@ -137,15 +135,16 @@ pub fn validate(request: &CreateCampaignRequest, hub: &Hub) -> Result<NewCampaig
             None
         }
     };
-    let justification = request.justification.trim().to_string();
-    if justification.chars().count() < 10 {
-        fail(
-            "justification",
-            "must explain the emergency (at least 10 characters)".into(),
-        );
-    } else if justification.chars().count() > 2000 {
-        fail("justification", "must be at most 2000 characters".into());
-    }
+    let justification = super::check_text("justification", &request.justification, 10, 2000, true)
+        .unwrap_or_else(|error| {
+            let message = if error.message.starts_with("must be at least") {
+                "must explain the emergency (at least 10 characters)".into()
+            } else {
+                error.message
+            };
+            fail(&error.field, message);
+            String::new()
+        });
     match (template, deadline) {
         (Some(template), Some(deadline)) if errors.is_empty() => Ok(NewCampaign {
             name,
