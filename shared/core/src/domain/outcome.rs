@@ -25,10 +25,12 @@ pub enum ExclusionReason {
     ProviderRejected,
     /// No usable mobile, and the letter could not be addressed.
     NoPostalAddress,
+    /// Not sent: the campaign was cancelled first.
+    Cancelled,
 }
 
 impl ExclusionReason {
-    pub const ALL: [ExclusionReason; 9] = [
+    pub const ALL: [ExclusionReason; 10] = [
         Self::Deceased,
         Self::SmsOptOut,
         Self::InvalidNhsNumber,
@@ -38,6 +40,7 @@ impl ExclusionReason {
         Self::DuplicateMobile,
         Self::ProviderRejected,
         Self::NoPostalAddress,
+        Self::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl ExclusionReason {
             Self::DuplicateMobile => "duplicate_mobile",
             Self::ProviderRejected => "provider_rejected",
             Self::NoPostalAddress => "no_postal_address",
+            Self::Cancelled => "cancelled",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod receipts;
 pub mod report;
 pub mod router;
 pub mod send;
+pub mod settle;
 pub mod writeback;
 
 use crate::domain::{
@@ -316,6 +317,21 @@ impl Hub {
         id: &CampaignId,
         progress: Progress,
     ) -> Result<(), JobError> {
+        if progress.chunks_outstanding == 0 {
+            // A cancelled campaign's last chunk settled: its record is
+            // complete, so its patient data goes.
+            let campaign = self.campaign(id).await?;
+            if campaign.state == CampaignState::Cancelled {
+                if campaign.purged_at.is_none() {
+                    self.queue
+                        .send(&[crate::ports::Job::Purge {
+                            campaign: id.clone(),
+                        }])
+                        .await?;
+                }
+                return Ok(());
+            }
+        }
         if progress.practices_pending > 0 {
             return Ok(());
         }

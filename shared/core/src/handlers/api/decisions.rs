@@ -152,11 +152,9 @@ pub async fn cancel(
             campaign: id.clone(),
         })
         .await?;
-    hub.queue
-        .send(&[Job::Purge {
-            campaign: id.clone(),
-        }])
-        .await?;
+    // What was sent before the cancel is counted and written back; the
+    // purge follows the last chunk (at once when there is none).
+    crate::handlers::settle::settle_campaign(hub, id).await?;
     Ok(report::view(hub, &campaign).await?)
 }
 
