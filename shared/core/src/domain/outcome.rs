@@ -27,10 +27,13 @@ pub enum ExclusionReason {
     NoPostalAddress,
     /// Not sent: the campaign was cancelled first.
     Cancelled,
+    /// Not sent: its chunk stayed stuck through the watchdog's retries and
+    /// was recorded as failed (the audit says why).
+    NotSent,
 }
 
 impl ExclusionReason {
-    pub const ALL: [ExclusionReason; 10] = [
+    pub const ALL: [ExclusionReason; 11] = [
         Self::Deceased,
         Self::SmsOptOut,
         Self::InvalidNhsNumber,
@@ -41,6 +44,7 @@ impl ExclusionReason {
         Self::ProviderRejected,
         Self::NoPostalAddress,
         Self::Cancelled,
+        Self::NotSent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +59,7 @@ impl ExclusionReason {
             Self::ProviderRejected => "provider_rejected",
             Self::NoPostalAddress => "no_postal_address",
             Self::Cancelled => "cancelled",
+            Self::NotSent => "not_sent",
         }
     }
 }

@@ -14,7 +14,13 @@ pub async fn send_letters(
 ) -> Result<(), JobError> {
     let campaign = hub.campaign(campaign_id).await?;
     if campaign.state == CampaignState::Cancelled && campaign.purged_at.is_none() {
-        return super::settle::settle_letters(hub, campaign_id, chunk_id).await;
+        return super::settle::settle_letters(
+            hub,
+            campaign_id,
+            chunk_id,
+            crate::domain::ExclusionReason::Cancelled,
+        )
+        .await;
     }
     if campaign.state.is_final() {
         return Ok(());

@@ -16,6 +16,7 @@ pub mod report;
 pub mod router;
 pub mod send;
 pub mod settle;
+pub mod watchdog;
 pub mod writeback;
 
 use crate::domain::{
@@ -71,6 +72,9 @@ pub struct HubConfig {
     /// sent when the deadline is brought forward (unless the approver
     /// records an emergency override).
     pub min_optout_window: chrono::Duration,
+    /// A practice or chunk not done this long into its stage is stuck: the
+    /// watchdog retries it, then records it as failed.
+    pub stuck_after: chrono::Duration,
     /// Which IAM identities hold which hub roles.
     pub access: crate::domain::AccessPolicy,
 }
@@ -120,6 +124,7 @@ impl Default for HubConfig {
             simulated_gp: false,
             local_gp_urls: false,
             min_optout_window: chrono::Duration::hours(2),
+            stuck_after: chrono::Duration::hours(4),
             access: crate::domain::AccessPolicy::default(),
         }
     }

@@ -45,7 +45,8 @@ pub async fn send_chunk(
 ) -> Result<(), JobError> {
     let campaign = hub.campaign(campaign_id).await?;
     if campaign.state == CampaignState::Cancelled && campaign.purged_at.is_none() {
-        return super::settle::settle_send(hub, campaign_id, chunk_id).await;
+        return super::settle::settle_send(hub, campaign_id, chunk_id, ExclusionReason::Cancelled)
+            .await;
     }
     if campaign.state.is_final() {
         return Ok(());
@@ -70,7 +71,13 @@ pub async fn send_chunk(
         if !still_sending(hub, campaign_id).await? {
             tracing::info!(campaign = %campaign_id, chunk = %chunk_id, "campaign no longer sending; chunk stopped");
             // Cancelled: what this chunk sent is recorded and written back.
-            return super::settle::settle_send(hub, campaign_id, chunk_id).await;
+            return super::settle::settle_send(
+                hub,
+                campaign_id,
+                chunk_id,
+                ExclusionReason::Cancelled,
+            )
+            .await;
         }
         unfinished |= send_step(hub, &campaign, step, &practice_name).await?;
     }

@@ -22,6 +22,7 @@ pub async fn settle_send(
     hub: &Hub,
     campaign_id: &CampaignId,
     chunk_id: &ChunkId,
+    unsent: ExclusionReason,
 ) -> Result<(), JobError> {
     let Some(record) = hub.store.get_chunk(campaign_id, chunk_id).await? else {
         return Err(JobError::Malformed(format!("no chunk {chunk_id}")));
@@ -51,13 +52,11 @@ pub async fn settle_send(
                                 },
                             });
                         }
-                        Ok(None) if now - *at >= hub.config.stale_after => {
-                            counts.exclude(ExclusionReason::Cancelled)
-                        }
+                        Ok(None) if now - *at >= hub.config.stale_after => counts.exclude(unsent),
                         Ok(None) | Err(_) => outcome = Settled::Unknown,
                     }
                 }
-                _ => counts.exclude(ExclusionReason::Cancelled),
+                _ => counts.exclude(unsent),
             }
         }
         // Texts found at a provider are recorded, so they are written back.
@@ -67,7 +66,7 @@ pub async fn settle_send(
                 "chunk {chunk_id}: a cancelled send is still in flight"
             )));
         }
-        tracing::info!(campaign = %campaign_id, chunk = %chunk_id, sent = counts.sent, "cancelled chunk settled");
+        tracing::info!(campaign = %campaign_id, chunk = %chunk_id, sent = counts.sent, reason = unsent.as_str(), "chunk settled");
         if let Some((_, progress)) = hub
             .store
             .complete_chunk_stage(campaign_id, chunk_id, ChunkStage::Send, &counts)
@@ -88,6 +87,7 @@ pub async fn settle_letters(
     hub: &Hub,
     campaign_id: &CampaignId,
     chunk_id: &ChunkId,
+    unsent: ExclusionReason,
 ) -> Result<(), JobError> {
     let Some(record) = hub.store.get_chunk(campaign_id, chunk_id).await? else {
         return Err(JobError::Malformed(format!("no chunk {chunk_id}")));
@@ -107,7 +107,7 @@ pub async fn settle_letters(
                     "chunk {chunk_id}: a cancelled letter is still in flight"
                 )))
             }
-            _ => counts.exclude(ExclusionReason::Cancelled),
+            _ => counts.exclude(unsent),
         }
     }
     if let Some((_, progress)) = hub
@@ -138,6 +138,21 @@ async fn queue_writeback(
 /// queues (the send and letters jobs settle a cancelled campaign's chunk),
 /// and with none left the purge is queued at once.
 pub async fn settle_campaign(hub: &Hub, campaign_id: &CampaignId) -> Result<(), JobError> {
+    let mut jobs = unfinished_chunk_jobs(hub, campaign_id).await?;
+    if jobs.is_empty() {
+        jobs.push(Job::Purge {
+            campaign: campaign_id.clone(),
+        });
+    }
+    hub.queue.send(&jobs).await?;
+    Ok(())
+}
+
+/// The jobs that finish every chunk not yet final (each is idempotent).
+pub async fn unfinished_chunk_jobs(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+) -> Result<Vec<Job>, JobError> {
     let chunks = hub.store.list_chunks(campaign_id).await?;
     let mut jobs = Vec::new();
     for chunk in chunks.iter().filter(|c| !c.is_final()) {
@@ -159,11 +174,5 @@ pub async fn settle_campaign(hub: &Hub, campaign_id: &CampaignId) -> Result<(), 
             });
         }
     }
-    if jobs.is_empty() {
-        jobs.push(Job::Purge {
-            campaign: campaign_id.clone(),
-        });
-    }
-    hub.queue.send(&jobs).await?;
-    Ok(())
+    Ok(jobs)
 }
