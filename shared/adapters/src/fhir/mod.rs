@@ -194,6 +194,11 @@ impl FhirGpConnector {
             .base
             .join(location)
             .map_err(|_| GpError::Unavailable(format!("{ods}: export status URL unreadable")))?;
+        on_gp_origin(
+            &server.base,
+            &status_url,
+            &format!("{ods}: export status URL"),
+        )?;
         let manifest = self.poll(practice, &server, status_url).await?;
         let mut files = VecDeque::new();
         for output in manifest.output.iter().filter(|o| o.type_ == "Patient") {
@@ -574,6 +579,20 @@ impl ExportReader {
 
 /// Opens one export file (owned arguments: the reader holds a stream that
 /// is not `Sync`, so it cannot be borrowed across the request).
+/// The GP system's bearer token and patients' data go only to the origin
+/// (scheme, host, port) the registry holds for it: an export's status and
+/// file URLs elsewhere are refused.
+fn on_gp_origin(base: &Url, url: &Url, what: &str) -> Result<(), GpError> {
+    if same_origin(base, url) {
+        Ok(())
+    } else {
+        Err(GpError::Misconfigured(format!(
+            "{what} is not on the GP system's own origin ({})",
+            base.origin().ascii_serialization()
+        )))
+    }
+}
+
 async fn open_file(
     http: reqwest::Client,
     base: Url,
@@ -585,6 +604,7 @@ async fn open_file(
     let url = base
         .join(&url)
         .map_err(|_| GpError::Unavailable(format!("{what}: URL unreadable")))?;
+    on_gp_origin(&base, &url, &what)?;
     let mut request = http.get(url).header(ACCEPT, FHIR_NDJSON);
     if let Some(token) = &token {
         request = request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
@@ -731,6 +751,25 @@ impl SearchReader {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn export_urls_stay_on_the_gp_systems_origin() {
+        let base = reqwest::Url::parse("https://gp.example.nhs.uk/fhir/").expect("url");
+        let ok = base.join("/export/status/7").expect("url");
+        assert!(super::on_gp_origin(&base, &ok, "status").is_ok());
+        for elsewhere in [
+            "https://evil.example/steal",
+            "http://gp.example.nhs.uk/fhir/x",
+            "https://gp.example.nhs.uk:8443/fhir/x",
+            "https://169.254.169.254/latest/meta-data",
+        ] {
+            let url = base.join(elsewhere).expect("url");
+            assert!(
+                super::on_gp_origin(&base, &url, "file").is_err(),
+                "{elsewhere}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

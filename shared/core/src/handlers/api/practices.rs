@@ -206,7 +206,7 @@ pub enum PracticeSaved {
     /// Name or list size only: saved at once.
     Saved(Practice),
     /// Waits for a second registry admin.
-    AwaitingApproval(PracticeChange),
+    AwaitingApproval(Box<PracticeChange>),
 }
 
 const CHANGE_REQUESTED: &str = "practice_change_requested";
@@ -274,7 +274,7 @@ pub async fn put_practice(
     )
     .await?;
     tracing::info!(ods = %change.ods, "practice change waiting for approval");
-    Ok(PracticeSaved::AwaitingApproval(change))
+    Ok(PracticeSaved::AwaitingApproval(Box::new(change)))
 }
 
 /// Every practice change still waiting for a second registry admin: the
