@@ -306,6 +306,19 @@ fn a_staff_members_first_campaign() {
     assert!(asked.stdout.contains("second person"), "{}", asked.stdout);
     let own = server.hub(&ALICE, &["campaign", "approve-deadline", &id, "--yes"]);
     assert_eq!(own.code, 3, "{}", own.stderr);
+    // (the request and the refusal are in the campaign's audit export)
+    let export = server.hub(&BOB, &["campaign", "audit", &id, "--csv"]);
+    assert_eq!(export.code, 0, "{}", export.stderr);
+    assert!(
+        export.stdout.starts_with("at,actor,action,detail"),
+        "{}",
+        export.stdout
+    );
+    assert!(
+        export.stdout.contains("deadline_change_requested"),
+        "{}",
+        export.stdout
+    );
     let moved = server.hub(
         &BOB,
         &[

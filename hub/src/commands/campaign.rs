@@ -88,8 +88,15 @@ pub enum CampaignCommand {
     List,
     /// One campaign: state, counts, per-practice progress and ETA.
     Show { id: String },
-    /// Who did what to a campaign, and when.
-    Audit { id: String },
+    /// Who did what to a campaign, and when: approvals, deadline changes
+    /// and overrides, refusals, the watchdog's actions, the purge.
+    Audit {
+        id: String,
+        /// The whole trail as CSV (time, actor, action, detail as JSON):
+        /// the campaign's audit export.
+        #[arg(long)]
+        csv: bool,
+    },
     /// The information-governance evidence: who created, approved and
     /// changed it, practices notified and opted out, counts by outcome and
     /// reason, and when patient data was extracted and purged. No patient data.
@@ -202,7 +209,13 @@ pub async fn run(command: CampaignCommand, cx: &Context) -> Result<(), CliError>
             let answer = cx.client.get(&path(&id, "")).await?;
             cx.reply(answer, None, |d: Detail| render::detail(&d))
         }
-        CampaignCommand::Audit { id } => {
+        CampaignCommand::Audit { id, csv: true } => {
+            let answer = cx.client.get(&path(&id, "/audit")).await?;
+            let events: Vec<AuditEvent> = views::read(answer["events"].clone())?;
+            render::audit_csv(&events, std::io::stdout())
+                .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write CSV: {e}")))
+        }
+        CampaignCommand::Audit { id, csv: false } => {
             let answer = cx.client.get(&path(&id, "/audit")).await?;
             cx.reply(answer, Some("events"), |e: Vec<AuditEvent>| {
                 render::audit(&e)
