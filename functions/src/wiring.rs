@@ -192,6 +192,10 @@ pub async fn hub_with(
         optout_key,
         config: HubConfig {
             optout_base_url: lookup(env::PUBLIC_BASE_URL).unwrap_or_default(),
+            access: hub_core::domain::AccessPolicy::parse(
+                &lookup(env::HUB_ROLES).unwrap_or_default(),
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", env::HUB_ROLES))?,
             ..HubConfig::default()
         },
     }

@@ -138,6 +138,14 @@ impl Client {
         self.send("PUT", path, Some(body)).await
     }
 
+    /// A create that is safe to send again: the hub answers a replay with
+    /// the first campaign.
+    pub async fn post_once(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let key = uuid::Uuid::new_v4().to_string();
+        self.send_with("POST", path, Some(body), &[("idempotency-key", &key)])
+            .await
+    }
+
     /// One signed request; the JSON answer on 2xx, else the error to report.
     pub async fn send(
         &self,
@@ -145,9 +153,20 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, CliError> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// [`Self::send`] with more (signed) headers.
+    pub async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        extra: &[(&str, &str)],
+    ) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.endpoint);
         let body = body.map(Value::to_string).unwrap_or_default().into_bytes();
-        let request = self.signed(method, &url, body).await?;
+        let request = self.signed(method, &url, body, extra).await?;
         let response = self.http.execute(request).await.map_err(|e| {
             CliError::Failure(anyhow::anyhow!(
                 "cannot reach the hub at {}: {e}",
@@ -191,6 +210,7 @@ impl Client {
         method: &str,
         url: &str,
         body: Vec<u8>,
+        extra: &[(&str, &str)],
     ) -> Result<reqwest::Request, CliError> {
         let credentials = self
             .credentials
@@ -207,7 +227,8 @@ impl Client {
             .build()
             .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot sign the request: {e}")))?
             .into();
-        let headers = [("content-type", "application/json")];
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend_from_slice(extra);
         let signable = SignableRequest::new(
             method,
             url,
@@ -221,7 +242,11 @@ impl Client {
         let mut request = http::Request::builder()
             .method(method)
             .uri(url)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let mut request = request
             .body(body)
             .map_err(|e| CliError::usage(format!("bad request to {url}: {e}")))?;
         instructions.apply_to_request_http1x(&mut request);

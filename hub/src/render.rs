@@ -68,6 +68,22 @@ pub fn audit(events: &[AuditEvent]) -> String {
     out.0
 }
 
+/// `hub campaign audit --csv`: the audit export, one row per event.
+pub fn audit_csv(events: &[AuditEvent], to: impl std::io::Write) -> Result<(), csv::Error> {
+    let mut writer = csv::Writer::from_writer(to);
+    writer.write_record(["at", "actor", "action", "detail"])?;
+    for e in events {
+        writer.write_record([
+            e.at.to_rfc3339(),
+            e.actor.clone(),
+            e.action.clone(),
+            e.detail.to_string(),
+        ])?;
+    }
+    writer.flush()?;
+    Ok(())
+}
+
 /// `cohort 1,000, sent 900, ...`: a campaign's totals in one phrase.
 pub fn totals(t: &Totals) -> String {
     format!(

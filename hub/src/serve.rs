@@ -8,7 +8,7 @@ use crate::sigv4::{read_credentials_file, LocalIdentity, SignedRequest, Verifier
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hub_core::domain::StaffId;
+use hub_core::domain::{AccessPolicy, StaffId};
 use hub_core::http::{Caller, HttpError, NotAuthenticated, MAX_BODY};
 use hub_local::demo::DemoOptions;
 use hub_local::LocalStack;
@@ -54,6 +54,12 @@ pub struct ServeArgs {
     /// A local identity, ACCESS_KEY_ID:SECRET:ARN (repeatable).
     #[arg(long = "identity")]
     identities: Vec<String>,
+    /// Hub roles: ROLE=PATTERN[,PATTERN] (repeatable; roles requester,
+    /// approver, registry_admin, auditor; a pattern matches an identity's
+    /// ARN, `user/NAME` or assumed-role name, `*` a run of characters).
+    /// Without any, every local identity holds every role.
+    #[arg(long = "role")]
+    roles: Vec<String>,
     /// TEST ONLY: also accept unsigned requests whose `x-hub-test-identity`
     /// header names the caller. For fuzzing; never expose such a server.
     #[arg(long)]
@@ -103,7 +109,12 @@ pub async fn run(args: ServeArgs, region: Option<String>) -> Result<(), CliError
         ..DemoOptions::default()
     };
     let mut config = options.stack_config();
+    if !args.roles.is_empty() {
+        config.hub.access = AccessPolicy::parse(&args.roles.join(";"))
+            .map_err(|e| CliError::usage(format!("--role: {e}")))?;
+    }
     config.hub.optout_base_url = format!("http://{address}");
+    let config_open = config.hub.access.open;
     let stack = LocalStack::start(config)
         .await
         .map_err(|e| CliError::Failure(e.context("starting the local stack")))?;
@@ -127,6 +138,12 @@ pub async fn run(args: ServeArgs, region: Option<String>) -> Result<(), CliError
             stdout,
             "  identity {} = {}",
             identity.access_key_id, identity.arn
+        );
+    }
+    if config_open {
+        let _ = writeln!(
+            stdout,
+            "  every identity holds every role (give --role ROLE=PATTERN to limit them)"
         );
     }
     if args.insecure_test_identity {

@@ -96,6 +96,19 @@ pub struct CampaignView {
     pub totals: Option<Totals>,
     #[serde(default)]
     pub eta_seconds: Option<u64>,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub deadline_change: Option<DeadlineChange>,
+}
+
+/// A shortened deadline waiting for a second person.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeadlineChange {
+    pub to: DateTime<Utc>,
+    pub reason: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +141,9 @@ pub struct Detail {
     pub cancel_reason: Option<String>,
     #[serde(default)]
     pub practices: Vec<PracticeReport>,
+    /// While waiting for approval: what is approved.
+    #[serde(default)]
+    pub preview: Option<Preview>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,8 @@ use std::process::Child;
 use tower::ServiceExt;
 
 mod support;
-const CALLER: &str = "arn:aws:sts::123456789012:assumed-role/hub-staff/alice";
+const CALLER: &str =
+    "arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_HubRequester_0a1b2c3d/alice@nhs.net";
 const PRACTICES: usize = 3;
 const PATIENTS: u64 = 600;
 const SEED: u64 = 17;

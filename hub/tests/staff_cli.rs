@@ -192,7 +192,38 @@ fn a_staff_members_first_campaign() {
         &["practices", "import", csv.to_str().expect("path")],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("Imported 2 practices"));
+    // (new notice addresses and DSAs wait for a second registry admin)
+    assert!(run.stdout.contains("2 changes"), "{}", run.stdout);
+    let unchanged = server.json(&BOB, &["practices", "list"]);
+    assert_ne!(
+        unchanged["practices"][0]["notice_email"],
+        "manager@example.nhs.uk"
+    );
+    assert_eq!(
+        unchanged["pending_changes"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let own = server.hub(&ALICE, &["practices", "approve", &ods[0], "--yes"]);
+    assert_eq!(own.code, 3, "{}", own.stderr);
+    for practice in &ods[..2] {
+        let run = server.hub(&BOB, &["practices", "approve", practice, "--yes"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let audit = server.json(&BOB, &["practices", "audit"]);
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "practice_change_approved")
+            .count(),
+        2,
+        "{actions:?}"
+    );
     let practices = server.json(&BOB, &["practices", "list"]);
     let first = &practices["practices"][0];
     assert_eq!(first["name"], "Lewisham Medical Centre, Ladywell");
@@ -239,10 +270,20 @@ fn a_staff_members_first_campaign() {
         .to_string();
 
     // THEN the creator cannot approve it; a second person can
-    let own = server.hub(&ALICE, &["campaign", "approve", &id]);
+    let own = server.hub(&ALICE, &["campaign", "approve", &id, "--yes"]);
     assert_eq!(own.code, 3);
     assert!(own.stderr.contains("different person"), "{}", own.stderr);
-    let approved = server.hub(&BOB, &["campaign", "approve", &id]);
+    // (shown what they approve, and asked: no answer is no)
+    let blind = server.hub(&BOB, &["campaign", "approve", &id]);
+    assert_eq!(blind.code, 1, "{}", blind.stderr);
+    assert!(
+        blind.stdout.contains("The message as a patient sees it")
+            && blind.stdout.contains("Estimated cohort")
+            && blind.stdout.contains("(version 0)"),
+        "{}",
+        blind.stdout
+    );
+    let approved = server.hub(&BOB, &["campaign", "approve", &id, "--yes"]);
     assert_eq!(approved.code, 0, "{}", approved.stderr);
 
     // AND a practice that replied by email is opted out by staff
@@ -253,7 +294,50 @@ fn a_staff_members_first_campaign() {
     assert!(bad.stderr.contains("ods:"), "{}", bad.stderr);
 
     // AND the deadline is brought forward, and the campaign watched to the end
-    let moved = server.hub(&BOB, &["campaign", "deadline", &id, "now"]);
+    // by one person with a reason and a second who approves it
+    let alone = server.hub(&ALICE, &["campaign", "deadline", &id, "now"]);
+    assert_eq!(alone.code, 3, "{}", alone.stderr);
+    assert!(alone.stderr.contains("reason"), "{}", alone.stderr);
+    let asked = server.hub(
+        &ALICE,
+        &[
+            "campaign",
+            "deadline",
+            &id,
+            "now",
+            "--reason",
+            "the alert was upgraded",
+        ],
+    );
+    assert_eq!(asked.code, 0, "{}", asked.stderr);
+    assert!(asked.stdout.contains("second person"), "{}", asked.stdout);
+    let own = server.hub(&ALICE, &["campaign", "approve-deadline", &id, "--yes"]);
+    assert_eq!(own.code, 3, "{}", own.stderr);
+    // (the request and the refusal are in the campaign's audit export)
+    let export = server.hub(&BOB, &["campaign", "audit", &id, "--csv"]);
+    assert_eq!(export.code, 0, "{}", export.stderr);
+    assert!(
+        export.stdout.starts_with("at,actor,action,detail"),
+        "{}",
+        export.stdout
+    );
+    assert!(
+        export.stdout.contains("deadline_change_requested"),
+        "{}",
+        export.stdout
+    );
+    let moved = server.hub(
+        &BOB,
+        &[
+            "campaign",
+            "approve-deadline",
+            &id,
+            "--emergency-override",
+            "--reason",
+            "upgraded alert: cannot wait",
+            "--yes",
+        ],
+    );
     assert_eq!(moved.code, 0, "{}", moved.stderr);
 
     // AND a practice whose GP system returns far fewer patients than the
@@ -414,12 +498,14 @@ fn bad_input_and_bad_configuration_have_their_own_exit_codes() {
     assert_eq!(run.code, 3, "a refused row is a refusal");
     assert!(run.stdout.contains("line 3"), "{}", run.stdout);
     assert!(run.stdout.contains("ods:"), "{}", run.stdout);
+    // (a changed notice address waits for a second registry admin)
+    assert!(run.stdout.contains("1 change"), "{}", run.stdout);
     let listed = server.json(&ALICE, &["practices", "list"]);
-    assert!(listed["practices"]
+    assert!(listed["pending_changes"]
         .as_array()
-        .expect("practices")
+        .expect("pending changes")
         .iter()
-        .any(|p| p["name"] == "Good Surgery"));
+        .any(|c| c["proposed"]["name"] == "Good Surgery"));
 
     let file = server.path("wrong.toml");
     write(
@@ -675,8 +761,9 @@ fn unsigned_forged_expired_or_unknown_requests_change_nothing() {
     assert_eq!(audit["events"].as_array().map(Vec::len), Some(1));
 
     // The same raw request, signed properly by bob, is accepted.
-    let headers = sign_as(&BOB, &approve, b"", SystemTime::now(), REGION);
-    let (status, answer) = raw(address, "POST", &approve, &headers, b"");
+    let body = br#"{"version":0}"#;
+    let headers = sign_as(&BOB, &approve, body, SystemTime::now(), REGION);
+    let (status, answer) = raw(address, "POST", &approve, &headers, body);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["approved_by"], BOB.arn);
 }

@@ -57,6 +57,8 @@ pub fn config(practices: usize, patients: u64, seed: u64) -> LocalStackConfig {
             receipt_window: chrono::Duration::milliseconds(500),
             stale_after: chrono::Duration::seconds(5),
             send_deadline: Duration::from_secs(2),
+            access: hub_core::domain::AccessPolicy::open(),
+            local_gp_urls: true,
             ..HubConfig::default()
         },
         region: RegionSpec {
@@ -107,7 +109,7 @@ pub async fn create_and_approve(stack: &LocalStack, request: &CreateCampaignRequ
 
 /// Brings the deadline forward to now, so the scheduler fires it.
 pub async fn fire_deadline_now(stack: &LocalStack, id: &CampaignId) {
-    api::reschedule_deadline(&stack.hub, &bob(), id, &chrono::Utc::now().to_rfc3339())
+    hub_local::demo::bring_deadline_forward_now(&stack.hub, &alice(), &bob(), id)
         .await
         .expect("deadline moved");
 }

@@ -268,7 +268,7 @@ async fn a_whole_campaign_runs_over_the_aws_wire_protocol() {
         .expect("opt out");
 
     // Staff bring the deadline forward; the schedule is on EventBridge.
-    api::reschedule_deadline(hub, &bob(), &id, &chrono::Utc::now().to_rfc3339())
+    hub_local::demo::bring_deadline_forward_now(hub, &alice(), &bob(), &id)
         .await
         .expect("deadline moved");
     let targets = aws.stack.schedule_targets().expect("targets");
@@ -539,7 +539,7 @@ async fn racing_approvals_and_deadlines_leave_one_state_on_dynamodb() {
         "one participation per practice"
     );
 
-    api::reschedule_deadline(hub, &bob(), &id, &chrono::Utc::now().to_rfc3339())
+    hub_local::demo::bring_deadline_forward_now(hub, &alice(), &bob(), &id)
         .await
         .expect("deadline moved");
     let (first, second) = tokio::join!(fire_deadline(hub, &id), fire_deadline(hub, &id));

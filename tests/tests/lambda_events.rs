@@ -113,7 +113,8 @@ async fn an_api_gateway_request_reaches_the_router_as_its_iam_caller() {
     assert_eq!(api_gateway_event(&body).uri().path(), "/prod/campaigns");
     let request = functions::lambda::from_api_gateway(api_gateway_event(&body));
     assert_eq!(request.uri().path(), "/campaigns");
-    let caller = "arn:aws:sts::123456789012:assumed-role/hub-staff/alice";
+    let caller =
+        "arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_HubRequester_0a1b2c3d/alice@nhs.net";
     assert_eq!(
         request
             .extensions()
@@ -138,8 +139,8 @@ async fn an_api_gateway_request_reaches_the_router_as_its_iam_caller() {
     assert_eq!(campaigns.len(), 1);
     assert_eq!(
         campaigns[0].created_by.as_str(),
-        caller,
-        "the audit names the IAM caller"
+        "identity-center:123456789012:alice@nhs.net",
+        "the audit names the person behind the IAM caller"
     );
 }
 

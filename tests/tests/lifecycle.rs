@@ -177,6 +177,45 @@ async fn cancel_mid_send_stops_sending_within_seconds() {
         )
     });
     assert_eq!(stack.duplicate_sends(), 0);
+
+    // AND the record is kept: every text sent before the cancel is counted,
+    // the report adds up, and every one is written back to the GP record
+    let report = api::report(&stack.hub, &id).await.expect("report");
+    assert_eq!(report.state, CampaignState::Cancelled);
+    assert!(
+        report.adds_up,
+        "cancelled report adds up: {:?}",
+        report.totals
+    );
+    assert_eq!(
+        report.totals.sent,
+        stack.texts_sent() as u64,
+        "every text counted"
+    );
+    assert!(report.totals.sent >= 300);
+    assert!(
+        report
+            .totals
+            .excluded
+            .get(&ExclusionReason::Cancelled)
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "the rest are counted as cancelled"
+    );
+    assert_eq!(
+        report.totals.written_back, report.totals.sent,
+        "every text written back"
+    );
+    assert_eq!(
+        stack.estate.writeback_references().len() as u64,
+        report.totals.sent,
+        "the GP systems hold one record per text"
+    );
+    let audit = stack.hub.store.list_audit(&id).await.expect("audit");
+    let cancelled_at = audit.iter().position(|e| e.action == "campaign_cancelled");
+    let purged_at = audit.iter().position(|e| e.action == "patient_data_purged");
+    assert!(cancelled_at < purged_at, "purged after the record was kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

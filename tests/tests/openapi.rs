@@ -5,7 +5,10 @@
 use hub_core::domain::{CampaignState, OdsCode};
 use hub_core::handlers::api::{CreateCampaignRequest, PracticeRequest, TargetRequest};
 use hub_core::handlers::optout_token::{self, OptOutClaim};
-use hub_core::http::{self, CancelRequest, DeadlineRequest, OptOutRequest};
+use hub_core::http::{
+    self, ApproveRequest, CancelRequest, DeadlineApproval, DeadlineRequest, OptOutRequest,
+    PracticeApproval,
+};
 use hub_local::LocalStack;
 use hub_tests::requests::{send, ApiRequest, ApiResponse};
 use hub_tests::*;
@@ -161,6 +164,21 @@ fn request_schemas_match_the_request_types() {
         &spec,
         "DeadlineRequest",
         &example(&spec, "/campaigns/{id}/deadline", "post"),
+    );
+    check_request::<DeadlineApproval>(
+        &spec,
+        "DeadlineApproval",
+        &example(&spec, "/campaigns/{id}/deadline/approve", "post"),
+    );
+    check_request::<PracticeApproval>(
+        &spec,
+        "PracticeApproval",
+        &example(&spec, "/practices/{ods}/approve", "post"),
+    );
+    check_request::<ApproveRequest>(
+        &spec,
+        "ApproveRequest",
+        &example(&spec, "/campaigns/{id}/approve", "post"),
     );
     check_request::<OptOutRequest>(
         &spec,
@@ -356,14 +374,18 @@ async fn every_route_answers_as_described() {
     checker.check("/campaigns/{id}", &req, &res);
     let (req, res) = call(
         &stack,
-        ApiRequest::new("POST", &at("/approve")).caller(&alice()),
+        ApiRequest::new("POST", &at("/approve"))
+            .caller(&alice())
+            .json(&json!({ "version": 0 })),
     )
     .await;
     assert_eq!(res.status, 403, "the creator cannot approve");
     checker.check("/campaigns/{id}/approve", &req, &res);
     let (req, res) = call(
         &stack,
-        ApiRequest::new("POST", &at("/approve")).caller(&bob()),
+        ApiRequest::new("POST", &at("/approve"))
+            .caller(&bob())
+            .json(&json!({ "version": 0 })),
     )
     .await;
     assert_eq!(res.status, 200);
@@ -448,12 +470,29 @@ async fn every_route_answers_as_described() {
     let (req, res) = call(
         &stack,
         ApiRequest::new("POST", &at("/deadline"))
-            .caller(&bob())
-            .json(&json!({ "optout_deadline": chrono::Utc::now().to_rfc3339() })),
+            .caller(&alice())
+            .json(&json!({
+                "optout_deadline": chrono::Utc::now().to_rfc3339(),
+                "reason": "the alert was upgraded",
+            })),
     )
     .await;
     assert_eq!(res.status, 200);
     checker.check("/campaigns/{id}/deadline", &req, &res);
+    let asked = res.json_body().expect("json")["deadline_change"]["to"].clone();
+    let (req, res) = call(
+        &stack,
+        ApiRequest::new("POST", &at("/deadline/approve"))
+            .caller(&bob())
+            .json(&json!({
+                "optout_deadline": asked,
+                "emergency_override": true,
+                "reason": "cannot wait",
+            })),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    checker.check("/campaigns/{id}/deadline/approve", &req, &res);
     let campaign_id = campaign.id.clone();
     hub_local::demo::wait_until(Duration::from_secs(60), || async {
         let held = stack
@@ -613,8 +652,42 @@ async fn every_route_answers_as_described() {
             })),
     )
     .await;
-    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.status, 202,
+        "a new notice address waits for a second person"
+    );
     checker.check("/practices/{ods}", &req, &res);
+    let change_id = res.json_body().expect("json")["change_id"].clone();
+    let (req, res) = call(
+        &stack,
+        ApiRequest::new("POST", &format!("/practices/{}/approve", ods[2]))
+            .caller(&bob())
+            .json(&json!({ "change_id": change_id })),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    checker.check("/practices/{ods}/approve", &req, &res);
+    let (req, res) = call(
+        &stack,
+        ApiRequest::new("PUT", &format!("/practices/{}", ods[2]))
+            .caller(&alice())
+            .json(&json!({
+                "ods": ods[2],
+                "name": "Renamed Again Surgery",
+                "notice_email": "manager@example.nhs.uk",
+                "dsa_signed": "2026-01-15",
+                "list_size": 4321,
+            })),
+    )
+    .await;
+    assert_eq!(res.status, 200, "a new name is saved at once");
+    checker.check("/practices/{ods}", &req, &res);
+    let (req, res) = call(
+        &stack,
+        ApiRequest::new("GET", "/practices/audit").caller(&alice()),
+    )
+    .await;
+    checker.check("/practices/audit", &req, &res);
     let (req, res) = call(
         &stack,
         ApiRequest::new("PUT", "/practices/G12345")

@@ -1,9 +1,10 @@
 //! The purge function: SQS messages (a campaign finished or was cancelled)
-//! and the daily safety-net sweep from EventBridge Scheduler.
+//! and the daily safety-net sweep from EventBridge Scheduler, with the
+//! watchdog (`hub_core::handlers::watchdog`).
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use functions::lambda::{InvocationError, Redelivery};
-use hub_core::handlers::{purge, Hub};
+use hub_core::handlers::{purge, watchdog, Hub};
 use hub_core::ports::QueueName;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
@@ -30,9 +31,15 @@ async fn handle(
         .await?;
         return Ok(serde_json::json!(response));
     }
+    // The watchdog runs with every sweep, and on its own when a schedule
+    // sends `{"action": "watchdog"}`.
+    let run = watchdog::watchdog(hub).await?;
+    if event.get("action").and_then(Value::as_str) == Some("watchdog") {
+        return Ok(serde_json::json!({ "watchdog": format!("{run:?}") }));
+    }
     let purged = purge::purge_sweep(hub).await?;
     tracing::info!(purged, "daily purge sweep");
-    Ok(serde_json::json!({ "purged_campaigns": purged }))
+    Ok(serde_json::json!({ "purged_campaigns": purged, "watchdog": format!("{run:?}") }))
 }
 
 #[tokio::main]

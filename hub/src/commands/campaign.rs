@@ -37,9 +37,34 @@ pub enum CampaignCommand {
         #[arg(long, env = "HUB_PRICE_PER_FRAGMENT")]
         price_per_fragment: Option<f64>,
     },
-    /// Approve a campaign someone else created: practices are notified and
-    /// the opt-out deadline is scheduled.
-    Approve { id: String },
+    /// Approve a campaign someone else created: shows what you approve (the
+    /// message as a patient sees it, practices, estimated cohort, deadline)
+    /// and asks; practices are then notified and the deadline scheduled.
+    Approve {
+        id: String,
+        /// Approve without asking (for scripts): what was shown is still
+        /// the version approved.
+        #[arg(long)]
+        yes: bool,
+        /// Price of one SMS fragment, for the cost estimate.
+        #[arg(long, env = "HUB_PRICE_PER_FRAGMENT")]
+        price_per_fragment: Option<f64>,
+    },
+    /// Approve a shortened opt-out deadline someone else asked for: shows
+    /// the change and its reason, and asks.
+    ApproveDeadline {
+        id: String,
+        /// The window left after the practice notices is shorter than the
+        /// hub's minimum, and the emergency cannot wait (needs --reason).
+        #[arg(long)]
+        emergency_override: bool,
+        /// Why the override (recorded in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Approve without asking.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Stop a campaign at once, at any stage, and purge its patient data.
     Cancel {
         id: String,
@@ -48,7 +73,15 @@ pub enum CampaignCommand {
         reason: String,
     },
     /// Move the opt-out deadline: RFC 3339, `now`, or `+30m` / `+2h` / `+1d`.
-    Deadline { id: String, deadline: String },
+    /// Bringing it forward once practices are notified needs --reason and
+    /// a second person (`hub campaign approve-deadline`).
+    Deadline {
+        id: String,
+        deadline: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Record a practice's opt-out on its behalf (it replied by email).
     OptOut { id: String, ods: String },
     /// Decide on a practice held as extraction_suspect (its GP system
@@ -64,8 +97,15 @@ pub enum CampaignCommand {
     List,
     /// One campaign: state, counts, per-practice progress and ETA.
     Show { id: String },
-    /// Who did what to a campaign, and when.
-    Audit { id: String },
+    /// Who did what to a campaign, and when: approvals, deadline changes
+    /// and overrides, refusals, the watchdog's actions, the purge.
+    Audit {
+        id: String,
+        /// The whole trail as CSV (time, actor, action, detail as JSON):
+        /// the campaign's audit export.
+        #[arg(long)]
+        csv: bool,
+    },
     /// The information-governance evidence: who created, approved and
     /// changed it, practices notified and opted out, counts by outcome and
     /// reason, and when patient data was extracted and purged. No patient data.
@@ -102,18 +142,22 @@ pub async fn run(command: CampaignCommand, cx: &Context) -> Result<(), CliError>
                 .unwrap_or(DEFAULT_PRICE_PER_FRAGMENT);
             create(cx, &file, yes, dry_run, price).await
         }
-        CampaignCommand::Approve { id } => {
-            let answer = cx.client.post(&path(&id, "/approve"), &json!({})).await?;
-            cx.done(answer, |c: CampaignView| {
-                format!(
-                    "Approved campaign {} ({}). Practices are being notified; the opt-out \
-                     deadline is {}.",
-                    c.id,
-                    c.state,
-                    when(c.optout_deadline)
-                )
-            })
+        CampaignCommand::Approve {
+            id,
+            yes,
+            price_per_fragment,
+        } => {
+            let price = price_per_fragment
+                .or(cx.config.price_per_fragment)
+                .unwrap_or(DEFAULT_PRICE_PER_FRAGMENT);
+            approve(cx, &id, yes, price).await
         }
+        CampaignCommand::ApproveDeadline {
+            id,
+            emergency_override,
+            reason,
+            yes,
+        } => approve_deadline(cx, &id, emergency_override, reason, yes).await,
         CampaignCommand::Cancel { id, reason } => {
             let answer = cx
                 .client
@@ -126,21 +170,33 @@ pub async fn run(command: CampaignCommand, cx: &Context) -> Result<(), CliError>
                 )
             })
         }
-        CampaignCommand::Deadline { id, deadline } => {
+        CampaignCommand::Deadline {
+            id,
+            deadline,
+            reason,
+        } => {
             let deadline = parse_deadline(&deadline)?;
             let answer = cx
                 .client
                 .post(
                     &path(&id, "/deadline"),
-                    &json!({ "optout_deadline": deadline }),
+                    &json!({ "optout_deadline": deadline, "reason": reason }),
                 )
                 .await?;
-            cx.done(answer, |c: CampaignView| {
-                format!(
+            cx.done(answer, |c: CampaignView| match &c.deadline_change {
+                Some(change) => format!(
+                    "Asked to bring the opt-out deadline of campaign {} forward to {}. It stays {} \
+                     until a second person approves: hub campaign approve-deadline {}",
+                    c.id,
+                    when(change.to),
+                    when(c.optout_deadline),
+                    c.id
+                ),
+                None => format!(
                     "The opt-out deadline of campaign {} is now {}.",
                     c.id,
                     when(c.optout_deadline)
-                )
+                ),
             })
         }
         CampaignCommand::OptOut { id, ods } => {
@@ -177,7 +233,13 @@ pub async fn run(command: CampaignCommand, cx: &Context) -> Result<(), CliError>
             let answer = cx.client.get(&path(&id, "")).await?;
             cx.reply(answer, None, |d: Detail| render::detail(&d))
         }
-        CampaignCommand::Audit { id } => {
+        CampaignCommand::Audit { id, csv: true } => {
+            let answer = cx.client.get(&path(&id, "/audit")).await?;
+            let events: Vec<AuditEvent> = views::read(answer["events"].clone())?;
+            render::audit_csv(&events, std::io::stdout())
+                .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot write CSV: {e}")))
+        }
+        CampaignCommand::Audit { id, csv: false } => {
             let answer = cx.client.get(&path(&id, "/audit")).await?;
             cx.reply(answer, Some("events"), |e: Vec<AuditEvent>| {
                 render::audit(&e)
@@ -294,11 +356,14 @@ async fn create(
         } else {
             println!("{text}");
         }
-        confirm("Create this campaign? It then needs a second person's approval. [y/N] ")?;
+        confirm(
+            "Create this campaign? It then needs a second person's approval. [y/N] ",
+            "not created",
+        )?;
     } else if !cx.json {
         println!("{text}");
     }
-    let created = cx.client.post("/campaigns", &body).await?;
+    let created = cx.client.post_once("/campaigns", &body).await?;
     cx.done(created, |created: Created| {
         let c = created.campaign;
         format!(
@@ -308,7 +373,112 @@ async fn create(
     })
 }
 
-fn confirm(question: &str) -> Result<(), CliError> {
+/// Shows the approver what they approve, asks, and approves that version.
+async fn approve(cx: &Context, id: &str, yes: bool, price: f64) -> Result<(), CliError> {
+    let detail_json = cx.client.get(&path(id, "")).await?;
+    let detail: Detail = views::read(detail_json)?;
+    let c = &detail.campaign;
+    let mut text = format!(
+        "Campaign {} \"{}\" (version {}), {}\nCreated by {} at {}\n",
+        c.id,
+        c.name,
+        c.version,
+        c.state,
+        c.created_by,
+        when(c.created_at)
+    );
+    if let Some(preview) = &detail.preview {
+        let currency = cx.config.currency.clone().unwrap_or_else(|| "£".into());
+        let shown = render::preview(preview, price, &currency);
+        let shown = shown
+            .split_once('\n')
+            .map_or(shown.as_str(), |(_, rest)| rest);
+        text.push_str(shown);
+    }
+    if !yes {
+        if cx.json {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+        confirm(
+            "Approve this campaign? Its practices are notified at once. [y/N] ",
+            "not approved",
+        )?;
+    }
+    let answer = cx
+        .client
+        .post(&path(id, "/approve"), &json!({ "version": c.version }))
+        .await?;
+    cx.done(answer, |c: CampaignView| {
+        format!(
+            "Approved campaign {} ({}). Practices are being notified; the opt-out deadline is {}.",
+            c.id,
+            c.state,
+            when(c.optout_deadline)
+        )
+    })
+}
+
+/// Shows the waiting deadline change, asks, and approves that deadline.
+async fn approve_deadline(
+    cx: &Context,
+    id: &str,
+    emergency_override: bool,
+    reason: Option<String>,
+    yes: bool,
+) -> Result<(), CliError> {
+    let detail: Detail = views::read(cx.client.get(&path(id, "")).await?)?;
+    let c = &detail.campaign;
+    let Some(change) = &c.deadline_change else {
+        return Err(CliError::usage(format!(
+            "campaign {} has no deadline change waiting for approval",
+            c.id
+        )));
+    };
+    let text = format!(
+        "Campaign {} \"{}\": bring the opt-out deadline forward from {} to {}\n\
+         Asked by {} at {}: {}",
+        c.id,
+        c.name,
+        when(c.optout_deadline),
+        when(change.to),
+        change.requested_by,
+        when(change.requested_at),
+        change.reason
+    );
+    if !yes {
+        if cx.json {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+        confirm(
+            "Approve this deadline? Practices lose the time to opt out. [y/N] ",
+            "not approved",
+        )?;
+    }
+    let answer = cx
+        .client
+        .post(
+            &path(id, "/deadline/approve"),
+            &json!({
+                "optout_deadline": change.to.to_rfc3339(),
+                "emergency_override": emergency_override,
+                "reason": reason,
+            }),
+        )
+        .await?;
+    cx.done(answer, |c: CampaignView| {
+        format!(
+            "The opt-out deadline of campaign {} is now {}.",
+            c.id,
+            when(c.optout_deadline)
+        )
+    })
+}
+
+pub(super) fn confirm(question: &str, declined: &str) -> Result<(), CliError> {
     let mut stderr = std::io::stderr();
     let _ = write!(stderr, "{question}");
     let _ = stderr.flush();
@@ -318,13 +488,13 @@ fn confirm(question: &str) -> Result<(), CliError> {
         .read_line(&mut answer)
         .map_err(|e| CliError::usage(format!("cannot read the answer: {e}")))?;
     if read == 0 && !std::io::stdin().is_terminal() {
-        return Err(CliError::Declined(
-            "not created: no answer on standard input (pass --yes to create without asking)".into(),
-        ));
+        return Err(CliError::Declined(format!(
+            "{declined}: no answer on standard input (pass --yes to go ahead without asking)"
+        )));
     }
     match answer.trim().to_ascii_lowercase().as_str() {
         "y" | "yes" => Ok(()),
-        _ => Err(CliError::Declined("not created".into())),
+        _ => Err(CliError::Declined(declined.into())),
     }
 }
 

@@ -42,6 +42,48 @@ pub enum PracticesCommand {
         #[arg(long)]
         fhir_link_base: Option<String>,
     },
+    /// Approve the change to a practice someone else asked for (its notice
+    /// address, data sharing agreement or GP system): shows it and asks.
+    Approve {
+        ods: String,
+        /// Approve without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// The registry's audit trail: changes asked for and approved, and
+    /// refusals outside any campaign.
+    Audit,
+}
+
+/// Saved, or waiting for a second registry admin.
+fn saved_or_waiting(answer: &Value) -> String {
+    match answer.get("change_id").and_then(Value::as_str) {
+        Some(change) => format!(
+            "Practice {} change {change} ({}) waits for a second registry admin: hub practices \
+             approve {}",
+            answer["ods"].as_str().unwrap_or_default(),
+            fields(answer),
+            answer["ods"].as_str().unwrap_or_default(),
+        ),
+        None => format!(
+            "Saved {} {} (DSA signed: {}).",
+            answer["ods"].as_str().unwrap_or_default(),
+            answer["name"].as_str().unwrap_or_default(),
+            answer["dsa_signed"].as_str().unwrap_or("no")
+        ),
+    }
+}
+
+fn fields(change: &Value) -> String {
+    change["fields"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 pub async fn run(command: PracticesCommand, cx: &Context) -> Result<(), CliError> {
@@ -119,13 +161,62 @@ pub async fn run(command: PracticesCommand, cx: &Context) -> Result<(), CliError
                 }
             }
             let saved = cx.client.put(&path(&wanted), &body).await?;
-            cx.done(saved, |p: Practice| {
-                format!(
-                    "Saved {} {} (DSA signed: {}).",
-                    p.ods,
-                    p.name,
-                    p.dsa_signed.as_deref().unwrap_or("no")
+            cx.done(saved, |answer: Value| saved_or_waiting(&answer))
+        }
+        PracticesCommand::Approve { ods, yes } => {
+            let wanted = ods.trim().to_ascii_uppercase();
+            let answer = cx.client.get("/practices").await?;
+            let change = answer["pending_changes"]
+                .as_array()
+                .and_then(|all| all.iter().find(|c| c["ods"] == wanted.as_str()))
+                .cloned()
+                .ok_or_else(|| {
+                    CliError::usage(format!("no change to {wanted} is waiting for approval"))
+                })?;
+            let shown = |field: &str, record: &Value| match field {
+                "connection" => record["connection"]["base_url"]
+                    .as_str()
+                    .unwrap_or("(simulated)")
+                    .to_string(),
+                other => record[other].as_str().unwrap_or("none").to_string(),
+            };
+            let mut text = format!(
+                "Practice {wanted}: change {} asked for by {}",
+                change["change_id"].as_str().unwrap_or_default(),
+                change["requested_by"].as_str().unwrap_or_default()
+            );
+            for field in ["name", "notice_email", "dsa_signed", "connection"] {
+                let before = if change["current"].is_null() {
+                    "(new practice)".to_string()
+                } else {
+                    shown(field, &change["current"])
+                };
+                let after = shown(field, &change["proposed"]);
+                let mark = if before == after { " " } else { "*" };
+                text.push_str(&format!("\n {mark} {field:<13} {before} -> {after}"));
+            }
+            if !yes {
+                eprintln!("{text}");
+                super::campaign::confirm(
+                    "Approve this change? Its notices and patient data follow it. [y/N] ",
+                    "not approved",
+                )?;
+            }
+            let approved = cx
+                .client
+                .post(
+                    &format!("{}/approve", path(&wanted)),
+                    &json!({ "change_id": change["change_id"] }),
                 )
+                .await?;
+            cx.done(approved, |p: Practice| {
+                format!("Approved: {} {} <{}>.", p.ods, p.name, p.notice_email)
+            })
+        }
+        PracticesCommand::Audit => {
+            let answer = cx.client.get("/practices/audit").await?;
+            cx.reply(answer, Some("events"), |e: Vec<views::AuditEvent>| {
+                render::audit(&e)
             })
         }
     }
@@ -211,10 +302,14 @@ async fn import(cx: &Context, file: &Path) -> Result<(), CliError> {
         rows.push((line, body));
     }
     let mut imported = Vec::new();
+    let mut waiting = Vec::new();
     let mut refused = Vec::new();
     for (line, body) in rows {
         let ods = body["ods"].as_str().unwrap_or_default().to_string();
         match cx.client.put(&path(&ods), &body).await {
+            Ok(answer) if answer.get("change_id").is_some() => {
+                waiting.push(ods);
+            }
             Ok(_) => imported.push(ods),
             Err(CliError::Refused(refusal)) => refused.push(json!({
                 "line": line,
@@ -225,9 +320,20 @@ async fn import(cx: &Context, file: &Path) -> Result<(), CliError> {
         }
     }
     if cx.json {
-        print_json(&json!({ "imported": imported, "refused": refused }));
+        print_json(
+            &json!({ "imported": imported, "awaiting_approval": waiting, "refused": refused }),
+        );
     } else {
         print!("{}", render::imported(imported.len(), file, &refused));
+        if !waiting.is_empty() {
+            println!(
+                "{} change{} to notice addresses, DSAs or GP systems wait for a second registry \
+                 admin (hub practices approve ODS): {}",
+                waiting.len(),
+                plural(waiting.len() as u64),
+                waiting.join(", ")
+            );
+        }
     }
     if refused.is_empty() {
         Ok(())

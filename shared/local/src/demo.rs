@@ -67,6 +67,11 @@ impl DemoOptions {
             receipt_window: chrono::Duration::seconds(1),
             stale_after: chrono::Duration::seconds(30),
             send_deadline: Duration::from_secs(10),
+            // Local: every identity holds every role unless `hub local
+            // serve --role` says otherwise.
+            access: hub_core::domain::AccessPolicy::open(),
+            // The simulated GP systems listen on loopback over http.
+            local_gp_urls: true,
             ..HubConfig::default()
         };
         let sms_gateways = (0..self.providers)
@@ -239,7 +244,7 @@ pub async fn drive(
         .map_err(|e| anyhow::anyhow!("opt-out: {e}"))?;
 
     progress.stage("bringing the deadline forward");
-    api::reschedule_deadline(hub, &approver, &id, &hub.now().to_rfc3339())
+    bring_deadline_forward_now(hub, &creator, &approver, &id)
         .await
         .map_err(|e| anyhow::anyhow!("deadline: {e}"))?;
     let send_started = Instant::now();
@@ -369,4 +374,36 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Brings the deadline forward to now as staff must: one person asks with
+/// a reason, a second approves what was asked, recording an emergency
+/// override (the window left after the notices is shorter than the
+/// minimum).
+pub async fn bring_deadline_forward_now(
+    hub: &hub_core::handlers::Hub,
+    requester: &StaffId,
+    approver: &StaffId,
+    id: &CampaignId,
+) -> Result<hub_core::handlers::report::CampaignView, api::ApiError> {
+    let asked = api::reschedule_deadline(
+        hub,
+        requester,
+        id,
+        &hub.now().to_rfc3339(),
+        Some("the emergency cannot wait for the full window"),
+    )
+    .await?;
+    let Some(change) = asked.deadline_change else {
+        return Ok(asked);
+    };
+    api::approve_deadline_change(
+        hub,
+        approver,
+        id,
+        &change.to.to_rfc3339(),
+        true,
+        Some("agreed: the emergency cannot wait"),
+    )
+    .await
 }

@@ -28,6 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// How often the local stack runs the watchdog.
+pub const WATCHDOG_EVERY: Duration = Duration::from_secs(2);
+
 /// How many workers poll each queue and how many messages each takes:
 /// the local equivalent of an event source's batch size and maximum
 /// concurrency.
@@ -321,11 +324,20 @@ impl LocalStack {
         }
     }
 
-    /// The scheduler: fires due one-time schedules.
+    /// The scheduler: fires due one-time schedules, and runs the watchdog
+    /// every [`WATCHDOG_EVERY`].
     fn spawn_timer(self: &Arc<Self>) {
         let stack = self.clone();
         let handle = tokio::spawn(async move {
+            let mut last_watchdog = std::time::Instant::now();
             loop {
+                // The watchdog's schedule (see `handlers::watchdog`).
+                if last_watchdog.elapsed() >= WATCHDOG_EVERY {
+                    last_watchdog = std::time::Instant::now();
+                    if let Err(error) = hub_core::handlers::watchdog::watchdog(&stack.hub).await {
+                        tracing::warn!(%error, "watchdog run failed");
+                    }
+                }
                 match stack.scheduler.due(chrono::Utc::now()).await {
                     Ok(due) => {
                         for action in due {

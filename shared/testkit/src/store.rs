@@ -643,6 +643,10 @@ pub async fn audit_is_listed_per_campaign_oldest_first(s: &Stores) {
         vec![events[0].clone(), events[3].clone(), events[4].clone()]
     );
     assert!(hub.list_audit(&CampaignId::new()).await.unwrap().is_empty());
+    // Events of no campaign are listed on their own (the registry's audit).
+    let hub_events = hub.list_hub_audit().await.unwrap();
+    assert!(hub_events.contains(&events[1]), "{hub_events:?}");
+    assert!(hub_events.iter().all(|e| e.campaign.is_none()));
 }
 
 // ------------------------------------------------------------------ patient data

@@ -61,12 +61,15 @@ pub mod env {
     /// The send queue's maximum concurrency: each invocation paces itself
     /// at its share of the providers' rate.
     pub const SEND_MAX_CONCURRENCY: &str = "SEND_MAX_CONCURRENCY";
+    /// Hub roles of IAM identities: `requester=PATTERN,…;approver=…`
+    /// (`hub_core::domain::AccessPolicy::parse`). Empty: nobody may act.
+    pub const HUB_ROLES: &str = "HUB_ROLES";
 
     /// Variables only some functions get, with the function's binary.
     pub const PER_FUNCTION: [(&str, &str); 1] = [(PUBLIC_BASE_URL, "practice-notices")];
 
     /// Every variable above, for checks against the template.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         HUB_TABLE,
         PATIENT_DATA_TABLE,
         NOTICES_QUEUE_URL,
@@ -85,6 +88,7 @@ pub mod env {
         PUBLIC_BASE_URL,
         SEND_MAX_CONCURRENCY,
         NOTIFY_RATES,
+        HUB_ROLES,
     ];
 
     /// The variable holding a queue's URL.

@@ -808,6 +808,34 @@ impl SearchReader {
 mod tests {
     use super::*;
 
+    /// The GP system's bearer token and patients' data go only to the
+    /// origin (scheme, host, port) the registry holds: export status and
+    /// file URLs elsewhere are refused.
+    #[test]
+    fn export_urls_stay_on_the_gp_systems_origin() {
+        let server = Server {
+            base: Url::parse("https://gp.example.nhs.uk/fhir/").expect("url"),
+            link_base: None,
+            bulk_export: true,
+            patient_search: PatientSearch::Identifier,
+            token: None,
+        };
+        assert!(server
+            .follow("G85001", "status", "/export/status/7")
+            .is_ok());
+        for elsewhere in [
+            "https://evil.example/steal",
+            "http://gp.example.nhs.uk/fhir/x",
+            "https://gp.example.nhs.uk:8443/fhir/x",
+            "https://169.254.169.254/latest/meta-data",
+        ] {
+            assert!(
+                server.follow("G85001", "file", elsewhere).is_err(),
+                "{elsewhere}"
+            );
+        }
+    }
+
     #[test]
     fn retry_after_reads_seconds_and_dates() {
         let mut headers = HeaderMap::new();

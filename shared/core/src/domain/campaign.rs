@@ -118,6 +118,52 @@ pub enum LifecycleError {
     DeadlinePassed,
     #[error("the opt-out deadline must be in the future")]
     DeadlineInPast,
+    #[error("no deadline change is waiting for approval")]
+    NoDeadlineChange,
+    #[error(
+        "the deadline change waiting for approval is to {pending}, not {seen}; review it again"
+    )]
+    DeadlineChangeDiffers {
+        pending: DateTime<Utc>,
+        seen: DateTime<Utc>,
+    },
+    #[error("a deadline change must be approved by a different person from the one who asked")]
+    SelfApprovedDeadline,
+    #[error("{0}")]
+    WindowTooShort(String),
+}
+
+/// Bringing the deadline forward, asked for by one person and waiting for
+/// a second (`approve_deadline_change`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadlineChange {
+    pub to: DateTime<Utc>,
+    pub reason: String,
+    pub requested_by: StaffId,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// What asking for a deadline change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineRequested {
+    /// Applied at once: later than before, or before anyone was notified.
+    Applied,
+    /// Earlier, with practices notified: a second person must approve.
+    AwaitingApproval,
+}
+
+/// When the earliest shortened deadline may be, from the practices'
+/// notices: `None` while any notice is unsent.
+pub fn earliest_deadline(
+    notices_sent: &[Option<DateTime<Utc>>],
+    minimum_window: chrono::Duration,
+    approved_at: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let mut last = approved_at;
+    for sent in notices_sent {
+        last = last.max((*sent)?);
+    }
+    Some(last + minimum_window)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -161,6 +207,9 @@ pub struct Campaign {
     pub progress: Progress,
     pub purged_at: Option<DateTime<Utc>>,
     pub purged_items: Option<u64>,
+    /// A shortened deadline waiting for a second person.
+    #[serde(default)]
+    pub deadline_change: Option<DeadlineChange>,
     /// Optimistic concurrency: every write checks and bumps it.
     pub version: u64,
 }
@@ -212,6 +261,78 @@ impl Campaign {
         }
         self.optout_deadline = deadline;
         Ok(())
+    }
+
+    /// Someone asks to move the deadline. Later (or before approval, when
+    /// no practice has been told) applies at once; earlier, once practices
+    /// hold a notice, waits for a second person.
+    pub fn request_deadline_change(
+        &mut self,
+        change: DeadlineChange,
+        now: DateTime<Utc>,
+    ) -> Result<DeadlineRequested, LifecycleError> {
+        if self.state == CampaignState::OptOutWindow && change.to < self.optout_deadline {
+            if change.to < now {
+                return Err(LifecycleError::DeadlineInPast);
+            }
+            self.deadline_change = Some(change);
+            return Ok(DeadlineRequested::AwaitingApproval);
+        }
+        self.reschedule_deadline(change.to, now)?;
+        self.deadline_change = None;
+        Ok(DeadlineRequested::Applied)
+    }
+
+    /// A second person approves the waiting deadline change they saw
+    /// (`seen`), no sooner than `earliest` unless they record an emergency.
+    /// Returns the deadline now in force (never in the past).
+    pub fn approve_deadline_change(
+        &mut self,
+        by: &StaffId,
+        seen: DateTime<Utc>,
+        earliest: Option<DateTime<Utc>>,
+        emergency: bool,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, LifecycleError> {
+        if self.state != CampaignState::OptOutWindow {
+            return Err(self.illegal("approve a deadline change"));
+        }
+        let change = self
+            .deadline_change
+            .as_ref()
+            .ok_or(LifecycleError::NoDeadlineChange)?;
+        if change.to != seen {
+            return Err(LifecycleError::DeadlineChangeDiffers {
+                pending: change.to,
+                seen,
+            });
+        }
+        if &change.requested_by == by {
+            return Err(LifecycleError::SelfApprovedDeadline);
+        }
+        let deadline = change.to.max(now);
+        if !emergency {
+            match earliest {
+                None => {
+                    return Err(LifecycleError::WindowTooShort(
+                        "not every practice has been sent its notice yet; wait, or record an \
+                         emergency override"
+                            .into(),
+                    ))
+                }
+                Some(earliest) if deadline < earliest => {
+                    return Err(LifecycleError::WindowTooShort(format!(
+                        "practices must have until at least {} to opt out; approve a later \
+                         deadline, or record an emergency override",
+                        earliest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        self.optout_deadline = deadline;
+        self.deadline_change = None;
+        Ok(deadline)
     }
 
     /// A practice may opt out while the window is open.
@@ -434,6 +555,7 @@ mod tests {
             progress: Progress::default(),
             purged_at: None,
             purged_items: None,
+            deadline_change: None,
             version: 0,
         }
     }

@@ -1,5 +1,6 @@
 //! Pure types and rules: no I/O.
 
+mod access;
 mod campaign;
 mod mobile;
 mod nhs_number;
@@ -15,6 +16,7 @@ mod recipient;
 mod target;
 mod template;
 
+pub use access::*;
 pub use campaign::*;
 pub use mobile::*;
 pub use nhs_number::*;

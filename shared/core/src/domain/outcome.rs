@@ -27,10 +27,15 @@ pub enum ExclusionReason {
     NoPostalAddress,
     /// `Patient.active` is false: a record no longer in use.
     InactiveRecord,
+    /// Not sent: the campaign was cancelled first.
+    Cancelled,
+    /// Not sent: its chunk stayed stuck through the watchdog's retries and
+    /// was recorded as failed (the audit says why).
+    NotSent,
 }
 
 impl ExclusionReason {
-    pub const ALL: [ExclusionReason; 10] = [
+    pub const ALL: [ExclusionReason; 12] = [
         Self::Deceased,
         Self::SmsOptOut,
         Self::InvalidNhsNumber,
@@ -41,6 +46,8 @@ impl ExclusionReason {
         Self::ProviderRejected,
         Self::NoPostalAddress,
         Self::InactiveRecord,
+        Self::Cancelled,
+        Self::NotSent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +62,8 @@ impl ExclusionReason {
             Self::ProviderRejected => "provider_rejected",
             Self::NoPostalAddress => "no_postal_address",
             Self::InactiveRecord => "inactive_record",
+            Self::Cancelled => "cancelled",
+            Self::NotSent => "not_sent",
         }
     }
 }

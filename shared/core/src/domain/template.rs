@@ -5,10 +5,11 @@
 //! number a person counting characters in an editor would arrive at.
 //!
 //! Link checking covers `http:` / `https:` links (with any run of `/` or `\`
-//! after the colon, as browsers accept both) and `www.` links. Bare domains
-//! such as `example.com/path` are deliberately not checked: recognising them
-//! reliably needs a public-suffix list, and a false positive would block an
-//! ordinary sentence.
+//! after the colon, as browsers accept both), `www.` links and bare domains
+//! (`bit.ly/abc`, `evil.example`), which phones also make links of: any word
+//! of two or more dot-separated labels whose last is two or more letters
+//! counts as one (so `e.g.`, `3.5` and `10.30am` do not, and a sentence
+//! written without a space after its full stop must get one).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -519,6 +520,8 @@ fn check_links(text: &str, allowed: &[String]) -> Result<(), TemplateError> {
                 start -= 1;
             }
             Some((start, start))
+        } else if looks_like_bare_domain(&chars, i) {
+            Some((i, i))
         } else {
             None
         };
@@ -540,6 +543,32 @@ fn check_links(text: &str, allowed: &[String]) -> Result<(), TemplateError> {
         i = end.max(i + 1);
     }
     Ok(())
+}
+
+/// A word starting at `at` that a phone would make a link of without a
+/// scheme: `label.label…` whose last label is two or more ASCII letters.
+fn looks_like_bare_domain(chars: &[char], at: usize) -> bool {
+    let word_start = at == 0
+        || chars[at - 1].is_whitespace()
+        || matches!(
+            chars[at - 1],
+            '(' | '[' | '{' | '<' | '"' | '\'' | '‘' | '“' | '«'
+        );
+    if !word_start || !chars[at].is_ascii_alphanumeric() {
+        return false;
+    }
+    let mut end = at;
+    while chars.get(end).is_some_and(|c| is_host_char(*c)) {
+        end += 1;
+    }
+    let host: String = chars[at..end].iter().collect();
+    let host = host.trim_end_matches('.');
+    let labels: Vec<&str> = host.split('.').collect();
+    labels.len() >= 2
+        && labels.iter().all(|l| !l.is_empty())
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()))
 }
 
 fn check_host(authority: &str, position: usize, allowed: &[String]) -> Result<(), TemplateError> {
@@ -795,6 +824,30 @@ mod tests {
     }
 
     #[test]
+    fn bare_domains_are_links_too() {
+        for (text, domain) in [
+            ("Book at bit.ly/abc now", "bit.ly"),
+            ("Log in: evil.example/login", "evil.example"),
+            ("See (evil.com) today", "evil.com"),
+            ("nhs.uk.evil.com/x", "nhs.uk.evil.com"),
+        ] {
+            match parse(text) {
+                Err(TemplateError::DisallowedLink { domain: found, .. }) => {
+                    assert_eq!(found, domain, "{text}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        for fine in [
+            "See nhs.uk/heatwave or call 111.",
+            "Take 2.5 litres, e.g. water, i.e. not alcohol, by 10.30am. U.K. wide.",
+            "Dear ((first_name)), visit gov.uk.",
+        ] {
+            assert!(parse(fine).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
     fn allowed_links_and_subdomains_pass() {
         for text in [
             "Visit www.nhs.uk.",
@@ -845,8 +898,8 @@ mod tests {
     }
 
     #[test]
-    fn bare_domains_are_not_checked() {
-        assert!(parse("Reply STOP. example.com/path").is_ok());
+    fn a_bare_domain_after_a_sentence_is_checked() {
+        assert!(parse("Reply STOP. example.com/path").is_err());
     }
 
     #[test]

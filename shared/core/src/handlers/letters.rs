@@ -15,7 +15,16 @@ pub async fn send_letters(
     chunk_id: &ChunkId,
 ) -> Result<(), JobError> {
     let campaign = hub.campaign(campaign_id).await?;
-    if campaign.state == CampaignState::Cancelled || campaign.state.is_final() {
+    if campaign.state == CampaignState::Cancelled && campaign.purged_at.is_none() {
+        return super::settle::settle_letters(
+            hub,
+            campaign_id,
+            chunk_id,
+            crate::domain::ExclusionReason::Cancelled,
+        )
+        .await;
+    }
+    if campaign.state.is_final() {
         return Ok(());
     }
     let Some(record) = hub.store.get_chunk(campaign_id, chunk_id).await? else {

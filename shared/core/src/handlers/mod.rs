@@ -16,6 +16,8 @@ pub mod report;
 mod restrictions;
 pub mod router;
 pub mod send;
+pub mod settle;
+pub mod watchdog;
 pub mod writeback;
 
 use crate::domain::{
@@ -68,6 +70,18 @@ pub struct HubConfig {
     /// This hub reads practices from the simulated GP estate (the local
     /// stack only): a practice saved without a GP system gets it.
     pub simulated_gp: bool,
+    /// GP systems may be at http, loopback or private addresses (the
+    /// local stack's simulators); never on AWS.
+    pub local_gp_urls: bool,
+    /// The shortest opt-out window left after every practice's notice was
+    /// sent when the deadline is brought forward (unless the approver
+    /// records an emergency override).
+    pub min_optout_window: chrono::Duration,
+    /// A practice or chunk not done this long into its stage is stuck: the
+    /// watchdog retries it, then records it as failed.
+    pub stuck_after: chrono::Duration,
+    /// Which IAM identities hold which hub roles.
+    pub access: crate::domain::AccessPolicy,
 }
 
 /// Settings the hub refuses to run with.
@@ -116,6 +130,10 @@ impl Default for HubConfig {
             rate_cap: None,
             max_deadline_ahead: chrono::Duration::days(14),
             simulated_gp: false,
+            local_gp_urls: false,
+            min_optout_window: chrono::Duration::hours(2),
+            stuck_after: chrono::Duration::hours(4),
+            access: crate::domain::AccessPolicy::default(),
         }
     }
 }
@@ -312,6 +330,21 @@ impl Hub {
         id: &CampaignId,
         progress: Progress,
     ) -> Result<(), JobError> {
+        if progress.chunks_outstanding == 0 {
+            // A cancelled campaign's last chunk settled: its record is
+            // complete, so its patient data goes.
+            let campaign = self.campaign(id).await?;
+            if campaign.state == CampaignState::Cancelled {
+                if campaign.purged_at.is_none() {
+                    self.queue
+                        .send(&[crate::ports::Job::Purge {
+                            campaign: id.clone(),
+                        }])
+                        .await?;
+                }
+                return Ok(());
+            }
+        }
         if progress.practices_pending > 0 {
             return Ok(());
         }

@@ -56,7 +56,9 @@ pub async fn send_notice(
         &OptOutClaim {
             campaign: campaign_id.clone(),
             ods: ods.clone(),
-            expires: campaign.optout_deadline,
+            // The link outlives a deadline moved later (the opt-out itself
+            // checks the deadline in force), up to the furthest it may move.
+            expires: campaign.optout_deadline + hub.config.max_deadline_ahead,
         },
     );
     let link = format!(

@@ -56,7 +56,13 @@ pub async fn purge_sweep(hub: &Hub) -> Result<u64, JobError> {
     let mut purged = 0;
     for campaign in hub.store.list_campaigns().await? {
         let due = match campaign.state {
-            CampaignState::Cancelled | CampaignState::Completed => true,
+            CampaignState::Completed => true,
+            // Once its chunks are settled, or a receipt window after the
+            // cancel whatever is left (the backstop).
+            CampaignState::Cancelled => {
+                campaign.progress.chunks_outstanding == 0
+                    || now - campaign.state_changed_at >= hub.config.receipt_window
+            }
             CampaignState::AwaitingReceipts => {
                 now - campaign.state_changed_at >= hub.config.receipt_window
             }

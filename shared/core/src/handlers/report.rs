@@ -26,6 +26,10 @@ pub struct CampaignView {
     pub cancelled_by: Option<String>,
     pub progress: Progress,
     pub purged_at: Option<DateTime<Utc>>,
+    /// Compare-and-set version: an approval names the one it saw.
+    pub version: u64,
+    /// A shortened deadline waiting for a second person.
+    pub deadline_change: Option<crate::domain::DeadlineChange>,
     /// Present on a full view (`get`), absent in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub totals: Option<OutcomeCounts>,
@@ -55,6 +59,8 @@ pub fn summary(campaign: &Campaign) -> CampaignView {
             .map(|s| s.as_str().to_string()),
         progress: campaign.progress,
         purged_at: campaign.purged_at,
+        version: campaign.version,
+        deadline_change: campaign.deadline_change.clone(),
         totals: None,
         eta_seconds: None,
     }

@@ -44,7 +44,11 @@ pub async fn send_chunk(
     chunk_id: &ChunkId,
 ) -> Result<(), JobError> {
     let campaign = hub.campaign(campaign_id).await?;
-    if campaign.state == CampaignState::Cancelled || campaign.state.is_final() {
+    if campaign.state == CampaignState::Cancelled && campaign.purged_at.is_none() {
+        return super::settle::settle_send(hub, campaign_id, chunk_id, ExclusionReason::Cancelled)
+            .await;
+    }
+    if campaign.state.is_final() {
         return Ok(());
     }
     let Some(record) = hub.store.get_chunk(campaign_id, chunk_id).await? else {
@@ -72,7 +76,14 @@ pub async fn send_chunk(
     for step in recipients.chunks(hub.config.send_batch.max(1)) {
         if !still_sending(hub, campaign_id).await? {
             tracing::info!(campaign = %campaign_id, chunk = %chunk_id, "campaign no longer sending; chunk stopped");
-            return Ok(());
+            // Cancelled: what this chunk sent is recorded and written back.
+            return super::settle::settle_send(
+                hub,
+                campaign_id,
+                chunk_id,
+                ExclusionReason::Cancelled,
+            )
+            .await;
         }
         unfinished |= send_step(hub, &campaign, step, &practice_name).await?;
     }

@@ -20,7 +20,7 @@ mod receipts;
 pub use json::{from_json, parse_body, parse_json, JsonBody, RawBody};
 pub use receipts::receipts_router;
 
-use crate::domain::{CampaignId, OdsCode, StaffId};
+use crate::domain::{authorise, CampaignId, Need, OdsCode, Staff, StaffId};
 use crate::handlers::api::{
     self, ApiError, CreateCampaignRequest, ExtractionDecisionRequest, PracticeRequest,
 };
@@ -37,6 +37,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
+
+/// Set on the answer to a create replayed with its `Idempotency-Key`.
+pub const REPLAYED: &str = "idempotent-replayed";
 
 /// Largest request body accepted (the biggest real one, a campaign, is a
 /// few kilobytes).
@@ -67,6 +70,74 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         };
         tracing::info!(method = %parts.method, %reason, "request refused");
         Err(ApiError::Forbidden(reason))
+    }
+}
+
+/// What an operation needs of its caller, as a type for [`Authorised`].
+pub trait Requires {
+    const NEED: Need;
+}
+
+macro_rules! requirement {
+    ($($(#[$doc:meta])* $name:ident = $need:expr;)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+        impl Requires for $name {
+            const NEED: Need = $need;
+        }
+    )*};
+}
+
+requirement! {
+    /// Reads: any staff role.
+    Reads = Need::READ;
+    /// Creating a campaign.
+    Requests = Need::REQUEST;
+    /// Approving a campaign.
+    Approves = Need::APPROVE;
+    /// Cancelling, or a practice's opt-out on its behalf.
+    Stops = Need::STOP;
+    /// Asking for, or approving, a deadline change.
+    Deadlines = Need::DEADLINE;
+    /// The practice registry.
+    Registers = Need::REGISTRY;
+}
+
+/// The caller, authorised for what `N` requires: their roles from
+/// [`crate::handlers::HubConfig::access`] and, for a change, the person.
+/// A refusal is a 403 naming what is missing, before the body is read
+/// (so nothing changes), and is audited.
+pub struct Authorised<N>(pub Staff, std::marker::PhantomData<N>);
+
+impl<N: Requires> FromRequestParts<Hub> for Authorised<N> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, hub: &Hub) -> Result<Self, ApiError> {
+        let Caller(caller) = Caller::from_request_parts(parts, hub).await?;
+        match authorise(&hub.config.access, caller.as_str(), N::NEED) {
+            Ok(staff) => Ok(Self(staff, std::marker::PhantomData)),
+            Err(refused) => {
+                let path = parts.uri.path();
+                let campaign = path
+                    .strip_prefix("/campaigns/")
+                    .and_then(|rest| rest.split('/').next())
+                    .and_then(CampaignId::parse);
+                tracing::info!(method = %parts.method, reason = %refused, "request refused");
+                hub.audit(
+                    campaign.as_ref(),
+                    caller.as_str(),
+                    "access_refused",
+                    serde_json::json!({
+                        "method": parts.method.as_str(),
+                        "path": path.chars().take(100).collect::<String>(),
+                        "needed": N::NEED.describe(),
+                        "missing": refused.missing(),
+                    }),
+                )
+                .await?;
+                Err(ApiError::Forbidden(refused.to_string()))
+            }
+        }
     }
 }
 
@@ -221,6 +292,12 @@ fn operations() -> Vec<Operation> {
         operation("/campaigns/{id}/approve", Post, staff, approve),
         operation("/campaigns/{id}/cancel", Post, staff, cancel),
         operation("/campaigns/{id}/deadline", Post, staff, deadline),
+        operation(
+            "/campaigns/{id}/deadline/approve",
+            Post,
+            staff,
+            approve_deadline,
+        ),
         operation("/campaigns/{id}/opt-outs", Post, staff, opt_out),
         operation(
             "/campaigns/{id}/extraction-decisions",
@@ -232,7 +309,9 @@ fn operations() -> Vec<Operation> {
         operation("/campaigns/{id}/audit", Get, staff, audit),
         operation("/campaigns/{id}/evidence", Get, staff, evidence),
         operation("/practices", Get, staff, list_practices),
+        operation("/practices/audit", Get, staff, registry_audit),
         operation("/practices/{ods}", Put, staff, put_practice),
+        operation("/practices/{ods}/approve", Post, staff, approve_practice),
         operation("/optout", Get, public, optout::ask),
         operation("/optout", Post, public, optout::confirm),
     ]
@@ -407,6 +486,16 @@ struct AuditList {
 #[derive(Debug, Serialize)]
 struct PracticeList {
     practices: Vec<crate::ports::Practice>,
+    /// Changes waiting for a second registry admin.
+    pending_changes: Vec<api::PracticeChange>,
+}
+
+/// `POST /practices/{ods}/approve`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PracticeApproval {
+    /// The change waiting for approval, as the approver saw it.
+    pub change_id: String,
 }
 
 /// `POST /campaigns/{id}/cancel`
@@ -422,6 +511,32 @@ pub struct CancelRequest {
 pub struct DeadlineRequest {
     /// RFC 3339; "now" (a minute either way) fires the deadline at once.
     pub optout_deadline: String,
+    /// Why: required to bring the deadline forward once practices have
+    /// been notified.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /campaigns/{id}/deadline/approve`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlineApproval {
+    /// The deadline waiting for approval, as the approver saw it.
+    pub optout_deadline: String,
+    /// Sooner than the minimum window after the last practice notice.
+    #[serde(default)]
+    pub emergency_override: bool,
+    /// Required with an emergency override.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /campaigns/{id}/approve`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    /// The campaign's `version` the approver was shown.
+    pub version: u64,
 }
 
 /// `POST /campaigns/{id}/opt-outs`
@@ -433,17 +548,24 @@ pub struct OptOutRequest {
 
 type Answer = Result<Response, ApiError>;
 
-async fn list_campaigns(State(hub): State<Hub>, _: Caller) -> Answer {
+async fn list_campaigns(State(hub): State<Hub>, _: Authorised<Reads>) -> Answer {
     let campaigns = api::list(&hub).await?;
     Ok(json(StatusCode::OK, &CampaignList { campaigns }))
 }
 
 async fn create_campaign(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Requests>,
     RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Answer {
+    let key = match headers.get(api::IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::field(api::IDEMPOTENCY_KEY, "must be visible ASCII characters")
+        })?),
+    };
     let mut dry_run = flag(query.as_deref(), "dry_run")?;
     let mut body = parse_json(&body)?;
     if let Value::Object(fields) = &mut body {
@@ -458,17 +580,22 @@ async fn create_campaign(
         let preview = api::dry_run(&hub, &create).await?;
         return Ok(json(StatusCode::OK, &preview));
     }
-    let created = api::create_campaign(&hub, &caller, &create).await?;
+    let (created, replayed) = api::create_campaign_once(&hub, &staff.id, &create, key).await?;
     let location = HeaderValue::from_str(&format!("/campaigns/{}", created.campaign.id))
         .map_err(|error| ApiError::Internal(anyhow::anyhow!("campaign location: {error}")))?;
     let mut response = json(StatusCode::CREATED, &created);
     response.headers_mut().insert(LOCATION, location);
+    if replayed {
+        response
+            .headers_mut()
+            .insert(REPLAYED, HeaderValue::from_static("true"));
+    }
     Ok(response)
 }
 
 async fn campaign_detail(
     State(hub): State<Hub>,
-    _: Caller,
+    _: Authorised<Reads>,
     CampaignPath(id): CampaignPath,
 ) -> Answer {
     Ok(json(StatusCode::OK, &api::detail(&hub, &id).await?))
@@ -476,38 +603,62 @@ async fn campaign_detail(
 
 async fn approve(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Approves>,
     CampaignPath(id): CampaignPath,
+    JsonBody(body): JsonBody<ApproveRequest>,
 ) -> Answer {
-    Ok(json(
-        StatusCode::OK,
-        &api::approve(&hub, &caller, &id).await?,
-    ))
+    let view = api::approve_seen(&hub, &staff.id, &id, Some(body.version)).await?;
+    Ok(json(StatusCode::OK, &view))
+}
+
+async fn approve_deadline(
+    State(hub): State<Hub>,
+    Authorised(staff, _): Authorised<Approves>,
+    CampaignPath(id): CampaignPath,
+    JsonBody(body): JsonBody<DeadlineApproval>,
+) -> Answer {
+    let view = api::approve_deadline_change(
+        &hub,
+        &staff.id,
+        &id,
+        &body.optout_deadline,
+        body.emergency_override,
+        body.reason.as_deref(),
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &view))
 }
 
 async fn cancel(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Stops>,
     CampaignPath(id): CampaignPath,
     JsonBody(body): JsonBody<CancelRequest>,
 ) -> Answer {
-    let view = api::cancel(&hub, &caller, &id, &body.reason).await?;
+    let view = api::cancel(&hub, &staff.id, &id, &body.reason).await?;
     Ok(json(StatusCode::OK, &view))
 }
 
 async fn deadline(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Deadlines>,
     CampaignPath(id): CampaignPath,
     JsonBody(body): JsonBody<DeadlineRequest>,
 ) -> Answer {
-    let view = api::reschedule_deadline(&hub, &caller, &id, &body.optout_deadline).await?;
+    let view = api::reschedule_deadline(
+        &hub,
+        &staff.id,
+        &id,
+        &body.optout_deadline,
+        body.reason.as_deref(),
+    )
+    .await?;
     Ok(json(StatusCode::OK, &view))
 }
 
 async fn opt_out(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Stops>,
     CampaignPath(id): CampaignPath,
     JsonBody(body): JsonBody<OptOutRequest>,
 ) -> Answer {
@@ -520,42 +671,80 @@ async fn opt_out(
             )));
         }
     }
-    let participation = api::record_opt_out(&hub, caller.as_str(), &id, &body.ods).await?;
+    let participation = api::record_opt_out(&hub, staff.id.as_str(), &id, &body.ods).await?;
     Ok(json(StatusCode::OK, &participation))
 }
 
+/// Proceeding with a held practice, or excluding it, decides who is
+/// messaged: an approver's call.
 async fn extraction_decision(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Approves>,
     CampaignPath(id): CampaignPath,
     JsonBody(body): JsonBody<ExtractionDecisionRequest>,
 ) -> Answer {
-    let participation = api::decide_extraction(&hub, &caller, &id, &body).await?;
+    let participation = api::decide_extraction(&hub, &staff.id, &id, &body).await?;
     Ok(json(StatusCode::OK, &participation))
 }
 
-async fn report(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
+async fn report(
+    State(hub): State<Hub>,
+    _: Authorised<Reads>,
+    CampaignPath(id): CampaignPath,
+) -> Answer {
     Ok(json(StatusCode::OK, &api::report(&hub, &id).await?))
 }
 
-async fn audit(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
+async fn audit(
+    State(hub): State<Hub>,
+    _: Authorised<Reads>,
+    CampaignPath(id): CampaignPath,
+) -> Answer {
     let events = api::audit(&hub, &id).await?;
     Ok(json(StatusCode::OK, &AuditList { events }))
 }
 
-async fn evidence(State(hub): State<Hub>, _: Caller, CampaignPath(id): CampaignPath) -> Answer {
+async fn evidence(
+    State(hub): State<Hub>,
+    _: Authorised<Reads>,
+    CampaignPath(id): CampaignPath,
+) -> Answer {
     let evidence = crate::handlers::evidence::for_campaign(&hub, &id).await?;
     Ok(json(StatusCode::OK, &evidence))
 }
 
-async fn list_practices(State(hub): State<Hub>, _: Caller) -> Answer {
+async fn list_practices(State(hub): State<Hub>, _: Authorised<Reads>) -> Answer {
     let practices = api::list_practices(&hub).await?;
-    Ok(json(StatusCode::OK, &PracticeList { practices }))
+    let pending_changes = api::pending_practice_changes(&hub).await?;
+    Ok(json(
+        StatusCode::OK,
+        &PracticeList {
+            practices,
+            pending_changes,
+        },
+    ))
+}
+
+async fn approve_practice(
+    State(hub): State<Hub>,
+    Authorised(staff, _): Authorised<Registers>,
+    OdsPath(ods): OdsPath,
+    JsonBody(body): JsonBody<PracticeApproval>,
+) -> Answer {
+    let practice = api::approve_practice_change(&hub, &staff.id, &ods, &body.change_id).await?;
+    Ok(json(StatusCode::OK, &practice))
+}
+
+/// The hub's own audit trail: registry changes and refusals outside any
+/// campaign.
+async fn registry_audit(State(hub): State<Hub>, _: Authorised<Reads>) -> Answer {
+    let events = hub.store.list_hub_audit().await?;
+    Ok(json(StatusCode::OK, &AuditList { events }))
 }
 
 async fn put_practice(
     State(hub): State<Hub>,
-    Caller(caller): Caller,
+    Authorised(staff, _): Authorised<Registers>,
     OdsPath(path_ods): OdsPath,
     JsonBody(body): JsonBody<PracticeRequest>,
 ) -> Answer {
@@ -565,8 +754,10 @@ async fn put_practice(
             format!("must match the practice in the path ({path_ods})"),
         ));
     }
-    let practice = api::put_practice(&hub, &caller, &body).await?;
-    Ok(json(StatusCode::OK, &practice))
+    match api::put_practice(&hub, &staff.id, &body).await? {
+        api::PracticeSaved::Saved(practice) => Ok(json(StatusCode::OK, &practice)),
+        api::PracticeSaved::AwaitingApproval(change) => Ok(json(StatusCode::ACCEPTED, &change)),
+    }
 }
 
 #[cfg(test)]
@@ -594,7 +785,7 @@ mod tests {
         assert_eq!(optout.methods, ["GET", "POST"]);
         assert!(optout.public);
         assert_eq!(routes.iter().filter(|r| r.public).count(), 1);
-        assert_eq!(routes.len(), 13);
+        assert_eq!(routes.len(), 16);
     }
 
     async fn call(router: &Router, method: &str, path: &str, body: Body) -> Response {

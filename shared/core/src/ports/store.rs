@@ -197,6 +197,9 @@ pub trait HubStore: Send + Sync {
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// Oldest first.
     async fn list_audit(&self, campaign: &CampaignId) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Events of no campaign (registry changes, refusals outside a
+    /// campaign), oldest first.
+    async fn list_hub_audit(&self) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
 /// Result of trying to place dedupe keys for a practice.

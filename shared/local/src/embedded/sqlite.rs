@@ -702,6 +702,20 @@ impl HubStore for SqliteStore {
             })
             .await
     }
+
+    async fn list_hub_audit(&self) -> Result<Vec<AuditEvent>, StoreError> {
+        self.db
+            .call(move |conn| {
+                Ok(query_json(
+                    conn,
+                    "list_hub_audit",
+                    "audit event",
+                    "SELECT data FROM hub_audit WHERE campaign IS NULL ORDER BY id",
+                    [],
+                )?)
+            })
+            .await
+    }
 }
 
 #[async_trait]

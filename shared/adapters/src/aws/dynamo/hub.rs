@@ -875,4 +875,18 @@ impl HubStore for DynamoHubStore {
             })
             .collect()
     }
+
+    async fn list_hub_audit(&self) -> Result<Vec<AuditEvent>, StoreError> {
+        self.table
+            .query_all(&|q| {
+                q.key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":pk", s(GLOBAL_AUDIT))
+                    .expression_attribute_values(":prefix", s("AUDIT#"))
+                    .consistent_read(true)
+            })
+            .await?
+            .iter()
+            .map(|item| get_json(item, "data").map_err(decode("a hub audit event".to_string())))
+            .collect()
+    }
 }

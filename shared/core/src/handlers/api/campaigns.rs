@@ -1,7 +1,7 @@
 //! Creating a campaign: validation, the preview staff see before they
 //! confirm, and the create itself.
 
-use super::{ApiError, FieldError};
+use super::{load, ApiError, FieldError};
 use crate::domain::{
     plan, AgeBand, Campaign, CampaignId, CampaignOptions, CampaignState, MessageTemplate, OdsCode,
     PostcodeFilter, Progress, StaffId, Target,
@@ -62,12 +62,10 @@ pub fn validate(request: &CreateCampaignRequest, hub: &Hub) -> Result<NewCampaig
             message,
         })
     };
-    let name = request.name.trim().to_string();
-    if name.is_empty() {
-        fail("name", "is required".into());
-    } else if name.chars().count() > 100 {
-        fail("name", "must be at most 100 characters".into());
-    }
+    let name = super::check_text("name", &request.name, 1, 100, false).unwrap_or_else(|error| {
+        fail(&error.field, error.message);
+        String::new()
+    });
     let template = match MessageTemplate::parse(&request.message, &hub.config.template_rules) {
         Ok(template) => Some(template),
         Err(error) => {
@@ -137,15 +135,16 @@ pub fn validate(request: &CreateCampaignRequest, hub: &Hub) -> Result<NewCampaig
             None
         }
     };
-    let justification = request.justification.trim().to_string();
-    if justification.chars().count() < 10 {
-        fail(
-            "justification",
-            "must explain the emergency (at least 10 characters)".into(),
-        );
-    } else if justification.chars().count() > 2000 {
-        fail("justification", "must be at most 2000 characters".into());
-    }
+    let justification = super::check_text("justification", &request.justification, 10, 2000, true)
+        .unwrap_or_else(|error| {
+            let message = if error.message.starts_with("must be at least") {
+                "must explain the emergency (at least 10 characters)".into()
+            } else {
+                error.message
+            };
+            fail(&error.field, message);
+            String::new()
+        });
     match (template, deadline) {
         (Some(template), Some(deadline)) if errors.is_empty() => Ok(NewCampaign {
             name,
@@ -194,6 +193,20 @@ pub struct PracticeEstimate {
     pub name: String,
     pub list_size: u64,
     pub dsa_signed: bool,
+}
+
+/// What the approver is shown: the stored campaign's preview, as its
+/// creator saw it (cohort and plan from today's registry).
+pub async fn preview_of(hub: &Hub, campaign: &Campaign) -> Result<Preview, ApiError> {
+    let new = NewCampaign {
+        name: campaign.name.clone(),
+        template: campaign.template.clone(),
+        target: campaign.target.clone(),
+        deadline: campaign.optout_deadline,
+        justification: campaign.justification.clone(),
+        options: campaign.options,
+    };
+    preview(hub, &new).await
 }
 
 async fn preview(hub: &Hub, new: &NewCampaign) -> Result<Preview, ApiError> {
@@ -259,17 +272,65 @@ pub async fn create_campaign(
     caller: &StaffId,
     request: &CreateCampaignRequest,
 ) -> Result<Created, ApiError> {
+    Ok(create_campaign_once(hub, caller, request, None).await?.0)
+}
+
+/// The `Idempotency-Key` header of a create.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// One person's key names one campaign: its id is derived from both, so a
+/// replayed create (a retried request, or a signed one sent again within
+/// its five minutes) finds the first campaign instead of making another.
+fn keyed_id(caller: &StaffId, key: &str) -> Result<CampaignId, ApiError> {
+    use sha2::{Digest, Sha256};
+    let valid = (8..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+    if !valid {
+        return Err(ApiError::field(
+            IDEMPOTENCY_KEY,
+            "must be 8 to 128 visible ASCII characters (a UUID, say)",
+        ));
+    }
+    let digest = Sha256::digest(format!("{}\n{key}", caller.as_str()));
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    CampaignId::parse(&hex).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("keyed id")))
+}
+
+/// Whether a stored campaign is what this request would have created.
+fn same_request(stored: &Campaign, new: &NewCampaign) -> bool {
+    stored.name == new.name
+        && stored.template == new.template
+        && stored.target == new.target
+        && stored.optout_deadline == new.deadline
+        && stored.justification == new.justification
+        && stored.options == new.options
+}
+
+/// Creates the campaign, or with a key already used by this caller for the
+/// same request, answers with the first one (`true`: a replay).
+pub async fn create_campaign_once(
+    hub: &Hub,
+    caller: &StaffId,
+    request: &CreateCampaignRequest,
+    key: Option<&str>,
+) -> Result<(Created, bool), ApiError> {
+    let id = match key {
+        Some(key) => keyed_id(caller, key.trim())?,
+        None => CampaignId::new(),
+    };
     let new = validate(request, hub)?;
+    if let Some(first) = hub.store.get_campaign(&id).await? {
+        return replayed(hub, caller, first, &new).await;
+    }
     let preview = preview(hub, &new).await?;
     let now = hub.now();
     let campaign = Campaign {
-        id: CampaignId::new(),
-        name: new.name,
-        template: new.template,
-        target: new.target,
+        id: id.clone(),
+        name: new.name.clone(),
+        template: new.template.clone(),
+        target: new.target.clone(),
         options: new.options,
         optout_deadline: new.deadline,
-        justification: new.justification,
+        justification: new.justification.clone(),
         created_by: caller.clone(),
         created_at: now,
         approved_by: None,
@@ -282,9 +343,18 @@ pub async fn create_campaign(
         progress: Progress::default(),
         purged_at: None,
         purged_items: None,
+        deadline_change: None,
         version: 0,
     };
-    hub.store.create_campaign(&campaign).await?;
+    match hub.store.create_campaign(&campaign).await {
+        Ok(()) => {}
+        // The same key, twice at once: the other request won.
+        Err(crate::ports::StoreError::Conflict(_)) if key.is_some() => {
+            let first = load(hub, &id).await?;
+            return replayed(hub, caller, first, &new).await;
+        }
+        Err(other) => return Err(other.into()),
+    }
     hub.audit(
         Some(&campaign.id),
         caller.as_str(),
@@ -299,8 +369,33 @@ pub async fn create_campaign(
     )
     .await?;
     tracing::info!(campaign = %campaign.id, "campaign created");
-    Ok(Created {
-        campaign: report::view(hub, &campaign).await?,
-        preview,
-    })
+    Ok((
+        Created {
+            campaign: report::view(hub, &campaign).await?,
+            preview,
+        },
+        false,
+    ))
+}
+
+async fn replayed(
+    hub: &Hub,
+    caller: &StaffId,
+    first: Campaign,
+    new: &NewCampaign,
+) -> Result<(Created, bool), ApiError> {
+    if &first.created_by != caller || !same_request(&first, new) {
+        return Err(ApiError::Conflict(format!(
+            "this {IDEMPOTENCY_KEY} was used for a different campaign; send a new key"
+        )));
+    }
+    let preview = preview(hub, new).await?;
+    tracing::info!(campaign = %first.id, "create replayed");
+    Ok((
+        Created {
+            campaign: report::view(hub, &first).await?,
+            preview,
+        },
+        true,
+    ))
 }

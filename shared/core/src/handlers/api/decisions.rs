@@ -1,8 +1,11 @@
 //! Decisions on a campaign: approve, cancel, move the deadline, and a
 //! practice's opt-out (by staff or by the signed link).
 
-use super::{load, ApiError};
-use crate::domain::{CampaignId, CampaignState, OdsCode, Participation, StaffId};
+use super::{check_text, load, ApiError};
+use crate::domain::{
+    earliest_deadline, Campaign, CampaignId, CampaignState, DeadlineChange, DeadlineRequested,
+    OdsCode, Participation, ParticipationState, StaffId,
+};
 use crate::handlers::optout_token;
 use crate::handlers::report::{self, CampaignView};
 use crate::handlers::Hub;
@@ -10,54 +13,104 @@ use crate::ports::{Job, Practice, ScheduledAction, StoreError};
 use chrono::{DateTime, Utc};
 
 /// A second authorised person approves: practices are notified and the
-/// deadline is scheduled.
+/// deadline is scheduled. Retry-safe: the approver asking again (after a
+/// failure to schedule or queue, say) re-derives the schedule and the
+/// notices still unsent from the stored state.
 pub async fn approve(
     hub: &Hub,
     caller: &StaffId,
     id: &CampaignId,
 ) -> Result<CampaignView, ApiError> {
+    approve_seen(hub, caller, id, None).await
+}
+
+/// [`approve`] of the version the approver was shown (`seen`): a campaign
+/// changed since needs a fresh look.
+pub async fn approve_seen(
+    hub: &Hub,
+    caller: &StaffId,
+    id: &CampaignId,
+    seen: Option<u64>,
+) -> Result<CampaignView, ApiError> {
     let mut campaign = load(hub, id).await?;
-    campaign.approve(caller, hub.now())?;
-    let practices: Vec<Practice> = hub
+    let retry = campaign.state == CampaignState::OptOutWindow
+        && campaign.approved_by.as_ref() == Some(caller);
+    if !retry {
+        if let Some(seen) = seen.filter(|v| *v != campaign.version) {
+            return Err(ApiError::Conflict(format!(
+                "campaign {id} changed since you saw it (version {seen}, now {}); review it \
+                 again before approving",
+                campaign.version
+            )));
+        }
+        let version = campaign.version;
+        campaign.approve(caller, hub.now())?;
+        let practices = notified_practices(hub, &campaign).await?;
+        let participations: Vec<Participation> = practices
+            .iter()
+            .map(|p| Participation::notified(id.clone(), p.ods.clone()))
+            .collect();
+        // Participations first: if the approval write then loses a race, the
+        // winner created the same ones (insert-if-absent).
+        hub.store.create_participations(&participations).await?;
+        campaign = hub.store.update_campaign(&campaign).await?;
+        hub.audit(
+            Some(id),
+            caller.as_str(),
+            "campaign_approved",
+            serde_json::json!({
+                "practices_notified": practices.len(),
+                "version_approved": version,
+                "message": campaign.template.text(),
+                "optout_deadline": campaign.optout_deadline,
+            }),
+        )
+        .await?;
+        tracing::info!(campaign = %id, practices = practices.len(), "campaign approved");
+    }
+    arrange_window(hub, &campaign).await?;
+    Ok(report::view(hub, &campaign).await?)
+}
+
+async fn notified_practices(hub: &Hub, campaign: &Campaign) -> Result<Vec<Practice>, ApiError> {
+    Ok(hub
         .store
         .list_practices()
         .await?
         .into_iter()
         .filter(|p| p.dsa_signed.is_some() && campaign.target.includes_practice(&p.ods))
-        .collect();
-    let participations: Vec<Participation> = practices
-        .iter()
-        .map(|p| Participation::notified(id.clone(), p.ods.clone()))
-        .collect();
-    // Participations first: if the approval write then loses a race, the
-    // winner created the same ones (insert-if-absent).
-    hub.store.create_participations(&participations).await?;
-    let campaign = hub.store.update_campaign(&campaign).await?;
+        .collect())
+}
+
+/// The deadline schedule and every unsent notice, derived from the stored
+/// state, so approving or moving the deadline again finishes what a
+/// failure left undone (both are idempotent: the schedule by name, a
+/// notice by its participation's `notice_sent_at`).
+pub async fn arrange_window(hub: &Hub, campaign: &Campaign) -> Result<(), ApiError> {
+    if campaign.state != CampaignState::OptOutWindow {
+        return Ok(());
+    }
     hub.scheduler
         .schedule(
             &ScheduledAction::Deadline {
-                campaign: id.clone(),
+                campaign: campaign.id.clone(),
             },
             campaign.optout_deadline,
         )
         .await?;
-    let notices: Vec<Job> = practices
-        .iter()
+    let notices: Vec<Job> = hub
+        .store
+        .list_participations(&campaign.id)
+        .await?
+        .into_iter()
+        .filter(|p| p.notice_sent_at.is_none())
         .map(|p| Job::Notice {
-            campaign: id.clone(),
-            ods: p.ods.clone(),
+            campaign: campaign.id.clone(),
+            ods: p.ods,
         })
         .collect();
     hub.queue.send(&notices).await?;
-    hub.audit(
-        Some(id),
-        caller.as_str(),
-        "campaign_approved",
-        serde_json::json!({ "practices_notified": practices.len() }),
-    )
-    .await?;
-    tracing::info!(campaign = %id, practices = practices.len(), "campaign approved");
-    Ok(report::view(hub, &campaign).await?)
+    Ok(())
 }
 
 pub async fn cancel(
@@ -66,10 +119,8 @@ pub async fn cancel(
     id: &CampaignId,
     reason: &str,
 ) -> Result<CampaignView, ApiError> {
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err(ApiError::field("reason", "is required"));
-    }
+    let reason = check_text("reason", reason, 1, 500, false)?;
+    let reason = reason.as_str();
     let now = hub.now();
     let mut refusal = None;
     // Sending bumps the campaign's version constantly; re-read and retry so
@@ -101,22 +152,14 @@ pub async fn cancel(
             campaign: id.clone(),
         })
         .await?;
-    hub.queue
-        .send(&[Job::Purge {
-            campaign: id.clone(),
-        }])
-        .await?;
+    // What was sent before the cancel is counted and written back; the
+    // purge follows the last chunk (at once when there is none).
+    crate::handlers::settle::settle_campaign(hub, id).await?;
     Ok(report::view(hub, &campaign).await?)
 }
 
-/// Staff move the deadline (bring it forward when the emergency cannot wait).
-pub async fn reschedule_deadline(
-    hub: &Hub,
-    caller: &StaffId,
-    id: &CampaignId,
-    raw_deadline: &str,
-) -> Result<CampaignView, ApiError> {
-    let deadline = DateTime::parse_from_rfc3339(raw_deadline.trim())
+fn parse_deadline(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    let deadline = DateTime::parse_from_rfc3339(raw.trim())
         .map_err(|_| {
             ApiError::field(
                 "optout_deadline",
@@ -124,37 +167,134 @@ pub async fn reschedule_deadline(
             )
         })?
         .with_timezone(&Utc);
-    let now = hub.now();
     // "Now" typed a moment ago is still now.
-    let deadline = if deadline < now && now - deadline <= chrono::Duration::minutes(1) {
-        now
-    } else {
-        deadline
-    };
+    Ok(
+        if deadline < now && now - deadline <= chrono::Duration::minutes(1) {
+            now
+        } else {
+            deadline
+        },
+    )
+}
+
+/// Staff move the deadline. Later (or before approval) applies at once;
+/// bringing it forward once practices hold their notice needs a reason
+/// and a second person ([`approve_deadline_change`]).
+pub async fn reschedule_deadline(
+    hub: &Hub,
+    caller: &StaffId,
+    id: &CampaignId,
+    raw_deadline: &str,
+    reason: Option<&str>,
+) -> Result<CampaignView, ApiError> {
+    let now = hub.now();
+    let deadline = parse_deadline(raw_deadline, now)?;
     if deadline - now > hub.config.max_deadline_ahead {
         return Err(ApiError::field("optout_deadline", "is too far ahead"));
     }
+    let reason = match reason {
+        Some(reason) => Some(check_text("reason", reason, 1, 500, false)?),
+        None => None,
+    };
     let mut campaign = load(hub, id).await?;
     let previous = campaign.optout_deadline;
-    campaign.reschedule_deadline(deadline, now)?;
-    let campaign = hub.store.update_campaign(&campaign).await?;
-    if campaign.state == CampaignState::OptOutWindow {
-        hub.scheduler
-            .schedule(
-                &ScheduledAction::Deadline {
-                    campaign: id.clone(),
-                },
-                deadline,
-            )
-            .await?;
+    let change = DeadlineChange {
+        to: deadline,
+        reason: reason.clone().unwrap_or_default(),
+        requested_by: caller.clone(),
+        requested_at: now,
+    };
+    let outcome = campaign.request_deadline_change(change, now)?;
+    if outcome == DeadlineRequested::AwaitingApproval && reason.is_none() {
+        return Err(ApiError::field(
+            "reason",
+            "is required to bring the deadline forward once practices have been notified",
+        ));
     }
+    let campaign = hub.store.update_campaign(&campaign).await?;
+    let (action, detail) = match outcome {
+        DeadlineRequested::Applied => (
+            "deadline_changed",
+            serde_json::json!({ "from": previous, "to": deadline, "reason": reason }),
+        ),
+        DeadlineRequested::AwaitingApproval => (
+            "deadline_change_requested",
+            serde_json::json!({ "from": previous, "to": deadline, "reason": reason }),
+        ),
+    };
+    hub.audit(Some(id), caller.as_str(), action, detail).await?;
+    if outcome == DeadlineRequested::Applied {
+        arrange_window(hub, &campaign).await?;
+    }
+    Ok(report::view(hub, &campaign).await?)
+}
+
+/// A second person approves a shortened deadline they name (`raw_seen`,
+/// the one asked for), no sooner than `min_optout_window` after the last
+/// practice notice unless they record an emergency override with a reason.
+pub async fn approve_deadline_change(
+    hub: &Hub,
+    caller: &StaffId,
+    id: &CampaignId,
+    raw_seen: &str,
+    emergency_override: bool,
+    reason: Option<&str>,
+) -> Result<CampaignView, ApiError> {
+    let seen = DateTime::parse_from_rfc3339(raw_seen.trim())
+        .map_err(|_| {
+            ApiError::field(
+                "optout_deadline",
+                "must be the RFC 3339 deadline waiting for approval",
+            )
+        })?
+        .with_timezone(&Utc);
+    let reason = match reason {
+        Some(reason) => Some(check_text("reason", reason, 1, 500, false)?),
+        None if emergency_override => {
+            return Err(ApiError::field(
+                "reason",
+                "is required with an emergency override",
+            ))
+        }
+        None => None,
+    };
+    let mut campaign = load(hub, id).await?;
+    let previous = campaign.optout_deadline;
+    let requested = campaign.deadline_change.clone();
+    let notices: Vec<Option<DateTime<Utc>>> = hub
+        .store
+        .list_participations(id)
+        .await?
+        .iter()
+        .filter(|p| p.state != ParticipationState::OptedOut || p.notice_sent_at.is_some())
+        .map(|p| p.notice_sent_at)
+        .collect();
+    let earliest = earliest_deadline(
+        &notices,
+        hub.config.min_optout_window,
+        campaign.approved_at.unwrap_or(campaign.created_at),
+    );
+    let now = hub.now();
+    let deadline =
+        campaign.approve_deadline_change(caller, seen, earliest, emergency_override, now)?;
+    let campaign = hub.store.update_campaign(&campaign).await?;
     hub.audit(
         Some(id),
         caller.as_str(),
         "deadline_changed",
-        serde_json::json!({ "from": previous, "to": deadline }),
+        serde_json::json!({
+            "from": previous,
+            "to": deadline,
+            "requested_by": requested.as_ref().map(|r| r.requested_by.as_str()),
+            "reason": requested.as_ref().map(|r| r.reason.as_str()),
+            "emergency_override": emergency_override,
+            "override_reason": reason,
+            "earliest_without_override": earliest,
+        }),
     )
     .await?;
+    tracing::info!(campaign = %id, emergency_override, "deadline brought forward");
+    arrange_window(hub, &campaign).await?;
     Ok(report::view(hub, &campaign).await?)
 }
 

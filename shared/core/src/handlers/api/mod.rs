@@ -109,7 +109,9 @@ impl From<QueueError> for ApiError {
 impl From<LifecycleError> for ApiError {
     fn from(error: LifecycleError) -> Self {
         match error {
-            LifecycleError::SelfApproval => Self::Forbidden(error.to_string()),
+            LifecycleError::SelfApproval | LifecycleError::SelfApprovedDeadline => {
+                Self::Forbidden(error.to_string())
+            }
             LifecycleError::DeadlineInPast => Self::field("optout_deadline", error.to_string()),
             _ => Self::Conflict(error.to_string()),
         }
@@ -123,6 +125,55 @@ impl From<super::JobError> for ApiError {
             super::JobError::Queue(e) => e.into(),
             other => Self::Internal(anyhow::anyhow!(other.to_string())),
         }
+    }
+}
+
+/// Characters no free-text field may hold: controls (but a line break or a
+/// tab where `multiline`) and the bidirectional overrides and isolates that
+/// make text read differently from how it is stored.
+fn forbidden_char(c: char, multiline: bool) -> bool {
+    let allowed_control = multiline && matches!(c, '\n' | '\r' | '\t');
+    (c.is_control() && !allowed_control)
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+/// A free-text field trimmed, within `min..=max` characters and without
+/// forbidden characters; the error names the field.
+pub fn check_text(
+    field: &str,
+    value: &str,
+    min: usize,
+    max: usize,
+    multiline: bool,
+) -> Result<String, FieldError> {
+    let value = value.trim();
+    let fail = |message: String| FieldError {
+        field: field.into(),
+        message,
+    };
+    let count = value.chars().count();
+    if count < min {
+        return Err(fail(if min <= 1 {
+            "is required".into()
+        } else {
+            format!("must be at least {min} characters")
+        }));
+    }
+    if count > max {
+        return Err(fail(format!("must be at most {max} characters")));
+    }
+    if let Some(c) = value.chars().find(|c| forbidden_char(*c, multiline)) {
+        return Err(fail(format!(
+            "must not contain control or text-direction characters (found U+{:04X})",
+            c as u32
+        )));
+    }
+    Ok(value.to_string())
+}
+
+impl From<FieldError> for ApiError {
+    fn from(error: FieldError) -> Self {
+        Self::Validation(vec![error])
     }
 }
 

@@ -24,6 +24,11 @@ pub struct CampaignDetail {
     pub failed_practices: Vec<OdsCode>,
     /// Held as `extraction_suspect`, waiting for a staff decision.
     pub suspect_practices: Vec<OdsCode>,
+    /// While waiting for approval: what the approver approves (the message
+    /// as a patient sees it, practices, estimated cohort, plan, deadline);
+    /// the approval names `version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<super::Preview>,
 }
 
 pub async fn detail(hub: &Hub, id: &CampaignId) -> Result<CampaignDetail, ApiError> {
@@ -41,11 +46,15 @@ pub async fn detail(hub: &Hub, id: &CampaignId) -> Result<CampaignDetail, ApiErr
     Ok(CampaignDetail {
         campaign: view,
         approved_at: campaign.approved_at,
-        cancel_reason: campaign.cancel_reason,
+        cancel_reason: campaign.cancel_reason.clone(),
         practices: report.practices,
         opted_out_practices: report.opted_out_practices,
         failed_practices: report.failed_practices,
         suspect_practices: report.suspect_practices,
+        preview: match campaign.state {
+            CampaignState::PendingApproval => Some(super::preview_of(hub, &campaign).await?),
+            _ => None,
+        },
     })
 }
 
