@@ -196,6 +196,7 @@ pub async fn hub_with(
                 &lookup(env::HUB_ROLES).unwrap_or_default(),
             )
             .map_err(|e| anyhow::anyhow!("{}: {e}", env::HUB_ROLES))?,
+            local_gp_urls: lookup(env::HUB_PRIVATE_GP_URLS).as_deref() == Some("true"),
             ..HubConfig::default()
         },
     }

@@ -84,6 +84,13 @@ impl Run {
             ),
             ("SendMaxConcurrency", "2"),
             ("ExtractMaxConcurrency", "2"),
+            // Alice asks, Bob approves; registry changes need both.
+            (
+                "StaffRoles",
+                "requester=user/alice;approver=user/bob;registry_admin=user/alice,user/bob;auditor=user/bob",
+            ),
+            // The GP systems are simulators on loopback.
+            ("PrivateGpUrls", "true"),
         ] {
             input.parameters.insert(name.into(), value.into());
         }
@@ -232,13 +239,26 @@ impl Run {
                 "an unsigned staff call answered {unsigned}, not 403"
             ));
         }
+        // Each practice is registered by one registry admin and approved
+        // by another.
         for practice in &self.fhir_practices {
             let ods = practice["ods"].as_str().unwrap_or_default();
+            let change = self
+                .staff_ok(
+                    ALICE_KEY,
+                    reqwest::Method::PUT,
+                    &format!("/practices/{ods}"),
+                    Some(practice.clone()),
+                )
+                .await?;
+            let change_id = change["change_id"]
+                .as_str()
+                .ok_or_else(|| format!("a new practice waits for approval, got {change}"))?;
             self.staff_ok(
-                ALICE_KEY,
-                reqwest::Method::PUT,
-                &format!("/practices/{ods}"),
-                Some(practice.clone()),
+                BOB_KEY,
+                reqwest::Method::POST,
+                &format!("/practices/{ods}/approve"),
+                Some(json!({ "change_id": change_id })),
             )
             .await?;
         }
@@ -262,11 +282,25 @@ impl Run {
             .and_then(Value::as_str)
             .ok_or_else(|| format!("no campaign id in {created}"))?
             .to_string();
+        // The approver approves the version they were shown.
+        let shown = self
+            .staff_ok(
+                BOB_KEY,
+                reqwest::Method::GET,
+                &format!("/campaigns/{id}"),
+                None,
+            )
+            .await?;
+        let version = shown
+            .pointer("/campaign/version")
+            .or_else(|| shown.get("version"))
+            .cloned()
+            .ok_or_else(|| format!("no version in {shown}"))?;
         self.staff_ok(
             BOB_KEY,
             reqwest::Method::POST,
             &format!("/campaigns/{id}/approve"),
-            None,
+            Some(json!({ "version": version })),
         )
         .await?;
 
@@ -376,11 +410,33 @@ impl Run {
 
         // Staff bring the deadline forward; the Scheduler fires the
         // deadline function with the schedule's input.
+        // One person asks with a reason, a second approves with an
+        // emergency override (the minimum window after the notices).
+        let asked = self
+            .staff_ok(
+                ALICE_KEY,
+                reqwest::Method::POST,
+                &format!("/campaigns/{id}/deadline"),
+                Some(json!({
+                    "optout_deadline": chrono::Utc::now().to_rfc3339(),
+                    "reason": "the emergency cannot wait for the full window",
+                })),
+            )
+            .await?;
+        let to = asked
+            .pointer("/deadline_change/to")
+            .or_else(|| asked.pointer("/campaign/deadline_change/to"))
+            .cloned()
+            .ok_or_else(|| format!("no deadline change waiting in {asked}"))?;
         self.staff_ok(
             BOB_KEY,
             reqwest::Method::POST,
-            &format!("/campaigns/{id}/deadline"),
-            Some(json!({ "optout_deadline": chrono::Utc::now().to_rfc3339() })),
+            &format!("/campaigns/{id}/deadline/approve"),
+            Some(json!({
+                "optout_deadline": to,
+                "emergency_override": true,
+                "reason": "agreed: the emergency cannot wait",
+            })),
         )
         .await?;
         let sent = self

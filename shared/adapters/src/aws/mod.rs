@@ -64,12 +64,15 @@ pub mod env {
     /// Hub roles of IAM identities: `requester=PATTERN,…;approver=…`
     /// (`hub_core::domain::AccessPolicy::parse`). Empty: nobody may act.
     pub const HUB_ROLES: &str = "HUB_ROLES";
+    /// `true` lets GP connections use http and private addresses (a test
+    /// deployment against local simulators only).
+    pub const HUB_PRIVATE_GP_URLS: &str = "HUB_PRIVATE_GP_URLS";
 
     /// Variables only some functions get, with the function's binary.
     pub const PER_FUNCTION: [(&str, &str); 1] = [(PUBLIC_BASE_URL, "practice-notices")];
 
     /// Every variable above, for checks against the template.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         HUB_TABLE,
         PATIENT_DATA_TABLE,
         NOTICES_QUEUE_URL,
@@ -89,6 +92,7 @@ pub mod env {
         SEND_MAX_CONCURRENCY,
         NOTIFY_RATES,
         HUB_ROLES,
+        HUB_PRIVATE_GP_URLS,
     ];
 
     /// The variable holding a queue's URL.
