@@ -404,6 +404,14 @@ impl<P: SmsProvider> SmsProvider for DramaRangeOnly<P> {
         self.0.name()
     }
 
+    fn rate_unit(&self) -> hub_core::domain::pacing::RateUnit {
+        self.0.rate_unit()
+    }
+
+    fn daily_cap(&self) -> Option<u64> {
+        self.0.daily_cap()
+    }
+
     async fn send_sms(
         &self,
         request: &hub_core::ports::SmsRequest,
@@ -547,6 +555,7 @@ impl Wiring {
                 templates.clone(),
             );
             client_config.name = gateway.config().name.clone();
+            client_config.daily_limit = gateway.config().daily_limit;
             providers.push((
                 Arc::new(NotifyClient::new(client_config)?),
                 gateway.config().rate_per_second,

@@ -42,6 +42,7 @@ pub fn campaign_at(now: DateTime<Utc>) -> Campaign {
         progress: Progress::default(),
         purged_at: None,
         purged_items: None,
+        paused_until: None,
         version: 0,
     }
 }

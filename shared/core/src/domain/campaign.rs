@@ -161,6 +161,10 @@ pub struct Campaign {
     pub progress: Progress,
     pub purged_at: Option<DateTime<Utc>>,
     pub purged_items: Option<u64>,
+    /// Sending is paused until then: every SMS provider key has reached
+    /// its daily limit. Cleared when a text goes again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<DateTime<Utc>>,
     /// Optimistic concurrency: every write checks and bumps it.
     pub version: u64,
 }
@@ -434,6 +438,7 @@ mod tests {
             progress: Progress::default(),
             purged_at: None,
             purged_items: None,
+            paused_until: None,
             version: 0,
         }
     }

@@ -275,6 +275,7 @@ pub async fn create_campaign(
         progress: Progress::default(),
         purged_at: None,
         purged_items: None,
+        paused_until: None,
         version: 0,
     };
     hub.store.create_campaign(&campaign).await?;
