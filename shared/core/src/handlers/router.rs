@@ -33,6 +33,9 @@ const RATE_LIMIT_HOLD: Duration = Duration::from_secs(1);
 /// Slack when choosing among keys: a reservation up to this much later
 /// than the best key's last known slot is taken at once.
 const PICK_SLACK: Duration = Duration::from_millis(100);
+/// Time kept for the provider call itself when waiting for a slot (at
+/// most half of what is left of the message's deadline).
+const CALL_TIME: Duration = Duration::from_secs(10);
 /// Compare-and-set attempts on a shared bucket before giving up.
 const PACE_CAS_ATTEMPTS: u32 = 20;
 
@@ -200,33 +203,43 @@ impl Pacer {
                 }
                 Ok(grant)
             }
-            Pacer::Shared(store) => {
-                for attempt in 0..PACE_CAS_ATTEMPTS {
-                    let bucket = store.get_pace_bucket(&lane.key).await?;
-                    let (grant, next) = pacing::apply(&bucket, &lane.limit, op, now);
-                    let Some(next) = next else {
-                        return Ok(grant);
-                    };
-                    match store.put_pace_bucket(&lane.key, &next).await {
-                        Ok(()) => return Ok(grant),
-                        Err(StoreError::Conflict(_)) => {
-                            tokio::time::sleep(super::backoff(
-                                attempt,
-                                Duration::from_millis(2),
-                                Duration::from_millis(50),
-                            ))
-                            .await;
-                        }
-                        Err(error) => return Err(error),
-                    }
-                }
-                Err(StoreError::Conflict(format!(
-                    "send bucket {} kept changing",
-                    lane.key
-                )))
-            }
+            Pacer::Shared(store) => pace_shared(&**store, &lane.key, &lane.limit, op, now).await,
         }
     }
+}
+
+/// Applies `op` to the send bucket `key` kept in `store`: read, apply,
+/// compare-and-set, again on a conflict. Every process that paces a key
+/// this way shares its rate.
+pub async fn pace_shared(
+    store: &dyn HubStore,
+    key: &str,
+    limit: &SendLimit,
+    op: PaceOp,
+    now: DateTime<Utc>,
+) -> Result<PaceGrant, StoreError> {
+    for attempt in 0..PACE_CAS_ATTEMPTS {
+        let bucket = store.get_pace_bucket(key).await?;
+        let (grant, next) = pacing::apply(&bucket, limit, op, now);
+        let Some(next) = next else {
+            return Ok(grant);
+        };
+        match store.put_pace_bucket(key, &next).await {
+            Ok(()) => return Ok(grant),
+            Err(StoreError::Conflict(_)) => {
+                tokio::time::sleep(super::backoff(
+                    attempt,
+                    Duration::from_millis(2),
+                    Duration::from_millis(50),
+                ))
+                .await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(StoreError::Conflict(format!(
+        "send bucket {key} kept changing"
+    )))
 }
 
 /// Per-provider counters for reports and metrics.
@@ -436,8 +449,11 @@ impl ProviderRouter {
             if remaining.is_zero() {
                 break;
             }
+            // Wait for a slot only as long as leaves the call its time.
+            let call_time = (remaining / 2).min(CALL_TIME);
             let latest = self.clock.now()
-                + chrono::Duration::from_std(remaining).unwrap_or(chrono::Duration::MAX);
+                + chrono::Duration::from_std(remaining - call_time)
+                    .unwrap_or(chrono::Duration::MAX);
             let reserved = self.reserve(request, latest).await.map_err(|error| {
                 RouteError::Unavailable(format!("send bucket unavailable: {error}"))
             });
