@@ -85,8 +85,19 @@ impl Bars {
             .eta_seconds
             .map(|s| format!(", ETA {}", duration(s)))
             .unwrap_or_default();
-        self.status
-            .set_message(format!("campaign {} — {}{eta}", c.id, c.state));
+        let paused = c
+            .paused_until
+            .map(|until| format!(" (PAUSED: daily limits reached until {until})"))
+            .unwrap_or_default();
+        let capacity = c
+            .capacity
+            .as_ref()
+            .map(|capacity| format!("; {}", crate::render::capacity_line(capacity)))
+            .unwrap_or_default();
+        self.status.set_message(format!(
+            "campaign {} — {}{paused}{eta}{capacity}",
+            c.id, c.state
+        ));
     }
 
     pub(crate) fn show(&self, shown: &Shown) {

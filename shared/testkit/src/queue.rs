@@ -84,7 +84,10 @@ pub async fn delayed_jobs_arrive_after_their_delay(q: &Queues) {
         chunk: ChunkId::new(&ods(1), 0),
     };
     q.queue
-        .send_later(std::slice::from_ref(&job), std::time::Duration::from_secs(2))
+        .send_later(
+            std::slice::from_ref(&job),
+            std::time::Duration::from_secs(2),
+        )
         .await
         .unwrap();
     assert!(q.probe.drain(QueueName::Send).await.unwrap().is_empty());

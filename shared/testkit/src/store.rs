@@ -7,12 +7,12 @@
 use crate::fixtures::*;
 use async_trait::async_trait;
 use chrono::{Duration, TimeZone, Utc};
+use hub_core::domain::pacing::{PaceBucket, PaceGrant, PaceOp, SendLimit};
 use hub_core::domain::{
     AuditEvent, CampaignId, CampaignState, ChunkId, ChunkStage, DedupeKey, DeliveryStatus,
     OutcomeCounts, Participation, ParticipationState, Personal, Progress, Recipient,
     RecipientStatus,
 };
-use hub_core::domain::pacing::{PaceBucket, PaceGrant, PaceOp, SendLimit};
 use hub_core::handlers::router::pace_shared;
 use hub_core::ports::{
     GpConnection, HubStore, PatientDataStore, Placement, StatusUpdate, StoreError,
@@ -99,7 +99,10 @@ pub async fn racing_reservations_share_one_rate(s: &Stores) {
                 let mut granted = Vec::new();
                 for _ in 0..15 {
                     let op = PaceOp::Reserve { cost: 1.0, latest };
-                    match pace_shared(&*hub, "sms:shared", &limit, op, now).await.unwrap() {
+                    match pace_shared(&*hub, "sms:shared", &limit, op, now)
+                        .await
+                        .unwrap()
+                    {
                         PaceGrant::SendAt(at) => granted.push(at),
                         other => panic!("unexpected {other:?}"),
                     }

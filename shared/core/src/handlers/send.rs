@@ -359,11 +359,13 @@ async fn send_step(
                 {
                     outcome.deferred.push(index);
                 } else {
+                    tracing::warn!(campaign = %campaign.id, chunk = %chunk, index, "claim changed before its release");
                     unfinished = true;
                 }
                 continue;
             }
             Err(error) => {
+                tracing::info!(campaign = %campaign.id, chunk = %chunk, index, %error, "text left claimed for reconciliation");
                 unauthorised |= matches!(error, RouteError::Unauthorised);
                 unfinished = true;
                 // A timeout or 5xx may hide an accepted message: keep the
