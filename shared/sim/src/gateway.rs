@@ -143,6 +143,8 @@ struct State {
     day: NaiveDate,
     sent_today: u64,
     rate_limit_burst: u64,
+    /// Every SMS call until then is answered 429 (a storm).
+    rate_limited_until: Option<Instant>,
     server_errors: u64,
     lost_responses: u64,
     email_failures: u64,
@@ -170,6 +172,7 @@ impl GatewaySim {
             day: NaiveDate::MIN,
             sent_today: 0,
             rate_limit_burst: 0,
+            rate_limited_until: None,
             server_errors: 0,
             lost_responses: 0,
             email_failures: 0,
@@ -220,6 +223,12 @@ impl GatewaySim {
     /// The next `n` SMS calls are answered `RateLimited`.
     pub fn inject_rate_limit_burst(&self, n: u64) {
         self.state().rate_limit_burst = n;
+    }
+
+    /// Every SMS call for the next `duration` is answered `RateLimited`, as
+    /// Notify does (no `Retry-After`): a 429 storm.
+    pub fn rate_limit_for(&self, duration: Duration) {
+        self.state().rate_limited_until = Some(Instant::now() + duration);
     }
 
     /// The next `n` SMS calls are answered `Unavailable` (a 5xx).
@@ -363,6 +372,13 @@ impl GatewaySim {
             return Err(ProviderError::RateLimited {
                 retry_after: Some(Duration::from_secs(1)),
             });
+        }
+        if state
+            .rate_limited_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            state.rate_limited += 1;
+            return Err(ProviderError::RateLimited { retry_after: None });
         }
         if state.server_errors > 0 {
             state.server_errors -= 1;
