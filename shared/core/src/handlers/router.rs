@@ -325,8 +325,10 @@ impl ProviderRouter {
             .collect()
     }
 
+    /// A key at its daily limit is out of rotation until its day ends.
     pub fn status(&self) -> Vec<LaneStatus> {
         let now = Instant::now();
+        let today = self.clock.now();
         self.lanes
             .iter()
             .map(|lane| LaneStatus {
@@ -335,7 +337,7 @@ impl ProviderRouter {
                 sent: lane.sent.load(Ordering::Relaxed),
                 errors: lane.errors.load(Ordering::Relaxed),
                 rate_limited: lane.rate_limited.load(Ordering::Relaxed),
-                in_rotation: lane.available(now),
+                in_rotation: lane.available(now) && lane.day_full(today).is_none(),
             })
             .collect()
     }
