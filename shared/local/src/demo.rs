@@ -21,7 +21,8 @@ pub struct DemoOptions {
     pub practices: usize,
     pub patients: u64,
     pub seed: u64,
-    /// Simulated SMS providers and each one's rate (fragments/s).
+    /// Simulated SMS providers and each one's rate (requests, i.e. texts, a
+    /// second, as GOV.UK Notify counts).
     pub providers: usize,
     pub provider_rate: f64,
     pub provider_latency: Duration,
