@@ -161,7 +161,9 @@ impl ProviderRates {
             .enumerate()
             .map(|(i, rate)| ProviderRate {
                 name: provider_name(i),
-                fragments_per_second: rate.rate_per_second,
+                per_second: rate.rate_per_second,
+                // Notify limits API requests, one per text whatever its length.
+                unit: hub_core::domain::pacing::RateUnit::Requests,
                 daily_limit: rate.daily_limit,
             })
             .collect()
@@ -254,6 +256,7 @@ pub struct LazyNotify {
     service: Arc<NotifyService>,
     index: usize,
     name: String,
+    daily_cap: Option<u64>,
 }
 
 impl LazyNotify {
@@ -262,7 +265,15 @@ impl LazyNotify {
             service,
             index,
             name: provider_name(index),
+            daily_cap: None,
         }
+    }
+
+    /// The key's daily text limit (`NOTIFY_RATES`), so the router moves
+    /// traffic elsewhere, or pauses, at it.
+    pub fn with_daily_cap(mut self, daily_cap: Option<u64>) -> Self {
+        self.daily_cap = daily_cap;
+        self
     }
 
     /// `request` on this key's client, counted (`success` names the metric
@@ -289,6 +300,14 @@ impl LazyNotify {
 impl SmsProvider for LazyNotify {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn rate_unit(&self) -> hub_core::domain::pacing::RateUnit {
+        hub_core::domain::pacing::RateUnit::Requests
+    }
+
+    fn daily_cap(&self) -> Option<u64> {
+        self.daily_cap
     }
 
     async fn send_sms(&self, request: &SmsRequest) -> Result<Accepted, ProviderError> {

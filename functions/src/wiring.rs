@@ -159,7 +159,8 @@ pub async fn hub_with(
         .iter()
         .enumerate()
         .map(|(i, rate)| {
-            let provider: Arc<dyn SmsProvider> = Arc::new(LazyNotify::new(notify.clone(), i));
+            let provider: Arc<dyn SmsProvider> =
+                Arc::new(LazyNotify::new(notify.clone(), i).with_daily_cap(rate.daily_limit));
             (provider, rate.rate_per_second)
         })
         .collect();

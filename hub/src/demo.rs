@@ -19,7 +19,8 @@ pub struct DemoArgs {
     /// Simulated SMS providers.
     #[arg(long, default_value_t = 2)]
     providers: usize,
-    /// Each simulated provider's rate limit, in fragments per second.
+    /// Each simulated provider's rate limit, in requests (texts) per second
+    /// (GOV.UK Notify counts requests; 3,000 a minute is 50).
     #[arg(long, default_value_t = 2_500.0)]
     rate: f64,
     /// Only patients at least this old.

@@ -3,6 +3,7 @@
 //! Exit codes: 0 done, 1 declined at the prompt, 2 usage or configuration,
 //! 3 refused by the hub (4xx), 4 failure (5xx or network).
 
+mod bench;
 mod client;
 mod commands;
 mod config;
@@ -46,6 +47,9 @@ enum Command {
     /// The embedded local stack.
     #[command(subcommand)]
     Local(LocalCommand),
+    /// Benchmarks on the embedded stack.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Subcommand)]
@@ -71,6 +75,7 @@ fn init_tracing(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,6 +103,11 @@ fn main() -> ExitCode {
                 let cx = commands::Context::new(&cli.connection, cli.json).await?;
                 commands::campaign::run(command, &cx).await
             })
+        }
+        // On its own current-thread runtime with paused (virtual) time.
+        Command::Bench(command) => {
+            init_tracing("warn");
+            bench::run(command, cli.json).map_err(client::CliError::Other)
         }
         Command::Practices(command) => {
             init_tracing(CLIENT_LOGS);

@@ -133,11 +133,41 @@ pub fn detail(d: &Detail) -> String {
     for line in held_lines(&d.practices) {
         out.line(line);
     }
+    if let Some(until) = c.paused_until {
+        out.line(format_args!(
+            "PAUSED:    every SMS provider key is at its daily limit; sending resumes {} ({})",
+            when(until),
+            relative(until)
+        ));
+    }
+    if let Some(capacity) = &c.capacity {
+        out.line(format_args!("Capacity:  {}", capacity_line(capacity)));
+    }
     if !d.practices.is_empty() {
         out.line("");
         out.0.push_str(&practice_rows(&d.practices));
     }
     out.0
+}
+
+/// Texts an hour, the time to reach the texts to go, and what 3 hours needs.
+pub fn capacity_line(c: &crate::views::Capacity) -> String {
+    let mut line = format!(
+        "{} texts/hour; {} texts in {}",
+        thousands(c.texts_per_hour),
+        thousands(c.texts),
+        duration(c.eta_seconds)
+    );
+    if c.days_needed > 1 {
+        line.push_str(&format!(" over {} provider days", c.days_needed));
+    }
+    if let Some(keys) = c.keys_for_target.filter(|k| *k > c.keys_configured) {
+        line.push_str(&format!(
+            "; 3 hours needs {keys} provider keys (configured: {})",
+            c.keys_configured
+        ));
+    }
+    line
 }
 
 fn practice_rows(rows: &[PracticeReport]) -> String {
@@ -519,10 +549,17 @@ pub fn preview(p: &Preview, price: f64, currency: &str) -> String {
         format!("MISSES the {} target", duration(p.plan.target.secs))
     };
     out.line(format_args!(
-        "Sending: about {} after the deadline at {:.0} messages/s: {verdict}",
+        "Sending: about {} after the deadline at {:.0} messages/s ({} texts/hour): {verdict}",
         duration(p.plan.eta.secs),
-        p.plan.messages_per_second
+        p.plan.messages_per_second,
+        thousands(p.plan.texts_per_hour)
     ));
+    if let Some(keys) = p.plan.keys_for_target.filter(|_| !p.plan.meets_target) {
+        out.line(format_args!(
+            "  3 hours needs {keys} provider keys like these, or {} days",
+            p.plan.days_needed
+        ));
+    }
     for warning in &p.plan.warnings {
         out.line(format_args!("  warning: {warning}"));
     }

@@ -25,6 +25,12 @@ pub struct Duration {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SendPlan {
     pub messages_per_second: f64,
+    #[serde(default)]
+    pub texts_per_hour: u64,
+    #[serde(default)]
+    pub days_needed: u64,
+    #[serde(default)]
+    pub keys_for_target: Option<u64>,
     pub eta: Duration,
     pub target: Duration,
     pub meets_target: bool,
@@ -100,6 +106,10 @@ pub struct CampaignView {
     pub version: u64,
     #[serde(default)]
     pub deadline_change: Option<DeadlineChange>,
+    #[serde(default)]
+    pub paused_until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
 }
 
 /// A shortened deadline waiting for a second person.
@@ -109,6 +119,20 @@ pub struct DeadlineChange {
     pub reason: String,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
+}
+
+/// What the SMS providers allow for the texts still to send.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Capacity {
+    pub texts: u64,
+    pub texts_per_hour: u64,
+    pub eta_seconds: u64,
+    #[serde(default)]
+    pub days_needed: u64,
+    #[serde(default)]
+    pub keys_for_target: Option<u64>,
+    #[serde(default)]
+    pub keys_configured: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

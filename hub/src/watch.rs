@@ -91,8 +91,19 @@ impl Bars {
         } else {
             format!("\n{}", held.join("\n"))
         };
-        self.status
-            .set_message(format!("campaign {} — {}{eta}{held}", c.id, c.state));
+        let paused = c
+            .paused_until
+            .map(|until| format!(" (PAUSED: daily limits reached until {until})"))
+            .unwrap_or_default();
+        let capacity = c
+            .capacity
+            .as_ref()
+            .map(|capacity| format!("; {}", crate::render::capacity_line(capacity)))
+            .unwrap_or_default();
+        self.status.set_message(format!(
+            "campaign {} — {}{paused}{eta}{capacity}{held}",
+            c.id, c.state
+        ));
     }
 
     pub(crate) fn show(&self, shown: &Shown) {

@@ -3,6 +3,7 @@
 
 pub mod requests;
 
+use hub_core::domain::pacing::RateUnit;
 use hub_core::domain::{
     CampaignId, CampaignState, ContactPreference, NhsNumber, ParticipationState, StaffId, UkMobile,
 };
@@ -40,7 +41,9 @@ pub fn config(practices: usize, patients: u64, seed: u64) -> LocalStackConfig {
     let gateway = |i: u64| GatewayConfig {
         name: format!("sim-sms-{i}"),
         rate_per_second: 4_000.0,
+        unit: RateUnit::Requests,
         latency: Duration::from_millis(1),
+        latency_max: Duration::ZERO,
         failure_rate: 0.0,
         daily_limit: None,
         delivery_failure_rate: 0.05,
@@ -70,6 +73,7 @@ pub fn config(practices: usize, patients: u64, seed: u64) -> LocalStackConfig {
         postal_gateway: GatewayConfig {
             name: "sim-post".into(),
             rate_per_second: 0.0,
+            unit: RateUnit::Parts,
             ..GatewayConfig::new("sim-post")
         },
         visibility_timeout: Duration::from_secs(2),

@@ -12,6 +12,7 @@ mod aws;
 
 use aws::harness::{dlq_id, max_receive_count, parse_at, queue_id, EventSources, HarnessOptions};
 use aws::Stack;
+use hub_core::domain::pacing::RateUnit;
 use hub_core::domain::{CampaignId, CampaignState, ParticipationState, StaffId};
 use hub_core::handlers::api;
 use hub_core::handlers::deadline::{fire_deadline, DeadlineOutcome};
@@ -89,7 +90,9 @@ impl AwsHub {
         let gateway = |i: u64| GatewayConfig {
             name: format!("sim-sms-{i}"),
             rate_per_second: 4_000.0,
+            unit: RateUnit::Requests,
             latency: Duration::from_millis(1),
+            latency_max: Duration::ZERO,
             failure_rate: 0.0,
             daily_limit: None,
             delivery_failure_rate: 0.05,
@@ -101,6 +104,7 @@ impl AwsHub {
             .collect();
         let postal = Arc::new(GatewaySim::new(GatewayConfig {
             rate_per_second: 0.0,
+            unit: RateUnit::Parts,
             ..GatewayConfig::new("sim-post")
         }));
         let sink = Arc::new(ReceiptsHandler {

@@ -95,7 +95,7 @@ async fn each_function_starts_reading_only_the_secrets_its_role_may_read() {
             .config
             .providers
             .iter()
-            .map(|p| (p.name.as_str(), p.fragments_per_second, p.daily_limit))
+            .map(|p| (p.name.as_str(), p.per_second, p.daily_limit))
             .collect();
         assert_eq!(
             rates,
@@ -206,4 +206,26 @@ async fn only_server_errors_are_counted_as_api_server_errors() {
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(line[functions::metrics::API_SERVER_ERRORS], 1, "{text}");
+}
+
+/// A Notify key is paced by requests (Notify limits requests, not parts)
+/// and carries its `NOTIFY_RATES` daily limit to the router, which moves
+/// traffic elsewhere or pauses at it, without reading the secret.
+#[test]
+fn each_notify_key_is_paced_by_requests_and_capped_by_its_daily_limit() {
+    let recording = secrets(NOTIFY_SECRET);
+    let service = NotifyService::new(
+        recording.clone(),
+        NOTIFY.to_string(),
+        1,
+        Metrics::to_writer(std::io::sink()),
+    );
+    let capped = LazyNotify::new(service.clone(), 0).with_daily_cap(Some(250_000));
+    assert_eq!(
+        capped.rate_unit(),
+        hub_core::domain::pacing::RateUnit::Requests
+    );
+    assert_eq!(capped.daily_cap(), Some(250_000));
+    assert_eq!(LazyNotify::new(service, 0).daily_cap(), None);
+    assert!(recording.reads.lock().unwrap().is_empty());
 }

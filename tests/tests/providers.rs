@@ -325,7 +325,7 @@ async fn a_lost_response_is_reconciled_without_a_second_send() {
     let (server, client) = notify().await;
     let gateway = server.gateway().clone();
     let client: Arc<dyn SmsProvider> = Arc::new(client);
-    let router = ProviderRouter::new(vec![(client.clone(), 1_000.0)], 1);
+    let router = ProviderRouter::new(vec![(client.clone(), 1_000.0)]);
 
     // The connection drops after the 201's headers.
     server.drop_next_connections(1);

@@ -3,6 +3,7 @@
 
 use super::{LocalStack, LocalStackConfig};
 use anyhow::{bail, Context};
+use hub_core::domain::pacing::RateUnit;
 use hub_core::domain::{CampaignId, CampaignState, ExclusionReason, StaffId};
 use hub_core::handlers::api::{self, CreateCampaignRequest, TargetRequest};
 use hub_core::handlers::optout_token::{self, OptOutClaim};
@@ -20,7 +21,8 @@ pub struct DemoOptions {
     pub practices: usize,
     pub patients: u64,
     pub seed: u64,
-    /// Simulated SMS providers and each one's rate (fragments/s).
+    /// Simulated SMS providers and each one's rate (requests, i.e. texts, a
+    /// second, as GOV.UK Notify counts).
     pub providers: usize,
     pub provider_rate: f64,
     pub provider_latency: Duration,
@@ -78,7 +80,9 @@ impl DemoOptions {
             .map(|i| GatewayConfig {
                 name: format!("sim-sms-{}", i + 1),
                 rate_per_second: self.provider_rate,
+                unit: RateUnit::Requests,
                 latency: self.provider_latency,
+                latency_max: Duration::ZERO,
                 failure_rate: 0.001,
                 daily_limit: None,
                 delivery_failure_rate: 0.02,
@@ -100,7 +104,9 @@ impl DemoOptions {
             postal_gateway: GatewayConfig {
                 name: "sim-post".into(),
                 rate_per_second: 1_000_000.0,
+                unit: RateUnit::Parts,
                 latency: Duration::ZERO,
+                latency_max: Duration::ZERO,
                 failure_rate: 0.0,
                 daily_limit: None,
                 delivery_failure_rate: 0.0,

@@ -12,7 +12,7 @@ use hub_adapters::notify::{NotifyClient, NotifyTemplates};
 use hub_core::handlers::jobs::{handle_batch, Message};
 use hub_core::handlers::{Hub, HubConfig, HubParts};
 use hub_core::ports::{
-    DeliveryReceipt, Job, QueueName, ReceiptSink, ScheduledAction, Scheduler, SmsProvider,
+    Clock, DeliveryReceipt, Job, QueueName, ReceiptSink, ScheduledAction, Scheduler, SmsProvider,
     SystemClock,
 };
 use hub_core::ports::{EmailProvider, GpConnector, LetterProvider};
@@ -165,10 +165,23 @@ pub struct LocalStack {
     pub config: LocalStackConfig,
     workers: Mutex<Vec<(QueueName, JoinHandle<()>)>>,
     timer: Mutex<Option<JoinHandle<()>>>,
+    send_workers: Option<usize>,
 }
 
 impl LocalStack {
     pub async fn start(config: LocalStackConfig) -> anyhow::Result<Arc<Self>> {
+        Self::start_with(config, Arc::new(SystemClock), None).await
+    }
+
+    /// Starts the stack on `clock` (the hub's, the simulators' days and the
+    /// harness's queue and schedule times: a scenario's virtual clock), with
+    /// `send_workers` pollers on the send queue if given (the send
+    /// function's maximum concurrency).
+    pub async fn start_with(
+        config: LocalStackConfig,
+        clock: Arc<dyn Clock>,
+        send_workers: Option<usize>,
+    ) -> anyhow::Result<Arc<Self>> {
         config.check_retry_span()?;
         let (store, queue, scheduler) = open_embedded(&config)?;
         let estate = Arc::new(GpEstate::generate(config.region));
@@ -180,6 +193,9 @@ impl LocalStack {
             .iter()
             .map(|gateway| Arc::new(GatewaySim::new(gateway.clone())))
             .collect();
+        for gateway in &gateways {
+            gateway.set_clock(clock.clone());
+        }
         let postal = Arc::new(GatewaySim::new(config.postal_gateway.clone()));
         let mut practices = estate.practices();
         let mut wiring = match config.transport {
@@ -204,7 +220,7 @@ impl LocalStack {
             email: wiring.email,
             letters: wiring.letters,
             gp: wiring.gp,
-            clock: Arc::new(SystemClock),
+            clock: clock.clone(),
             optout_key: SecretString::from(uuid::Uuid::new_v4().to_string()),
             config: HubConfig {
                 simulated_gp: true,
@@ -233,6 +249,7 @@ impl LocalStack {
             config,
             workers: Mutex::new(Vec::new()),
             timer: Mutex::new(None),
+            send_workers,
         });
         for name in QueueName::ALL {
             stack.spawn_workers(name);
@@ -242,7 +259,10 @@ impl LocalStack {
     }
 
     fn spawn_workers(self: &Arc<Self>, name: QueueName) {
-        let workers = self.config.workers(name);
+        let mut workers = self.config.workers(name);
+        if let (QueueName::Send, Some(count)) = (name, self.send_workers) {
+            workers.count = count;
+        }
         let mut handles = Vec::new();
         for _ in 0..workers.count {
             let stack = self.clone();
@@ -259,7 +279,7 @@ impl LocalStack {
     /// One poller: receive a batch, run the handler, delete what succeeded.
     async fn poll(&self, name: QueueName, batch: usize) {
         loop {
-            let received = match self.queue.receive(name, batch, chrono::Utc::now()).await {
+            let received = match self.queue.receive(name, batch, self.hub.now()).await {
                 Ok(received) => received,
                 Err(error) => {
                     tracing::warn!(queue = name.as_str(), %error, "receive failed");
@@ -291,7 +311,7 @@ impl LocalStack {
                 tokio::select! {
                     failed = &mut handling => break failed,
                     _ = heartbeat.tick() => {
-                        let until = chrono::Utc::now()
+                        let until = self.hub.now()
                             + chrono::Duration::from_std(self.config.visibility_timeout)
                                 .unwrap_or_else(|_| chrono::Duration::seconds(30));
                         for message in &received {
@@ -315,7 +335,7 @@ impl LocalStack {
                     Some(failure) if !failure.retryable => {
                         let _ = self
                             .queue
-                            .change_visibility(name, &message.receipt_handle, chrono::Utc::now())
+                            .change_visibility(name, &message.receipt_handle, self.hub.now())
                             .await;
                     }
                     Some(_) => {}
@@ -338,7 +358,7 @@ impl LocalStack {
                         tracing::warn!(%error, "watchdog run failed");
                     }
                 }
-                match stack.scheduler.due(chrono::Utc::now()).await {
+                match stack.scheduler.due(stack.hub.now()).await {
                     Ok(due) => {
                         for action in due {
                             stack.fire(action).await;
@@ -366,7 +386,7 @@ impl LocalStack {
                         .scheduler
                         .schedule(
                             &ScheduledAction::Deadline { campaign },
-                            chrono::Utc::now() + chrono::Duration::seconds(1),
+                            self.hub.now() + chrono::Duration::seconds(1),
                         )
                         .await;
                 }
@@ -444,6 +464,14 @@ pub struct DramaRangeOnly<P>(pub Arc<P>);
 impl<P: SmsProvider> SmsProvider for DramaRangeOnly<P> {
     fn name(&self) -> &str {
         self.0.name()
+    }
+
+    fn rate_unit(&self) -> hub_core::domain::pacing::RateUnit {
+        self.0.rate_unit()
+    }
+
+    fn daily_cap(&self) -> Option<u64> {
+        self.0.daily_cap()
     }
 
     async fn send_sms(
@@ -589,6 +617,7 @@ impl Wiring {
                 templates.clone(),
             );
             client_config.name = gateway.config().name.clone();
+            client_config.daily_limit = gateway.config().daily_limit;
             providers.push((
                 Arc::new(NotifyClient::new(client_config)?),
                 gateway.config().rate_per_second,

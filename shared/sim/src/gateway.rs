@@ -4,10 +4,11 @@
 //! prove there were no duplicate sends; it never logs a number or a body.
 
 use async_trait::async_trait;
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
+use hub_core::domain::pacing::RateUnit;
 use hub_core::domain::{DeliveryStatus, UkMobile};
 use hub_core::ports::{
-    Accepted, DeliveryReceipt, EmailProvider, EmailRequest, LetterProvider, LetterRequest,
+    Accepted, Clock, DeliveryReceipt, EmailProvider, EmailRequest, LetterProvider, LetterRequest,
     ProviderError, ProviderRecord, ReceiptSink, SmsProvider, SmsRequest,
 };
 use rand::{Rng, SeedableRng};
@@ -26,11 +27,17 @@ pub const REJECTED_TEST_NUMBER: &str = "07700900999";
 pub struct GatewayConfig {
     /// The provider name (`SmsProvider::name`).
     pub name: String,
-    /// SMS fragments per second (token bucket, bursts up to one second's
-    /// worth). Zero, negative or non-finite: no rate limit.
+    /// Units per second (token bucket). Zero, negative or non-finite: no
+    /// rate limit.
     pub rate_per_second: f64,
+    /// What the rate counts: requests, as GOV.UK Notify (bucket of a third
+    /// of a minute's requests plus one, at most 1,001), or message parts, as
+    /// AWS End User Messaging (bucket of one second's parts).
+    pub unit: RateUnit,
     /// Added to every call.
     pub latency: Duration,
+    /// When above `latency`, each call takes a random time between the two.
+    pub latency_max: Duration,
     /// Chance of a random 5xx (`Unavailable`) per SMS call, 0–1.
     pub failure_rate: f64,
     /// Texts accepted per UTC day.
@@ -43,18 +50,51 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// A well-behaved gateway: GOV.UK Notify's default rate (50/s), no
-    /// latency, no failures, no daily limit, receipts at once.
+    /// A well-behaved gateway: GOV.UK Notify's default rate (3,000
+    /// requests a minute), no latency, no failures, no daily limit,
+    /// receipts at once.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             rate_per_second: 50.0,
+            unit: RateUnit::Requests,
             latency: Duration::ZERO,
+            latency_max: Duration::ZERO,
             failure_rate: 0.0,
             daily_limit: None,
             delivery_failure_rate: 0.0,
             receipt_delay: Duration::ZERO,
             seed: 0,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// One GOV.UK Notify API key at its documented limits: 3,000 requests
+    /// a minute, 250,000 texts a day, tens to hundreds of milliseconds per
+    /// call and an occasional 5xx.
+    pub fn notify_documented(name: impl Into<String>, seed: u64) -> Self {
+        Self {
+            daily_limit: Some(250_000),
+            latency: Duration::from_millis(30),
+            latency_max: Duration::from_millis(300),
+            failure_rate: 0.000_5,
+            seed,
+            ..Self::new(name)
+        }
+    }
+
+    /// One AWS End User Messaging sender ID at its default: 10 message
+    /// parts a second.
+    pub fn eum_documented(name: impl Into<String>, seed: u64) -> Self {
+        Self {
+            rate_per_second: 10.0,
+            unit: RateUnit::Parts,
+            latency: Duration::from_millis(20),
+            latency_max: Duration::from_millis(200),
+            failure_rate: 0.000_5,
+            seed,
+            ..Self::new(name)
         }
     }
 }
@@ -83,6 +123,8 @@ struct Inner {
     config: GatewayConfig,
     state: Mutex<State>,
     sink: Mutex<Option<Arc<dyn ReceiptSink>>>,
+    /// Whose day the daily limit counts (the hub's clock in a scenario).
+    clock: Mutex<Arc<dyn Clock>>,
     receipts_delivered: AtomicU64,
 }
 
@@ -101,6 +143,8 @@ struct State {
     day: NaiveDate,
     sent_today: u64,
     rate_limit_burst: u64,
+    /// Every SMS call until then is answered 429 (a storm).
+    rate_limited_until: Option<Instant>,
     server_errors: u64,
     lost_responses: u64,
     email_failures: u64,
@@ -125,12 +169,13 @@ impl GatewaySim {
         let now = Instant::now();
         let state = State {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
-            tokens: burst(config.rate_per_second),
+            tokens: burst(config.rate_per_second, config.unit),
             refilled_at: now,
             daily_limit: config.daily_limit,
-            day: Utc::now().date_naive(),
+            day: NaiveDate::MIN,
             sent_today: 0,
             rate_limit_burst: 0,
+            rate_limited_until: None,
             server_errors: 0,
             lost_responses: 0,
             email_failures: 0,
@@ -153,6 +198,7 @@ impl GatewaySim {
                 config,
                 state: Mutex::new(state),
                 sink: Mutex::new(None),
+                clock: Mutex::new(Arc::new(hub_core::ports::SystemClock)),
                 receipts_delivered: AtomicU64::new(0),
             }),
         }
@@ -160,6 +206,11 @@ impl GatewaySim {
 
     pub fn config(&self) -> &GatewayConfig {
         &self.inner.config
+    }
+
+    /// The daily limit counts days on `clock` (a scenario's virtual clock).
+    pub fn set_clock(&self, clock: Arc<dyn Clock>) {
+        *lock(&self.inner.clock) = clock;
     }
 
     /// Delivery receipts for texts accepted from now on go to `sink`,
@@ -177,6 +228,12 @@ impl GatewaySim {
     /// The next `n` SMS calls are answered `RateLimited`.
     pub fn inject_rate_limit_burst(&self, n: u64) {
         self.state().rate_limit_burst = n;
+    }
+
+    /// Every SMS call for the next `duration` is answered `RateLimited`, as
+    /// Notify does (no `Retry-After`): a 429 storm.
+    pub fn rate_limit_for(&self, duration: Duration) {
+        self.state().rate_limited_until = Some(Instant::now() + duration);
     }
 
     /// The next `n` SMS calls are answered `Unavailable` (a 5xx).
@@ -327,8 +384,16 @@ impl GatewaySim {
     }
 
     async fn pause(&self) {
-        if !self.inner.config.latency.is_zero() {
-            tokio::time::sleep(self.inner.config.latency).await;
+        let config = &self.inner.config;
+        let latency = if config.latency_max > config.latency {
+            let spread = (config.latency_max - config.latency).as_micros() as u64;
+            let extra = self.state().rng.gen_range(0..=spread);
+            config.latency + Duration::from_micros(extra)
+        } else {
+            config.latency
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
     }
 
@@ -348,13 +413,20 @@ impl GatewaySim {
                 retry_after: Some(Duration::from_secs(1)),
             });
         }
+        if state
+            .rate_limited_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            state.rate_limited += 1;
+            return Err(ProviderError::RateLimited { retry_after: None });
+        }
         if state.server_errors > 0 {
             state.server_errors -= 1;
             return Err(ProviderError::Unavailable(
                 "simulated server error (injected)".into(),
             ));
         }
-        let today = Utc::now().date_naive();
+        let today = lock(&self.inner.clock).now().date_naive();
         if state.day != today {
             state.day = today;
             state.sent_today = 0;
@@ -366,8 +438,7 @@ impl GatewaySim {
             return Err(ProviderError::DailyLimit);
         }
         let now = Instant::now();
-        if let Some(retry_after) = state.take_tokens(config.rate_per_second, request.fragments, now)
-        {
+        if let Some(retry_after) = state.take_tokens(config, request.fragments, now) {
             state.rate_limited += 1;
             return Err(ProviderError::RateLimited {
                 retry_after: Some(retry_after),
@@ -436,19 +507,29 @@ impl GatewaySim {
 }
 
 impl State {
-    /// Takes `fragments` tokens, or says how long until there are enough.
-    /// A message larger than the burst goes once the bucket is full.
-    fn take_tokens(&mut self, rate: f64, fragments: u32, now: Instant) -> Option<Duration> {
+    /// Takes one request's or `fragments` parts' tokens, or says how long
+    /// until there are enough. A message larger than the burst goes once
+    /// the bucket is full.
+    fn take_tokens(
+        &mut self,
+        config: &GatewayConfig,
+        fragments: u32,
+        now: Instant,
+    ) -> Option<Duration> {
+        let rate = config.rate_per_second;
         if !(rate.is_finite() && rate > 0.0) {
             return None;
         }
-        let capacity = burst(rate);
+        let capacity = burst(rate, config.unit);
         let elapsed = now
             .saturating_duration_since(self.refilled_at)
             .as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(capacity);
         self.refilled_at = now;
-        let needed = f64::from(fragments.max(1));
+        let needed = match config.unit {
+            RateUnit::Requests => 1.0,
+            RateUnit::Parts => f64::from(fragments.max(1)),
+        };
         if self.tokens >= needed.min(capacity) {
             self.tokens -= needed;
             None
@@ -459,12 +540,15 @@ impl State {
     }
 }
 
-/// One second's worth of fragments, at least one.
-fn burst(rate: f64) -> f64 {
-    if rate.is_finite() && rate > 0.0 {
-        rate.max(1.0)
-    } else {
-        0.0
+/// The bucket's size: Notify's documented `min(rate/3 + 1, 1,001)` for a
+/// per-minute rate of requests; one second's parts, at least one.
+fn burst(rate: f64, unit: RateUnit) -> f64 {
+    if !(rate.is_finite() && rate > 0.0) {
+        return 0.0;
+    }
+    match unit {
+        RateUnit::Requests => (rate * 60.0 / 3.0 + 1.0).min(1_001.0),
+        RateUnit::Parts => rate.max(1.0),
     }
 }
 
@@ -483,6 +567,14 @@ fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SmsProvider for GatewaySim {
     fn name(&self) -> &str {
         &self.inner.config.name
+    }
+
+    fn rate_unit(&self) -> RateUnit {
+        self.inner.config.unit
+    }
+
+    fn daily_cap(&self) -> Option<u64> {
+        self.state().daily_limit
     }
 
     async fn send_sms(&self, request: &SmsRequest) -> Result<Accepted, ProviderError> {
@@ -634,6 +726,7 @@ mod tests {
     async fn above_the_rate_it_answers_rate_limited() {
         let gateway = GatewaySim::new(GatewayConfig {
             rate_per_second: 10.0,
+            unit: RateUnit::Parts,
             ..GatewayConfig::new("paced")
         });
         let mut accepted = 0;
@@ -663,9 +756,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_rate_counts_fragments() {
+    async fn a_parts_rate_counts_fragments() {
         let gateway = GatewaySim::new(GatewayConfig {
             rate_per_second: 10.0,
+            unit: RateUnit::Parts,
             ..GatewayConfig::new("paced")
         });
         let mut long = sms(mobile(1), "long");
@@ -677,6 +771,69 @@ mod tests {
             .collect();
         assert_eq!(results.iter().filter(|ok| **ok).count(), 3);
         assert_eq!(gateway.fragments_sent(), 9);
+    }
+
+    /// Notify's documented bucket: 3,000 requests a minute refill at 50 a
+    /// second into a bucket of min(3,000/3 + 1, 1,001); a long text is one
+    /// request.
+    #[tokio::test]
+    async fn notify_counts_requests_with_its_documented_burst() {
+        let gateway = GatewaySim::new(GatewayConfig {
+            latency: Duration::ZERO,
+            latency_max: Duration::ZERO,
+            failure_rate: 0.0,
+            ..GatewayConfig::notify_documented("notify", 1)
+        });
+        let mut long = sms(mobile(1), "long");
+        long.fragments = 4;
+        let mut accepted = 0;
+        while gateway.send_sms(&long).await.is_ok() {
+            accepted += 1;
+        }
+        // The loop itself takes a few milliseconds, refilling a request or two.
+        assert!(
+            (1_001..=1_005).contains(&accepted),
+            "the burst in requests: {accepted}"
+        );
+        assert_eq!(gateway.fragments_sent(), 4 * accepted);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut later = 0;
+        while gateway.send_sms(&long).await.is_ok() {
+            later += 1;
+        }
+        assert!(
+            (50..=53).contains(&later),
+            "refills at 3,000 a minute: {later}"
+        );
+        assert_eq!(gateway.daily_cap(), Some(250_000));
+        assert_eq!(gateway.rate_unit(), RateUnit::Requests);
+    }
+
+    #[tokio::test]
+    async fn latency_varies_within_the_configured_range() {
+        let gateway = GatewaySim::new(GatewayConfig {
+            rate_per_second: 0.0,
+            failure_rate: 0.0,
+            ..GatewayConfig::notify_documented("notify", 2)
+        });
+        let mut took = Vec::new();
+        for n in 0..8 {
+            let start = Instant::now();
+            gateway.send_sms(&sms(mobile(n), "l")).await.unwrap();
+            took.push(start.elapsed());
+        }
+        assert!(
+            took.iter().all(|d| *d >= Duration::from_millis(30)),
+            "{took:?}"
+        );
+        assert!(
+            took.iter()
+                .filter(|d| **d <= Duration::from_millis(310))
+                .count()
+                >= 6,
+            "{took:?}"
+        );
+        assert!(took.iter().any(|d| *d != took[0]), "not a fixed latency");
     }
 
     #[tokio::test]

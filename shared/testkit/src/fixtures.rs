@@ -43,6 +43,7 @@ pub fn campaign_at(now: DateTime<Utc>) -> Campaign {
         purged_at: None,
         purged_items: None,
         deadline_change: None,
+        paused_until: None,
         version: 0,
     }
 }

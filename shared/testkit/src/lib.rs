@@ -57,6 +57,8 @@ macro_rules! store_contract {
             purge_deletes_a_campaign_to_zero,
             large_reads_return_everything,
             errors_never_quote_stored_patient_data,
+            pace_buckets_are_compare_and_set,
+            racing_reservations_share_one_rate,
         );
     };
 }
@@ -69,6 +71,7 @@ macro_rules! queue_contract {
         $crate::contract_cases!($queues, queue;
             jobs_reach_their_own_queue,
             sending_no_jobs_sends_nothing,
+            delayed_jobs_arrive_after_their_delay,
         );
     };
 }

@@ -76,3 +76,22 @@ pub async fn sending_no_jobs_sends_nothing(q: &Queues) {
         assert!(q.probe.drain(name).await.unwrap().is_empty(), "{name:?}");
     }
 }
+
+/// A delayed job is not there at once, and is there, once, after its delay.
+pub async fn delayed_jobs_arrive_after_their_delay(q: &Queues) {
+    let job = Job::Send {
+        campaign: CampaignId::new(),
+        chunk: ChunkId::new(&ods(1), 0),
+    };
+    q.queue
+        .send_later(
+            std::slice::from_ref(&job),
+            std::time::Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    assert!(q.probe.drain(QueueName::Send).await.unwrap().is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let got = q.probe.drain(QueueName::Send).await.unwrap();
+    assert_eq!(sorted(got), sorted([job]));
+}

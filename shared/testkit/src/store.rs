@@ -7,11 +7,13 @@
 use crate::fixtures::*;
 use async_trait::async_trait;
 use chrono::{Duration, TimeZone, Utc};
+use hub_core::domain::pacing::{PaceBucket, PaceGrant, PaceOp, SendLimit};
 use hub_core::domain::{
     AuditEvent, CampaignId, CampaignState, ChunkId, ChunkStage, DedupeKey, DeliveryStatus,
     OutcomeCounts, Participation, ParticipationState, Personal, Progress, Recipient,
     RecipientStatus,
 };
+use hub_core::handlers::router::pace_shared;
 use hub_core::ports::{
     GpConnection, HubStore, PatientDataStore, Placement, StatusUpdate, StoreError,
 };
@@ -42,6 +44,85 @@ pub trait Tamper: Send + Sync {
 }
 
 // ------------------------------------------------------------------ hub store
+
+pub async fn pace_buckets_are_compare_and_set(s: &Stores) {
+    let hub = &*s.hub;
+    let fresh = hub.get_pace_bucket("sms:notify-1").await.unwrap();
+    assert_eq!(fresh, PaceBucket::default(), "never written: version 0");
+    let first = PaceBucket {
+        full_at_us: 1_800_000_000_000_000,
+        day: chrono::NaiveDate::from_ymd_opt(2027, 1, 15),
+        sent_today: 1,
+        day_full: false,
+        version: 1,
+    };
+    hub.put_pace_bucket("sms:notify-1", &first).await.unwrap();
+    // A second writer that read version 0 loses.
+    let lost = hub.put_pace_bucket("sms:notify-1", &first).await;
+    assert!(matches!(lost, Err(StoreError::Conflict(_))), "{lost:?}");
+    let second = PaceBucket {
+        sent_today: 2,
+        version: 2,
+        ..first
+    };
+    hub.put_pace_bucket("sms:notify-1", &second).await.unwrap();
+    let stale = PaceBucket {
+        version: 2,
+        day_full: true,
+        ..first
+    };
+    let lost = hub.put_pace_bucket("sms:notify-1", &stale).await;
+    assert!(matches!(lost, Err(StoreError::Conflict(_))), "{lost:?}");
+    assert_eq!(hub.get_pace_bucket("sms:notify-1").await.unwrap(), second);
+    assert_eq!(
+        hub.get_pace_bucket("sms:notify-2").await.unwrap(),
+        PaceBucket::default(),
+        "keys are independent"
+    );
+}
+
+/// Eight workers reserve from one shared key at once: together they get
+/// exactly the schedule one worker alone would (the burst at once, then one
+/// slot every 1/rate), none lost and none doubled.
+pub async fn racing_reservations_share_one_rate(s: &Stores) {
+    let limit = SendLimit {
+        per_second: 50.0,
+        burst: 10.0,
+        daily_cap: Some(1_000),
+    };
+    let now = Utc.with_ymd_and_hms(2027, 1, 15, 9, 0, 0).unwrap();
+    let latest = now + Duration::hours(1);
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let hub = s.hub.clone();
+            tokio::spawn(async move {
+                let mut granted = Vec::new();
+                for _ in 0..15 {
+                    let op = PaceOp::Reserve { cost: 1.0, latest };
+                    match pace_shared(&*hub, "sms:shared", &limit, op, now)
+                        .await
+                        .unwrap()
+                    {
+                        PaceGrant::SendAt(at) => granted.push(at),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                granted
+            })
+        })
+        .collect();
+    let mut granted = Vec::new();
+    for worker in workers {
+        granted.extend(worker.await.unwrap());
+    }
+    granted.sort();
+    let expected: Vec<_> = (0..120)
+        .map(|i: i64| now + Duration::microseconds((i - 9).max(0) * 20_000))
+        .collect();
+    assert_eq!(granted, expected);
+    let bucket = s.hub.get_pace_bucket("sms:shared").await.unwrap();
+    assert_eq!(bucket.sent_today, 120);
+}
 
 pub async fn practices_are_upserted_and_listed_in_ods_order(s: &Stores) {
     let hub = &*s.hub;

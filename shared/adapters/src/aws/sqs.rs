@@ -85,6 +85,7 @@ impl SqsJobQueue {
         queue: QueueName,
         url: &str,
         bodies: Vec<String>,
+        delay_seconds: i32,
     ) -> Result<(), QueueError> {
         // Entry ids are positions in this batch.
         let mut pending: Vec<(String, String)> = bodies
@@ -104,6 +105,7 @@ impl SqsJobQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(id)
                         .message_body(body)
+                        .delay_seconds(delay_seconds)
                         .build()
                         .map_err(|e| {
                             QueueError::Unexpected(
@@ -164,6 +166,18 @@ impl SqsJobQueue {
 #[async_trait]
 impl JobQueue for SqsJobQueue {
     async fn send(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        self.send_delayed(jobs, 0).await
+    }
+
+    async fn send_later(&self, jobs: &[Job], delay: std::time::Duration) -> Result<(), QueueError> {
+        let seconds = delay.min(hub_core::ports::MAX_SEND_DELAY).as_secs();
+        self.send_delayed(jobs, i32::try_from(seconds).unwrap_or(900))
+            .await
+    }
+}
+
+impl SqsJobQueue {
+    async fn send_delayed(&self, jobs: &[Job], delay_seconds: i32) -> Result<(), QueueError> {
         let mut by_queue: Vec<(QueueName, Vec<String>)> = Vec::new();
         for job in jobs {
             let body = serde_json::to_string(job).map_err(|e| {
@@ -187,7 +201,9 @@ impl JobQueue for SqsJobQueue {
             }
         }
         futures::stream::iter(batches)
-            .map(|(queue, url, bodies)| async move { self.send_batch(queue, &url, bodies).await })
+            .map(|(queue, url, bodies)| async move {
+                self.send_batch(queue, &url, bodies, delay_seconds).await
+            })
             .buffer_unordered(self.concurrency)
             .try_collect::<Vec<()>>()
             .await?;

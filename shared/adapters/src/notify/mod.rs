@@ -13,6 +13,7 @@ pub use callback::{parse_callback, CallbackError};
 pub use key::{NotifyApiKey, NotifyConfigError};
 
 use async_trait::async_trait;
+use hub_core::domain::pacing::RateUnit;
 use hub_core::domain::DeliveryStatus;
 use hub_core::ports::{
     Accepted, EmailProvider, EmailRequest, LetterProvider, LetterRequest, ProviderError,
@@ -51,7 +52,12 @@ pub struct NotifyConfig {
     pub timeout: Duration,
     /// Notify's text message sender id, if the service has several.
     pub sms_sender_id: Option<String>,
+    /// Texts a day the service may send (Notify's default: 250,000).
+    pub daily_limit: Option<u64>,
 }
+
+/// GOV.UK Notify's default daily limit on texts per service.
+pub const NOTIFY_DAILY_TEXTS: u64 = 250_000;
 
 impl NotifyConfig {
     pub fn new(
@@ -66,6 +72,7 @@ impl NotifyConfig {
             templates,
             timeout: Duration::from_secs(10),
             sms_sender_id: None,
+            daily_limit: Some(NOTIFY_DAILY_TEXTS),
         }
     }
 }
@@ -79,6 +86,7 @@ pub struct NotifyClient {
     key: NotifyApiKey,
     templates: NotifyTemplates,
     sms_sender_id: Option<String>,
+    daily_limit: Option<u64>,
     http: reqwest::Client,
 }
 
@@ -122,6 +130,7 @@ impl NotifyClient {
             key,
             templates: config.templates,
             sms_sender_id: config.sms_sender_id,
+            daily_limit: config.daily_limit,
             http,
         })
     }
@@ -325,6 +334,15 @@ struct NotificationItem {
 impl SmsProvider for NotifyClient {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Notify limits requests per minute, whatever a text's length.
+    fn rate_unit(&self) -> RateUnit {
+        RateUnit::Requests
+    }
+
+    fn daily_cap(&self) -> Option<u64> {
+        self.daily_limit
     }
 
     async fn send_sms(&self, request: &SmsRequest) -> Result<Accepted, ProviderError> {

@@ -210,6 +210,10 @@ pub struct Campaign {
     /// A shortened deadline waiting for a second person.
     #[serde(default)]
     pub deadline_change: Option<DeadlineChange>,
+    /// Sending is paused until then: every SMS provider key has reached
+    /// its daily limit. Cleared when a text goes again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<DateTime<Utc>>,
     /// Optimistic concurrency: every write checks and bumps it.
     pub version: u64,
 }
@@ -556,6 +560,7 @@ mod tests {
             purged_at: None,
             purged_items: None,
             deadline_change: None,
+            paused_until: None,
             version: 0,
         }
     }

@@ -6,6 +6,7 @@ mod mobile;
 mod nhs_number;
 mod ods;
 mod outcome;
+pub mod pacing;
 mod participation;
 mod personal;
 pub mod plan;

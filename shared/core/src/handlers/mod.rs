@@ -164,7 +164,8 @@ pub struct HubParts {
     pub scheduler: Arc<dyn Scheduler>,
     /// The SMS providers, each with its rate in fragments per second.
     pub sms: Vec<(Arc<dyn SmsProvider>, f64)>,
-    /// How many send invocations run at once and share those rates.
+    /// How many send processes run at once and share those rates (more
+    /// than one: the send buckets are kept in the hub table).
     pub send_workers: u32,
     pub email: Arc<dyn EmailProvider>,
     pub letters: Arc<dyn LetterProvider>,
@@ -176,22 +177,18 @@ pub struct HubParts {
 
 impl HubParts {
     /// Validates the configuration, builds the provider router and plans
-    /// against the providers' whole rate.
+    /// against the providers' whole rate. With more than one send worker
+    /// process the send buckets live in the hub table, shared by all.
     pub fn build(self) -> Result<Hub, ConfigError> {
         self.config.validate()?;
-        let share = self.send_workers.max(1);
-        let router = ProviderRouter::new(self.sms, share).with_deadline(self.config.send_deadline);
+        let mut router = ProviderRouter::new(self.sms)
+            .with_clock(self.clock.clone())
+            .with_deadline(self.config.send_deadline);
+        if self.send_workers > 1 {
+            router = router.with_shared_pacing(self.store.clone());
+        }
         let mut config = self.config;
-        // Each send invocation paces itself at its share; the plan and the
-        // ETA count what all of them send together.
-        config.providers = router
-            .rates()
-            .into_iter()
-            .map(|mut rate| {
-                rate.fragments_per_second *= f64::from(share);
-                rate
-            })
-            .collect();
+        config.providers = router.rates();
         Ok(Hub {
             store: self.store,
             patients: self.patients,

@@ -35,6 +35,67 @@ pub struct CampaignView {
     pub totals: Option<OutcomeCounts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<u64>,
+    /// Sending is paused until then: every provider key is at its daily limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<DateTime<Utc>>,
+    /// What the providers allow for the texts still to send (the estimated
+    /// cohort before the deadline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+/// The providers' capacity for a number of texts, from the send plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Capacity {
+    /// Texts still to send (or the estimated cohort).
+    pub texts: u64,
+    pub texts_per_hour: u64,
+    /// Time to reach them, across provider days if the daily limits say so.
+    pub eta_seconds: u64,
+    /// Texts a day the providers allow, if every key is limited.
+    pub daily_capacity: Option<u64>,
+    pub days_needed: u64,
+    /// Provider keys like the configured ones that reach them in 3 hours.
+    pub keys_for_target: Option<u64>,
+    pub keys_configured: u64,
+}
+
+impl Capacity {
+    pub fn of(plan: &plan::SendPlan, keys_configured: usize) -> Self {
+        Self {
+            texts: plan.cohort,
+            texts_per_hour: plan.texts_per_hour,
+            eta_seconds: plan.eta.as_secs(),
+            daily_capacity: plan.daily_capacity,
+            days_needed: plan.days_needed,
+            keys_for_target: plan.keys_for_target,
+            keys_configured: keys_configured as u64,
+        }
+    }
+}
+
+/// The plan for `texts` of this campaign's message on the configured providers.
+pub fn plan_for(hub: &Hub, campaign: &Campaign, texts: u64) -> plan::SendPlan {
+    plan::plan(
+        texts,
+        campaign.template.measure_example().fragments,
+        &hub.config.providers,
+        hub.config.rate_cap,
+        plan::TARGET,
+    )
+}
+
+/// The estimated cohort before extraction: the list sizes of the
+/// DSA-signed practices in the target (an upper bound).
+pub async fn estimated_cohort(hub: &Hub, campaign: &Campaign) -> Result<u64, StoreError> {
+    Ok(hub
+        .store
+        .list_practices()
+        .await?
+        .iter()
+        .filter(|p| p.dsa_signed.is_some() && campaign.target.includes_practice(&p.ods))
+        .map(|p| p.list_size)
+        .sum())
 }
 
 pub fn summary(campaign: &Campaign) -> CampaignView {
@@ -63,6 +124,8 @@ pub fn summary(campaign: &Campaign) -> CampaignView {
         deadline_change: campaign.deadline_change.clone(),
         totals: None,
         eta_seconds: None,
+        paused_until: campaign.paused_until,
+        capacity: None,
     }
 }
 
@@ -72,11 +135,17 @@ pub async fn view(hub: &Hub, campaign: &Campaign) -> Result<CampaignView, StoreE
         campaign.state,
         CampaignState::PendingApproval | CampaignState::OptOutWindow
     ) {
+        let cohort = estimated_cohort(hub, campaign).await?;
+        view.capacity = Some(Capacity::of(
+            &plan_for(hub, campaign, cohort),
+            hub.config.providers.len(),
+        ));
         return Ok(view);
     }
     let report = build(hub, campaign).await?;
     view.eta_seconds = report.eta_seconds;
     view.totals = Some(report.totals);
+    view.capacity = report.capacity;
     Ok(view)
 }
 
@@ -116,6 +185,9 @@ pub struct CampaignReport {
     pub patient_data_remaining: u64,
     pub purged_items: Option<u64>,
     pub eta_seconds: Option<u64>,
+    /// Capacity for the texts still to send, while sending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
     pub adds_up: bool,
 }
 
@@ -183,15 +255,10 @@ pub async fn build(hub: &Hub, campaign: &Campaign) -> Result<CampaignReport, Sto
         });
     }
     practices.sort_by(|a, b| a.ods.cmp(&b.ods));
-    let rate = plan::plan(
-        waiting_sms,
-        campaign.template.measure_example().fragments,
-        &hub.config.providers,
-        hub.config.rate_cap,
-        plan::TARGET,
-    );
-    let eta_seconds = (campaign.state.allows_sending() && rate.messages_per_second > 0.0)
-        .then_some(rate.eta.as_secs());
+    let rate = plan_for(hub, campaign, waiting_sms);
+    let sending = campaign.state.allows_sending() && rate.messages_per_second > 0.0;
+    let eta_seconds = sending.then_some(rate.eta.as_secs());
+    let capacity = sending.then(|| Capacity::of(&rate, hub.config.providers.len()));
     let adds_up = totals.adds_up();
     Ok(CampaignReport {
         campaign: campaign.id.clone(),
@@ -205,6 +272,7 @@ pub async fn build(hub: &Hub, campaign: &Campaign) -> Result<CampaignReport, Sto
         patient_data_remaining: hub.patients.count_campaign(&campaign.id).await?,
         purged_items: campaign.purged_items,
         eta_seconds,
+        capacity,
         adds_up,
     })
 }

@@ -1,10 +1,20 @@
-//! Spreads SMS traffic across the configured providers by capacity, paces
-//! each with a token bucket so none is pushed past its rate, backs off on
-//! 429 and 5xx, and takes a provider out of rotation when it hits its daily
-//! limit, refuses our credentials or keeps failing.
+//! Spreads SMS traffic across the configured provider keys by capacity and
+//! paces each key with a bucket every send worker shares (`domain::pacing`:
+//! in the hub table on Lambda, in memory within one process), so together
+//! they stay within each key's rate and burst. A caller reserves a send time
+//! before sending, so tokens are only taken for texts that go. A 429 holds
+//! that key shut for everyone for its pause; a daily limit takes the key out
+//! until the provider's day ends; when every key's day is full the router
+//! says so ([`RouteError::Paused`]) rather than failing.
 
+use crate::domain::pacing::{self, PaceGrant, PaceOp, RateUnit, SendLimit};
 use crate::domain::plan::ProviderRate;
-use crate::ports::{Accepted, ProviderError, ProviderRecord, SmsProvider, SmsRequest};
+use crate::ports::{
+    Accepted, Clock, HubStore, ProviderError, ProviderRecord, SmsProvider, SmsRequest, StoreError,
+    SystemClock,
+};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -14,8 +24,20 @@ use tokio::time::Instant;
 const CIRCUIT_THRESHOLD: u32 = 5;
 /// How long an open circuit keeps a provider out.
 const CIRCUIT_COOLDOWN: Duration = Duration::from_secs(5);
-/// Attempts per message across providers before giving up for now.
+/// Attempts per message across providers before giving up for now (429s
+/// do not count: they say the text was not taken).
 const MAX_ATTEMPTS: u32 = 8;
+/// How long a key is held after a 429 that names no `Retry-After`
+/// (Notify's bucket refills continuously, so a second is plenty).
+const RATE_LIMIT_HOLD: Duration = Duration::from_secs(1);
+/// Slack when choosing among keys: a reservation up to this much later
+/// than the best key's last known slot is taken at once.
+const PICK_SLACK: Duration = Duration::from_millis(100);
+/// Time kept for the provider call itself when waiting for a slot (at
+/// most half of what is left of the message's deadline).
+const CALL_TIME: Duration = Duration::from_secs(10);
+/// Compare-and-set attempts on a shared bucket before giving up.
+const PACE_CAS_ATTEMPTS: u32 = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -25,33 +47,41 @@ pub enum RouteError {
     /// Every attempt failed or no provider is in rotation: try again later.
     #[error("no provider accepted the message: {0}")]
     Unavailable(String),
+    /// No provider was given the text (no slot within the deadline, or
+    /// only 429s): its claim can be released at once.
+    #[error("message not sent yet: {0}")]
+    NotSent(String),
+    /// Every key has reached its daily limit: sending resumes at `until`.
+    #[error("every provider key has reached its daily limit until {until}")]
+    Paused { until: DateTime<Utc> },
     /// Every remaining provider refused our credentials: alarm and stop.
     #[error("every provider refused our credentials")]
     Unauthorised,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
 }
 
 #[derive(Debug, Default)]
 struct Health {
     consecutive_failures: u32,
     out_until: Option<Instant>,
-    /// Daily limit or credentials: out until the process restarts or the day ends.
+    /// Credentials refused: out until the process restarts.
     out_for_good: Option<&'static str>,
 }
 
 struct Lane {
     provider: Arc<dyn SmsProvider>,
-    rate: f64,
-    burst: f64,
-    bucket: Mutex<Bucket>,
+    /// The shared bucket's key.
+    key: String,
+    unit: RateUnit,
+    limit: SendLimit,
     health: Mutex<Health>,
+    /// This process's last known free slot of the key (to choose keys
+    /// without asking every bucket).
+    hint: Mutex<Option<DateTime<Utc>>>,
+    /// The key's day is full until then.
+    day_full_until: Mutex<Option<DateTime<Utc>>>,
     sent: AtomicU64,
     errors: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -62,35 +92,60 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The burst a provider allows for `per_second` of `unit`: GOV.UK Notify's
+/// bucket holds a third of a minute's requests plus one, at most 1,001;
+/// AWS End User Messaging is taken as one second of parts.
+pub fn provider_burst(per_second: f64, unit: RateUnit) -> f64 {
+    match unit {
+        RateUnit::Requests => (per_second * 60.0 / 3.0 + 1.0).min(1_001.0),
+        RateUnit::Parts => per_second.max(1.0),
+    }
+}
+
 impl Lane {
+    fn new(provider: Arc<dyn SmsProvider>, per_second: f64) -> Self {
+        let unit = provider.rate_unit();
+        let per_second = per_second.max(0.01);
+        let limit = SendLimit {
+            per_second,
+            // Half the provider's burst: sends reach it up to a few hundred
+            // milliseconds apart, and the slack absorbs that jitter.
+            burst: (provider_burst(per_second, unit) / 2.0).max(1.0),
+            daily_cap: provider.daily_cap(),
+        };
+        Lane {
+            key: format!("sms:{}", provider.name()),
+            provider,
+            unit,
+            limit,
+            health: Mutex::new(Health::default()),
+            hint: Mutex::new(None),
+            day_full_until: Mutex::new(None),
+            sent: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+        }
+    }
+
     fn available(&self, now: Instant) -> bool {
         let health = lock(&self.health);
         health.out_for_good.is_none() && health.out_until.is_none_or(|until| now >= until)
     }
 
-    /// Takes `cost` tokens, returning how long the caller must wait first.
-    fn reserve(&self, cost: f64, now: Instant) -> Duration {
-        let mut bucket = lock(&self.bucket);
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
-        bucket.last = now;
-        bucket.tokens -= cost;
-        if bucket.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-bucket.tokens / self.rate)
-        }
+    /// Out for a while (open circuit), not for good.
+    fn out_for_circuit(&self, now: Instant) -> bool {
+        let health = lock(&self.health);
+        health.out_for_good.is_none() && health.out_until.is_some_and(|until| now < until)
     }
 
-    /// How long until `cost` tokens would be there, without taking them.
-    fn wait_for(&self, cost: f64, now: Instant) -> f64 {
-        let bucket = lock(&self.bucket);
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        let tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
-        if tokens >= cost {
-            0.0
-        } else {
-            (cost - tokens) / self.rate
+    fn day_full(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        lock(&self.day_full_until).filter(|until| *until > now)
+    }
+
+    fn cost(&self, request: &SmsRequest) -> f64 {
+        match self.unit {
+            RateUnit::Requests => 1.0,
+            RateUnit::Parts => f64::from(request.fragments.max(1)),
         }
     }
 
@@ -123,6 +178,70 @@ impl Lane {
     }
 }
 
+/// Where the send buckets live.
+enum Pacer {
+    /// One process: every worker shares this router.
+    Local(Mutex<HashMap<String, pacing::PaceBucket>>),
+    /// Many processes (Lambda): the hub table, by compare-and-set.
+    Shared(Arc<dyn HubStore>),
+}
+
+impl Pacer {
+    async fn apply(
+        &self,
+        lane: &Lane,
+        op: PaceOp,
+        now: DateTime<Utc>,
+    ) -> Result<PaceGrant, StoreError> {
+        match self {
+            Pacer::Local(buckets) => {
+                let mut buckets = lock(buckets);
+                let bucket = buckets.entry(lane.key.clone()).or_default();
+                let (grant, next) = pacing::apply(bucket, &lane.limit, op, now);
+                if let Some(next) = next {
+                    *bucket = next;
+                }
+                Ok(grant)
+            }
+            Pacer::Shared(store) => pace_shared(&**store, &lane.key, &lane.limit, op, now).await,
+        }
+    }
+}
+
+/// Applies `op` to the send bucket `key` kept in `store`: read, apply,
+/// compare-and-set, again on a conflict. Every process that paces a key
+/// this way shares its rate.
+pub async fn pace_shared(
+    store: &dyn HubStore,
+    key: &str,
+    limit: &SendLimit,
+    op: PaceOp,
+    now: DateTime<Utc>,
+) -> Result<PaceGrant, StoreError> {
+    for attempt in 0..PACE_CAS_ATTEMPTS {
+        let bucket = store.get_pace_bucket(key).await?;
+        let (grant, next) = pacing::apply(&bucket, limit, op, now);
+        let Some(next) = next else {
+            return Ok(grant);
+        };
+        match store.put_pace_bucket(key, &next).await {
+            Ok(()) => return Ok(grant),
+            Err(StoreError::Conflict(_)) => {
+                tokio::time::sleep(super::backoff(
+                    attempt,
+                    Duration::from_millis(2),
+                    Duration::from_millis(50),
+                ))
+                .await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(StoreError::Conflict(format!(
+        "send bucket {key} kept changing"
+    )))
+}
+
 /// Per-provider counters for reports and metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaneStatus {
@@ -130,11 +249,22 @@ pub struct LaneStatus {
     pub rate: f64,
     pub sent: u64,
     pub errors: u64,
+    pub rate_limited: u64,
     pub in_rotation: bool,
+}
+
+/// Why no key could take a text now.
+enum NoSlot {
+    /// Every key's day is full until then.
+    DayFull(DateTime<Utc>),
+    /// No key has a slot before the deadline (or none is in rotation).
+    NotBefore(String),
 }
 
 pub struct ProviderRouter {
     lanes: Vec<Lane>,
+    pacer: Pacer,
+    clock: Arc<dyn Clock>,
     /// The longest one message may spend in `send`, retries included. A
     /// claim is only presumed dead after `HubConfig::stale_after`, which
     /// must be longer, so a live sender is never overtaken by a re-send.
@@ -145,35 +275,33 @@ pub struct ProviderRouter {
 pub const DEFAULT_SEND_DEADLINE: Duration = Duration::from_secs(60);
 
 impl ProviderRouter {
-    /// `share` divides each provider's rate: on Lambda it is the send
-    /// queue's maximum concurrency, as each invocation paces itself.
-    pub fn new(providers: Vec<(Arc<dyn SmsProvider>, f64)>, share: u32) -> Self {
-        let share = f64::from(share.max(1));
-        let start = Instant::now();
+    /// Each provider with its rate (per second of its [`RateUnit`]), paced
+    /// in this process. [`ProviderRouter::with_shared_pacing`] shares the
+    /// buckets between processes.
+    pub fn new(providers: Vec<(Arc<dyn SmsProvider>, f64)>) -> Self {
         let lanes = providers
             .into_iter()
-            .map(|(provider, rate)| {
-                let rate = (rate / share).max(0.01);
-                // One second of burst, but never less than one long message.
-                let burst = rate.max(6.0);
-                Lane {
-                    provider,
-                    rate,
-                    burst,
-                    bucket: Mutex::new(Bucket {
-                        tokens: burst,
-                        last: start,
-                    }),
-                    health: Mutex::new(Health::default()),
-                    sent: AtomicU64::new(0),
-                    errors: AtomicU64::new(0),
-                }
-            })
+            .map(|(provider, rate)| Lane::new(provider, rate))
             .collect();
         Self {
             lanes,
+            pacer: Pacer::Local(Mutex::new(HashMap::new())),
+            clock: Arc::new(SystemClock),
             deadline: DEFAULT_SEND_DEADLINE,
         }
+    }
+
+    /// Keeps the send buckets in `store`, shared by every process using it
+    /// (the concurrent send invocations on Lambda).
+    pub fn with_shared_pacing(mut self, store: Arc<dyn HubStore>) -> Self {
+        self.pacer = Pacer::Shared(store);
+        self
+    }
+
+    /// The clock reservations are made on (the hub's).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
@@ -190,73 +318,189 @@ impl ProviderRouter {
             .iter()
             .map(|lane| ProviderRate {
                 name: lane.provider.name().to_string(),
-                fragments_per_second: lane.rate,
-                daily_limit: None,
+                per_second: lane.limit.per_second,
+                unit: lane.unit,
+                daily_limit: lane.limit.daily_cap,
             })
             .collect()
     }
 
+    /// A key at its daily limit is out of rotation until its day ends.
     pub fn status(&self) -> Vec<LaneStatus> {
         let now = Instant::now();
+        let today = self.clock.now();
         self.lanes
             .iter()
             .map(|lane| LaneStatus {
                 name: lane.provider.name().to_string(),
-                rate: lane.rate,
+                rate: lane.limit.per_second,
                 sent: lane.sent.load(Ordering::Relaxed),
                 errors: lane.errors.load(Ordering::Relaxed),
-                in_rotation: lane.available(now),
+                rate_limited: lane.rate_limited.load(Ordering::Relaxed),
+                in_rotation: lane.available(now) && lane.day_full(today).is_none(),
             })
             .collect()
     }
 
-    /// The provider that can take `cost` soonest, among those in rotation.
-    fn pick(&self, cost: f64, now: Instant) -> Option<&Lane> {
-        self.lanes
-            .iter()
-            .filter(|lane| lane.available(now))
-            .min_by(|a, b| a.wait_for(cost, now).total_cmp(&b.wait_for(cost, now)))
+    /// Reserves a send time on the key that can take `request` soonest,
+    /// no later than `latest`. Writes nothing for a slot it does not take.
+    async fn reserve(
+        &self,
+        request: &SmsRequest,
+        latest: DateTime<Utc>,
+    ) -> Result<Result<(&Lane, DateTime<Utc>), NoSlot>, StoreError> {
+        let now = self.clock.now();
+        let instant = Instant::now();
+        let mut candidates: Vec<(&Lane, DateTime<Utc>)> = Vec::new();
+        let mut full_until: Option<DateTime<Utc>> = None;
+        for lane in self.lanes.iter().filter(|lane| lane.available(instant)) {
+            match lane.day_full(now) {
+                Some(until) => full_until = Some(full_until.map_or(until, |u| u.min(until))),
+                None => candidates.push((lane, lock(&lane.hint).unwrap_or(now).max(now))),
+            }
+        }
+        candidates.sort_by_key(|(_, hint)| *hint);
+        let Some(best) = candidates.first().map(|(_, hint)| *hint) else {
+            return Ok(Err(match full_until {
+                Some(until) if !self.lanes.iter().any(|l| l.out_for_circuit(instant)) => {
+                    NoSlot::DayFull(until)
+                }
+                _ => NoSlot::NotBefore("no provider in rotation".into()),
+            }));
+        };
+        // First the keys in order of their known next slot, accepting one
+        // close to the best; then the soonest, up to `latest`.
+        let eager = (best + PICK_SLACK).min(latest);
+        let mut soonest: Option<(&Lane, DateTime<Utc>)> = None;
+        for (lane, _) in &candidates {
+            let op = PaceOp::Reserve {
+                cost: lane.cost(request),
+                latest: eager,
+            };
+            match self.pacer.apply(lane, op, now).await? {
+                PaceGrant::SendAt(at) => {
+                    *lock(&lane.hint) = Some(at);
+                    return Ok(Ok((lane, at)));
+                }
+                PaceGrant::NotBefore(at) => {
+                    *lock(&lane.hint) = Some(at);
+                    if soonest.is_none_or(|(_, s)| at < s) {
+                        soonest = Some((lane, at));
+                    }
+                }
+                PaceGrant::DayFull { until } => {
+                    *lock(&lane.day_full_until) = Some(until);
+                    full_until = Some(full_until.map_or(until, |u| u.min(until)));
+                }
+                PaceGrant::Recorded => {}
+            }
+        }
+        let Some((lane, at)) = soonest else {
+            return Ok(Err(match full_until {
+                Some(until) => NoSlot::DayFull(until),
+                None => NoSlot::NotBefore("no provider in rotation".into()),
+            }));
+        };
+        if at > latest {
+            return Ok(Err(NoSlot::NotBefore(format!(
+                "no slot at {} before the message's deadline",
+                lane.provider.name()
+            ))));
+        }
+        let op = PaceOp::Reserve {
+            cost: lane.cost(request),
+            latest,
+        };
+        match self.pacer.apply(lane, op, self.clock.now()).await? {
+            PaceGrant::SendAt(at) => {
+                *lock(&lane.hint) = Some(at);
+                Ok(Ok((lane, at)))
+            }
+            PaceGrant::DayFull { until } => {
+                *lock(&lane.day_full_until) = Some(until);
+                Ok(Err(NoSlot::NotBefore(format!(
+                    "{} reached its daily limit",
+                    lane.provider.name()
+                ))))
+            }
+            PaceGrant::NotBefore(_) | PaceGrant::Recorded => Ok(Err(NoSlot::NotBefore(format!(
+                "no slot at {} before the message's deadline",
+                lane.provider.name()
+            )))),
+        }
+    }
+
+    /// Records a 429 or a full day on a key's shared bucket; a store fault
+    /// here only costs pacing accuracy, so it is logged, not returned.
+    async fn record(&self, lane: &Lane, op: PaceOp) {
+        if let Err(error) = self.pacer.apply(lane, op, self.clock.now()).await {
+            tracing::warn!(provider = lane.provider.name(), %error, "send bucket not updated");
+        }
     }
 
     /// Sends one message, returning the provider's name and its id.
     pub async fn send(&self, request: &SmsRequest) -> Result<(String, Accepted), RouteError> {
-        let cost = f64::from(request.fragments.max(1));
         let mut last_problem = String::from("no provider in rotation");
         let mut all_unauthorised = !self.lanes.is_empty();
+        // Whether some provider may have taken the text (a 5xx or timeout).
+        let mut maybe_sent = false;
         let started = Instant::now();
-        for attempt in 0..MAX_ATTEMPTS {
-            let now = Instant::now();
-            let remaining = self.deadline.saturating_sub(now - started);
+        let mut attempt = 0;
+        while attempt < MAX_ATTEMPTS {
+            let remaining = self.deadline.saturating_sub(started.elapsed());
             if remaining.is_zero() {
                 break;
             }
-            let Some(lane) = self.pick(cost, now) else {
-                // Every circuit is open: wait for the soonest to close.
-                let soonest = self
-                    .lanes
-                    .iter()
-                    .filter_map(|lane| {
-                        let health = lock(&lane.health);
-                        if health.out_for_good.is_some() {
-                            None
-                        } else {
-                            health.out_until
+            // Wait for a slot only as long as leaves the call its time.
+            let call_time = (remaining / 2).min(CALL_TIME);
+            let latest = self.clock.now()
+                + chrono::Duration::from_std(remaining - call_time)
+                    .unwrap_or(chrono::Duration::MAX);
+            let reserved = self.reserve(request, latest).await.map_err(|error| {
+                RouteError::Unavailable(format!("send bucket unavailable: {error}"))
+            });
+            let (lane, send_at) = match reserved {
+                Err(error) if maybe_sent => return Err(error),
+                Err(RouteError::Unavailable(problem)) => return Err(RouteError::NotSent(problem)),
+                Err(error) => return Err(error),
+                Ok(Ok(slot)) => slot,
+                Ok(Err(NoSlot::DayFull(until))) if !maybe_sent => {
+                    return Err(RouteError::Paused { until })
+                }
+                Ok(Err(NoSlot::DayFull(_))) => break,
+                Ok(Err(NoSlot::NotBefore(problem))) => {
+                    // Every circuit may be open: wait for the soonest to close.
+                    let instant = Instant::now();
+                    let soonest = self
+                        .lanes
+                        .iter()
+                        .filter_map(|lane| {
+                            let health = lock(&lane.health);
+                            if health.out_for_good.is_some() {
+                                None
+                            } else {
+                                health.out_until.filter(|until| *until > instant)
+                            }
+                        })
+                        .min();
+                    match soonest {
+                        Some(until) if until < started + self.deadline => {
+                            tokio::time::sleep_until(until).await;
+                            continue;
                         }
-                    })
-                    .min();
-                match soonest {
-                    Some(until) => {
-                        tokio::time::sleep_until(until.min(now + remaining)).await;
-                        continue;
+                        _ if all_unauthorised
+                            && self.lanes.iter().all(|l| !l.available(instant)) =>
+                        {
+                            return Err(RouteError::Unauthorised)
+                        }
+                        _ => {
+                            last_problem = problem;
+                            break;
+                        }
                     }
-                    None if all_unauthorised => return Err(RouteError::Unauthorised),
-                    None => return Err(RouteError::Unavailable(last_problem)),
                 }
             };
-            let wait = lane.reserve(cost, now);
-            if wait >= remaining {
-                break;
-            }
+            let wait = (send_at - self.clock.now()).to_std().unwrap_or_default();
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
@@ -277,20 +521,23 @@ impl ProviderRouter {
                     });
                 }
                 Err(ProviderError::RateLimited { retry_after }) => {
+                    // Not taken: hold this key for everyone, not the others,
+                    // and try again without spending an attempt.
                     all_unauthorised = false;
+                    lane.rate_limited.fetch_add(1, Ordering::Relaxed);
                     last_problem = format!("{} rate limited", lane.provider.name());
-                    // Drain the bucket so this lane slows down for everyone.
-                    lane.reserve(lane.burst, Instant::now());
-                    let pause = retry_after.unwrap_or_else(|| {
-                        super::backoff(attempt, Duration::from_millis(100), Duration::from_secs(5))
-                    });
-                    tokio::time::sleep(pause.min(self.deadline.saturating_sub(started.elapsed())))
-                        .await;
+                    let until = self.clock.now()
+                        + chrono::Duration::from_std(retry_after.unwrap_or(RATE_LIMIT_HOLD))
+                            .unwrap_or_default();
+                    self.record(lane, PaceOp::Hold { until }).await;
+                    continue;
                 }
                 Err(ProviderError::DailyLimit) => {
                     all_unauthorised = false;
                     last_problem = format!("{} reached its daily limit", lane.provider.name());
-                    lane.take_out("daily limit reached");
+                    *lock(&lane.day_full_until) = Some(pacing::next_day(self.clock.now()));
+                    self.record(lane, PaceOp::DayFull).await;
+                    continue;
                 }
                 Err(ProviderError::Unauthorised(_)) => {
                     last_problem = format!("{} refused our credentials", lane.provider.name());
@@ -299,6 +546,7 @@ impl ProviderRouter {
                 }
                 Err(ProviderError::Unavailable(reason)) => {
                     all_unauthorised = false;
+                    maybe_sent = true;
                     last_problem = format!("{}: {reason}", lane.provider.name());
                     // A timeout may hide an accepted message: ask before
                     // sending it again, so a lost response is not a duplicate.
@@ -320,8 +568,13 @@ impl ProviderRouter {
                         .await;
                 }
             }
+            attempt += 1;
         }
-        Err(RouteError::Unavailable(last_problem))
+        if maybe_sent {
+            Err(RouteError::Unavailable(last_problem))
+        } else {
+            Err(RouteError::NotSent(last_problem))
+        }
     }
 
     /// Asks every provider whether it has a notification with `reference`:

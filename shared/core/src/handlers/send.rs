@@ -7,7 +7,7 @@ use crate::domain::{
     Campaign, CampaignId, CampaignState, ChunkId, ChunkStage, Contact, ExclusionReason,
     OutcomeCounts, Personal, Personalisation, Recipient, RecipientStatus,
 };
-use crate::ports::{Job, SmsRequest, StatusUpdate};
+use crate::ports::{Job, SmsRequest, StatusUpdate, StoreError, MAX_SEND_DELAY};
 use futures::StreamExt;
 
 /// The text a recipient gets. Personal when the template uses names.
@@ -73,19 +73,46 @@ pub async fn send_chunk(
         .collect();
 
     let mut unfinished = false;
+    let started = tokio::time::Instant::now();
+    let mut resumed = campaign.paused_until.is_none();
     for step in recipients.chunks(hub.config.send_batch.max(1)) {
-        if !still_sending(hub, campaign_id).await? {
-            tracing::info!(campaign = %campaign_id, chunk = %chunk_id, "campaign no longer sending; chunk stopped");
-            // Cancelled: what this chunk sent is recorded and written back.
-            return super::settle::settle_send(
-                hub,
-                campaign_id,
-                chunk_id,
-                ExclusionReason::Cancelled,
-            )
-            .await;
+        let mut todo: Vec<Recipient> = step.to_vec();
+        loop {
+            if !still_sending(hub, campaign_id).await? {
+                tracing::info!(campaign = %campaign_id, chunk = %chunk_id, "campaign no longer sending; chunk stopped");
+                // Cancelled: what this chunk sent is recorded and written back.
+                return super::settle::settle_send(
+                    hub,
+                    campaign_id,
+                    chunk_id,
+                    ExclusionReason::Cancelled,
+                )
+                .await;
+            }
+            let outcome = send_step(hub, &campaign, &todo, &practice_name).await?;
+            unfinished |= outcome.unfinished;
+            if outcome.sent > 0 && !resumed {
+                resume_sending(hub, campaign_id).await?;
+                resumed = true;
+            }
+            if let Some(until) = outcome.paused {
+                return pause_sending(hub, campaign_id, chunk_id, until).await;
+            }
+            if outcome.deferred.is_empty() {
+                break;
+            }
+            // Not given to any provider (no slot in time, or 429s): their
+            // claims are released, so try them again here while this job
+            // has time, else through the queue.
+            if started.elapsed() > hub.config.send_deadline * DEFERRED_ROUNDS {
+                unfinished = true;
+                break;
+            }
+            todo.retain(|r| outcome.deferred.contains(&r.index));
+            for recipient in &mut todo {
+                recipient.status = RecipientStatus::Pending;
+            }
         }
-        unfinished |= send_step(hub, &campaign, step, &practice_name).await?;
     }
     if unfinished {
         return Err(JobError::retry(format!(
@@ -122,6 +149,86 @@ pub async fn send_chunk(
     Ok(())
 }
 
+/// How many message deadlines one send job spends retrying texts that no
+/// provider took before it hands the chunk back to the queue.
+const DEFERRED_ROUNDS: u32 = 5;
+
+/// Every provider key's day is full: the campaign shows `paused_until` and
+/// the chunk comes back as a new message when capacity may have returned
+/// (the providers' day boundary, or sooner to notice a key added), never
+/// towards its dead-lettering.
+async fn pause_sending(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+    chunk_id: &ChunkId,
+    until: chrono::DateTime<chrono::Utc>,
+) -> Result<(), JobError> {
+    let marked = set_paused(hub, campaign_id, Some(until)).await?;
+    if marked {
+        tracing::warn!(campaign = %campaign_id, %until, "every SMS provider key is at its daily limit: sending paused");
+        hub.audit(
+            Some(campaign_id),
+            "hub",
+            "sending_paused",
+            serde_json::json!({ "until": until }),
+        )
+        .await?;
+    }
+    let delay = (until - hub.now())
+        .to_std()
+        .unwrap_or_default()
+        .clamp(std::time::Duration::from_secs(1), MAX_SEND_DELAY);
+    hub.queue
+        .send_later(
+            &[Job::Send {
+                campaign: campaign_id.clone(),
+                chunk: chunk_id.clone(),
+            }],
+            delay,
+        )
+        .await?;
+    Ok(())
+}
+
+/// A text went again: the campaign is no longer paused.
+async fn resume_sending(hub: &Hub, campaign_id: &CampaignId) -> Result<(), JobError> {
+    if set_paused(hub, campaign_id, None).await? {
+        tracing::info!(campaign = %campaign_id, "sending resumed");
+        hub.audit(
+            Some(campaign_id),
+            "hub",
+            "sending_resumed",
+            serde_json::json!({}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sets the campaign's `paused_until` (compare-and-set, re-read on a
+/// conflict); returns whether this call changed it.
+async fn set_paused(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<bool, JobError> {
+    for _ in 0..10 {
+        let mut campaign = hub.campaign(campaign_id).await?;
+        if campaign.paused_until == until || !campaign.state.allows_sending() {
+            return Ok(false);
+        }
+        campaign.paused_until = until;
+        match hub.store.update_campaign(&campaign).await {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(JobError::retry(
+        "campaign kept changing while pausing or resuming",
+    ))
+}
+
 pub(crate) async fn queue_writeback(
     hub: &Hub,
     campaign: &CampaignId,
@@ -136,17 +243,31 @@ pub(crate) async fn queue_writeback(
     Ok(())
 }
 
-/// Sends one step of recipients; returns whether some are left to retry.
+/// What one step left behind.
+#[derive(Debug, Default)]
+struct StepOutcome {
+    /// Texts accepted by a provider.
+    sent: usize,
+    /// Some recipients are left for a later delivery of the job.
+    unfinished: bool,
+    /// Not given to any provider; claims released: try again.
+    deferred: Vec<u32>,
+    /// Every provider key's day is full until then.
+    paused: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Sends one step of recipients.
 async fn send_step(
     hub: &Hub,
     campaign: &Campaign,
     step: &[Recipient],
     practice_name: &str,
-) -> Result<bool, JobError> {
+) -> Result<StepOutcome, JobError> {
     let now = hub.now();
     let Some(chunk) = step.first().map(|r| r.chunk.clone()) else {
-        return Ok(false);
+        return Ok(StepOutcome::default());
     };
+    let mut outcome = StepOutcome::default();
     let mut updates = Vec::new();
     let mut unfinished = false;
 
@@ -235,13 +356,34 @@ async fn send_step(
     let mut unauthorised = false;
     for (index, result) in results {
         let status = match result {
-            Ok((provider, accepted)) => RecipientStatus::Sent {
-                provider,
-                provider_id: accepted.provider_id,
-                at: hub.now(),
-            },
+            Ok((provider, accepted)) => {
+                outcome.sent += 1;
+                RecipientStatus::Sent {
+                    provider,
+                    provider_id: accepted.provider_id,
+                    at: hub.now(),
+                }
+            }
             Err(RouteError::Rejected { .. }) => RecipientStatus::Rejected,
+            Err(error @ (RouteError::NotSent(_) | RouteError::Paused { .. })) => {
+                // No provider was given it: release our own claim at once.
+                if let RouteError::Paused { until } = error {
+                    outcome.paused = Some(until);
+                }
+                if hub
+                    .patients
+                    .release_claim(&campaign.id, &chunk, index, now)
+                    .await?
+                {
+                    outcome.deferred.push(index);
+                } else {
+                    tracing::warn!(campaign = %campaign.id, chunk = %chunk, index, "claim changed before its release");
+                    unfinished = true;
+                }
+                continue;
+            }
             Err(error) => {
+                tracing::info!(campaign = %campaign.id, chunk = %chunk, index, %error, "text left claimed for reconciliation");
                 unauthorised |= matches!(error, RouteError::Unauthorised);
                 unfinished = true;
                 // A timeout or 5xx may hide an accepted message: keep the
@@ -263,5 +405,6 @@ async fn send_step(
             "every SMS provider refused our credentials",
         ));
     }
-    Ok(unfinished)
+    outcome.unfinished = unfinished;
+    Ok(outcome)
 }

@@ -49,6 +49,14 @@ pub struct ProviderRecord {
 #[async_trait]
 pub trait SmsProvider: Send + Sync {
     fn name(&self) -> &str;
+    /// What the provider's rate limit counts (message parts unless said).
+    fn rate_unit(&self) -> crate::domain::pacing::RateUnit {
+        crate::domain::pacing::RateUnit::Parts
+    }
+    /// Texts a provider day the account may send, if limited.
+    fn daily_cap(&self) -> Option<u64> {
+        None
+    }
     async fn send_sms(&self, request: &SmsRequest) -> Result<Accepted, ProviderError>;
     /// Finds a notification by our reference, if the provider has it.
     async fn find_by_reference(

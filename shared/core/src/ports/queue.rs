@@ -106,7 +106,14 @@ pub trait JobQueue: Send + Sync {
     /// Sends every job to its own queue; on error some may have been sent
     /// (callers are idempotent, so they simply retry).
     async fn send(&self, jobs: &[Job]) -> Result<(), QueueError>;
+    /// Sends jobs that become visible only after `delay`, at most
+    /// [`MAX_SEND_DELAY`] (SQS `DelaySeconds`): a paused send comes back
+    /// later as a new message, never counting towards its dead-lettering.
+    async fn send_later(&self, jobs: &[Job], delay: std::time::Duration) -> Result<(), QueueError>;
 }
+
+/// The longest delay SQS allows on a message.
+pub const MAX_SEND_DELAY: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// What a one-time schedule does when it fires.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The two tables: `hub` (kept, no patient data) and `patient-data`
 //! (short-lived, TTL as the safety net).
 
+use crate::domain::pacing::PaceBucket;
 use crate::domain::{
     AuditEvent, Campaign, CampaignId, ChunkId, ChunkRecord, ChunkStage, DedupeKey, DeliveryStatus,
     OdsCode, OutcomeCounts, Participation, Progress, Recipient, RecipientStatus,
@@ -200,6 +201,13 @@ pub trait HubStore: Send + Sync {
     /// Events of no campaign (registry changes, refusals outside a
     /// campaign), oldest first.
     async fn list_hub_audit(&self) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// The send bucket every send worker shares for one provider key
+    /// (`domain::pacing`); a default bucket (version 0) if never written.
+    async fn get_pace_bucket(&self, key: &str) -> Result<PaceBucket, StoreError>;
+    /// Writes `bucket` if the stored version is still `bucket.version - 1`
+    /// (an absent bucket counts as version 0); `Conflict` otherwise.
+    async fn put_pace_bucket(&self, key: &str, bucket: &PaceBucket) -> Result<(), StoreError>;
 }
 
 /// Result of trying to place dedupe keys for a practice.

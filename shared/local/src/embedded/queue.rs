@@ -109,10 +109,15 @@ impl LocalQueue {
 
     /// Sends one raw body to a queue (the `JobQueue` port sends `Job`s).
     pub async fn send_body(&self, queue: QueueName, body: String) -> Result<(), QueueError> {
-        self.insert(vec![(queue, body)]).await
+        self.insert(vec![(queue, body)], 0).await
     }
 
-    async fn insert(&self, messages: Vec<(QueueName, String)>) -> Result<(), QueueError> {
+    /// Inserts messages visible from `visible_at` (ms since the epoch).
+    async fn insert(
+        &self,
+        messages: Vec<(QueueName, String)>,
+        visible_at: i64,
+    ) -> Result<(), QueueError> {
         self.db
             .call(move |conn| {
                 let tx = conn
@@ -122,13 +127,13 @@ impl LocalQueue {
                     let mut insert = tx
                         .prepare_cached(
                             "INSERT INTO queue_messages (queue, message_id, body, visible_at)
-                             VALUES (?1, ?2, ?3, 0)",
+                             VALUES (?1, ?2, ?3, ?4)",
                         )
                         .op("queue send")?;
                     for (queue, body) in &messages {
                         let id = uuid::Uuid::new_v4().to_string();
                         insert
-                            .execute(params![queue.as_str(), id, body])
+                            .execute(params![queue.as_str(), id, body, visible_at])
                             .op("queue send")?;
                     }
                 }
@@ -360,7 +365,17 @@ impl JobQueue for LocalQueue {
             .iter()
             .map(|job| Ok((job.queue(), to_json("job", job)?)))
             .collect::<Result<Vec<_>, DbError>>()?;
-        self.insert(messages).await
+        self.insert(messages, 0).await
+    }
+
+    async fn send_later(&self, jobs: &[Job], delay: std::time::Duration) -> Result<(), QueueError> {
+        let messages = jobs
+            .iter()
+            .map(|job| Ok((job.queue(), to_json("job", job)?)))
+            .collect::<Result<Vec<_>, DbError>>()?;
+        let delay = chrono::Duration::from_std(delay.min(hub_core::ports::MAX_SEND_DELAY))
+            .unwrap_or_default();
+        self.insert(messages, millis(Utc::now() + delay)).await
     }
 }
 

@@ -6,6 +6,7 @@
 use super::db::{from_json, to_json, Db, DbError, SqlContext};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use hub_core::domain::pacing::PaceBucket;
 use hub_core::domain::{
     AuditEvent, Campaign, CampaignId, ChunkId, ChunkRecord, ChunkStage, Contact, DedupeKey,
     DeliveryStatus, NhsNumber, OdsCode, OutcomeCounts, Participation, Personal, Progress,
@@ -45,6 +46,11 @@ CREATE TABLE IF NOT EXISTS hub_audit (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS hub_audit_by_campaign ON hub_audit (campaign, id);
+CREATE TABLE IF NOT EXISTS hub_pace_buckets (
+    key TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
 
 -- status, pending, delivery and written_back change after the write; data
 -- holds what does not (NHS number, contact, names).
@@ -713,6 +719,57 @@ impl HubStore for SqliteStore {
                     "SELECT data FROM hub_audit WHERE campaign IS NULL ORDER BY id",
                     [],
                 )?)
+            })
+            .await
+    }
+
+    async fn get_pace_bucket(&self, key: &str) -> Result<PaceBucket, StoreError> {
+        let key = key.to_string();
+        self.db
+            .call(move |conn| {
+                let data: Option<String> = query_opt(
+                    conn,
+                    "get_pace_bucket",
+                    "SELECT data FROM hub_pace_buckets WHERE key = ?1",
+                    [key.as_str()],
+                    |row| row.get(0),
+                )?;
+                match data {
+                    Some(data) => Ok(from_json("pace bucket", &data)?),
+                    None => Ok(PaceBucket::default()),
+                }
+            })
+            .await
+    }
+
+    async fn put_pace_bucket(&self, key: &str, bucket: &PaceBucket) -> Result<(), StoreError> {
+        let key = key.to_string();
+        let data = to_json("pace bucket", bucket)?;
+        let (version, previous) = (bucket.version, bucket.version.saturating_sub(1));
+        self.db
+            .call(move |conn| {
+                // The version condition is the compare-and-set.
+                let changed = if previous == 0 {
+                    conn.prepare_cached(
+                        "INSERT INTO hub_pace_buckets (key, version, data) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (key) DO NOTHING",
+                    )
+                    .and_then(|mut s| s.execute(params![key, version, data]))
+                } else {
+                    conn.prepare_cached(
+                        "UPDATE hub_pace_buckets SET version = ?2, data = ?3
+                         WHERE key = ?1 AND version = ?4",
+                    )
+                    .and_then(|mut s| s.execute(params![key, version, data, previous]))
+                }
+                .op("put_pace_bucket")?;
+                if changed == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError::Conflict(format!(
+                        "pace bucket {key} is no longer at version {previous}"
+                    )))
+                }
             })
             .await
     }

@@ -36,6 +36,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use futures::{StreamExt, TryStreamExt};
+use hub_core::domain::pacing::PaceBucket;
 use hub_core::domain::{
     AuditEvent, Campaign, CampaignId, ChunkId, ChunkRecord, ChunkStage, OdsCode, OutcomeCounts,
     Participation, Progress,
@@ -64,6 +65,11 @@ fn participation_sk(ods: &OdsCode) -> String {
 
 fn chunk_sk(chunk: &ChunkId) -> String {
     format!("CHUNK#{chunk}")
+}
+
+/// The shared send bucket of one provider key (`domain::pacing`).
+fn pace_pk(key: &str) -> String {
+    format!("PACE#{key}")
 }
 
 fn stage_attribute(stage: ChunkStage) -> &'static str {
@@ -888,5 +894,42 @@ impl HubStore for DynamoHubStore {
             .iter()
             .map(|item| get_json(item, "data").map_err(decode("a hub audit event".to_string())))
             .collect()
+    }
+
+    async fn get_pace_bucket(&self, key: &str) -> Result<PaceBucket, StoreError> {
+        match self.table.get(&pace_pk(key), META).await? {
+            None => Ok(PaceBucket::default()),
+            Some(item) => get_json(&item, "data").map_err(decode(format!("pace bucket {key}"))),
+        }
+    }
+
+    async fn put_pace_bucket(&self, key: &str, bucket: &PaceBucket) -> Result<(), StoreError> {
+        let previous = bucket.version.saturating_sub(1);
+        let item = Item::from([
+            ("pk".into(), s(pace_pk(key))),
+            ("sk".into(), s(META)),
+            ("data".into(), to_json(bucket)?),
+            ("version".into(), n(bucket.version)),
+        ]);
+        let request = self
+            .table
+            .client
+            .put_item()
+            .table_name(&self.table.name)
+            .set_item(Some(item));
+        let request = if previous == 0 {
+            request.condition_expression("attribute_not_exists(pk)")
+        } else {
+            request
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(previous))
+        };
+        match self.table.call("PutItem", || request.clone().send()).await {
+            Ok(_) => Ok(()),
+            Err((fault, _)) if fault.kind == FaultKind::Condition => Err(StoreError::Conflict(
+                format!("pace bucket {key} is no longer at version {previous}"),
+            )),
+            Err((fault, _)) => Err(fault.into()),
+        }
     }
 }

@@ -344,6 +344,7 @@ pub async fn create_campaign_once(
         purged_at: None,
         purged_items: None,
         deadline_change: None,
+        paused_until: None,
         version: 0,
     };
     match hub.store.create_campaign(&campaign).await {

@@ -42,6 +42,13 @@ pub async fn detail(hub: &Hub, id: &CampaignId) -> Result<CampaignDetail, ApiErr
     ) {
         view.totals = Some(report.totals);
         view.eta_seconds = report.eta_seconds;
+        view.capacity = report.capacity;
+    } else {
+        let cohort = report::estimated_cohort(hub, &campaign).await?;
+        view.capacity = Some(report::Capacity::of(
+            &report::plan_for(hub, &campaign, cohort),
+            hub.config.providers.len(),
+        ));
     }
     Ok(CampaignDetail {
         campaign: view,
