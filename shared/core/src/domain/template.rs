@@ -241,14 +241,23 @@ impl MessageTemplate {
         fields
     }
 
-    /// Fills the placeholders. Anything that is not a valid placeholder (only
-    /// possible in an unvalidated, deserialised template) is kept as written.
+    /// Fills the placeholders, each value cut to its field's
+    /// [`Field::max_length`], so a rendered text is never longer than the
+    /// worst case the template was checked against (918 characters). Anything
+    /// that is not a valid placeholder (only possible in an unvalidated,
+    /// deserialised template) is kept as written.
     pub fn render(&self, values: &Personalisation<'_>) -> String {
         let mut out = String::with_capacity(self.text.len() + 64);
         for token in tokenize(&self.text) {
             match token {
                 Token::Text(text) | Token::Bad { raw: text, .. } => out.push_str(text),
-                Token::Field(field) => out.push_str(values.get(field)),
+                Token::Field(field) => {
+                    let value = values.get(field);
+                    match value.char_indices().nth(field.max_length()) {
+                        Some((cut, _)) => out.push_str(value[..cut].trim_end()),
+                        None => out.push_str(value),
+                    }
+                }
             }
         }
         out
@@ -815,6 +824,41 @@ mod tests {
         assert!(parse(&names).is_ok());
         let names = format!("{}((first_name))((last_name))", "a".repeat(849));
         assert!(parse(&names).is_err());
+    }
+
+    #[test]
+    fn render_cuts_names_so_no_text_passes_the_cap() {
+        // A template exactly at 918 characters in its worst case.
+        let template = parse(&format!(
+            "{}((first_name)) ((last_name)) ((practice_name))",
+            "a".repeat(918 - 35 - 35 - 100 - 2)
+        ))
+        .unwrap();
+        assert_eq!(template.worst_case_length().units, 918);
+        // Names far past the planned maxima (PDS may hold several given
+        // names; a non-GSM letter makes it count in characters, not units).
+        let first = "Élodie-Marie-Anne-Josephine-Charlotte-Victoria";
+        let last = "x".repeat(200);
+        let practice = "P".repeat(300);
+        let rendered = template.render(&Personalisation {
+            first_name: first,
+            last_name: &last,
+            practice_name: &practice,
+        });
+        assert!(
+            rendered.chars().count() <= 918,
+            "{}",
+            rendered.chars().count()
+        );
+        assert!(rendered.contains("Élodie-Marie-Anne-Josephine-Charlot "));
+        assert!(rendered.ends_with(&"P".repeat(100)));
+        // Short names are untouched.
+        let short = template.render(&Personalisation {
+            first_name: "Ada",
+            last_name: "Lovelace",
+            practice_name: "Marsh Surgery",
+        });
+        assert!(short.ends_with("Ada Lovelace Marsh Surgery"));
     }
 
     #[test]
