@@ -381,3 +381,55 @@ async fn dual_registrations_are_known_to_both_practices() {
         .unwrap();
     assert_eq!(result, vec![WritebackResult::Recorded]);
 }
+
+/// GIVEN a message exactly at Notify's 918-character cap in its worst case,
+/// WHEN it is rendered with the longest given name, family name and
+/// practice name the simulated estate holds (and with names doubled past
+/// the planned maxima) THEN no text passes 918 characters.
+#[test]
+fn the_longest_names_in_the_estate_never_push_a_text_past_918_characters() {
+    use hub_core::domain::{MessageTemplate, Personalisation, TemplateRules};
+    let region = estate(200, 40_000, 2026);
+    let longest = |names: &[&str]| {
+        names
+            .iter()
+            .max_by_key(|n| n.chars().count())
+            .unwrap()
+            .to_string()
+    };
+    let given = longest(GIVEN_NAMES);
+    let family = longest(FAMILY_NAMES);
+    let practice = region
+        .practices()
+        .into_iter()
+        .map(|p| p.name)
+        .max_by_key(|n| n.chars().count())
+        .unwrap();
+    let filler = "a".repeat(918 - 35 - 35 - 100 - 1);
+    let template = MessageTemplate::parse(
+        &format!("{filler}((first_name)) ((last_name))((practice_name)) "),
+        &TemplateRules::default(),
+    );
+    // One character over with the space: the cap is enforced at parse time.
+    assert!(template.is_err());
+    let template = MessageTemplate::parse(
+        &format!("{filler}((first_name)) ((last_name))((practice_name))"),
+        &TemplateRules::default(),
+    )
+    .unwrap();
+    for (first, last, practice_name) in [
+        (given.clone(), family.clone(), practice.clone()),
+        (
+            format!("{given} {given} {given}"),
+            format!("{family}-{family}-{family}"),
+            format!("{practice} {practice} {practice}"),
+        ),
+    ] {
+        let text = template.render(&Personalisation {
+            first_name: &first,
+            last_name: &last,
+            practice_name: &practice_name,
+        });
+        assert!(text.chars().count() <= 918, "{}", text.chars().count());
+    }
+}
