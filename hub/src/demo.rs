@@ -38,7 +38,8 @@ pub struct DemoArgs {
     /// One text per mobile number (households).
     #[arg(long)]
     one_per_mobile: bool,
-    /// Keep the tables and queues in this SQLite file (default: in memory).
+    /// Keep the tables and queues in this SQLite file (default: a temporary
+    /// file, deleted afterwards, so memory does not grow with the cohort).
     #[arg(long)]
     db: Option<PathBuf>,
     /// Print the report as one JSON object.
@@ -129,6 +130,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         fhir_base_url: args.fhir_url.clone(),
         mesh_practices: args.mesh_practices,
     };
+    // On disk, not in memory: a 2,000,000-patient campaign is gigabytes of
+    // rows, and SQLite's page cache stays at 32 MiB.
+    let scratch = match &args.db {
+        Some(_) => None,
+        None => Some(tempfile::tempdir()?),
+    };
+    let database = args
+        .db
+        .clone()
+        .or_else(|| scratch.as_ref().map(|dir| dir.path().join("demo.sqlite")));
     let options = DemoOptions {
         external,
         practices: args.practices,
@@ -141,7 +152,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         min_age: args.min_age,
         max_age: args.max_age,
         postcodes: args.postcodes,
-        database: args.db,
+        database,
         transport: if args.in_process {
             hub_local::Transport::InProcess
         } else {

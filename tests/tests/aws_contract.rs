@@ -56,8 +56,11 @@ impl Tamper for DynamoTamper {
         value: &str,
     ) -> anyhow::Result<()> {
         let key = [
-            ("pk", AttributeValue::S(format!("CAMPAIGN#{campaign}"))),
-            ("sk", AttributeValue::S(format!("R#{chunk}#{index:010}"))),
+            (
+                "pk",
+                AttributeValue::S(format!("CAMPAIGN#{campaign}#R#{chunk}")),
+            ),
+            ("sk", AttributeValue::S(format!("{index:010}"))),
         ];
         let mut get = self.client.get_item().table_name(&self.table);
         for (name, value) in key.clone() {

@@ -55,11 +55,11 @@ async fn every_patient_item_carries_the_ttl_attribute() {
         .table_name(patients.table_name())
         .key(
             "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(format!("CAMPAIGN#{c}")),
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("CAMPAIGN#{c}#R#{a}")),
         )
         .key(
             "sk",
-            aws_sdk_dynamodb::types::AttributeValue::S(format!("R#{a}#0000000003")),
+            aws_sdk_dynamodb::types::AttributeValue::S("0000000003".into()),
         )
         .send()
         .await

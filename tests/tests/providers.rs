@@ -13,6 +13,7 @@ use hub_core::domain::{
     DeliveryStatus, GpPatient, NhsNumber, OdsCode, Personal, PostalAddress, Postcode, UkMobile,
 };
 use hub_core::handlers::receipts::bearer_matches;
+use hub_core::handlers::router::RouteError;
 use hub_core::handlers::ProviderRouter;
 use hub_core::ports::{
     DeliveryReceipt, EmailProvider, EmailRequest, GpConnector, GpError, LetterProvider,
@@ -366,6 +367,113 @@ async fn a_lost_response_is_reconciled_without_a_second_send() {
     }
     assert_eq!(gateway.duplicate_sends(), 0);
     assert_eq!(gateway.sent_count(), 3);
+}
+
+/// GIVEN a provider that is slow under load: it creates the text only after
+/// the client has timed out, WHEN the router sends through it with a second
+/// provider free, THEN it waits its grace period, finds the text at the same
+/// provider and sends nothing through the other (the first double-send path).
+#[tokio::test]
+async fn an_ambiguous_send_is_looked_up_at_its_provider_and_never_resent_elsewhere() {
+    let (_, slow_server) = start_notify(
+        GatewaySim::new(unlimited("slow")),
+        NotifyServerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let (other_server, other) =
+        notify_with(unlimited("other"), NotifyServerConfig::default()).await;
+    let mut slow_config =
+        NotifyConfig::new(slow_server.base_url(), slow_server.api_key(), templates());
+    slow_config.name = "slow".into();
+    slow_config.timeout = Duration::from_millis(200);
+    let slow: Arc<dyn SmsProvider> = Arc::new(NotifyClient::new(slow_config).unwrap());
+    let mut other_config =
+        NotifyConfig::new(other_server.base_url(), other_server.api_key(), templates());
+    other_config.name = "other".into();
+    drop(other);
+    let other: Arc<dyn SmsProvider> = Arc::new(NotifyClient::new(other_config).unwrap());
+    // The slow provider is first choice: a full bucket and listed first.
+    let router = ProviderRouter::new(vec![(slow, 1_000.0), (other, 1_000.0)])
+        .with_deadline(Duration::from_secs(8))
+        .with_ambiguity_grace(Duration::from_secs(1));
+
+    // Created 600 ms after the request arrives; the client gave up at 200.
+    slow_server.accept_next_slowly(1, Duration::from_millis(600));
+    let (provider, accepted) = router.send(&sms(20, "c.G85001-0000.20")).await.unwrap();
+
+    assert_eq!(provider, "slow");
+    let record = slow_server
+        .gateway()
+        .find_by_reference("c.G85001-0000.20")
+        .await
+        .unwrap()
+        .expect("created late at the slow provider");
+    assert_eq!(accepted.provider_id, record.provider_id);
+    assert_eq!(slow_server.gateway().sends_for("c.G85001-0000.20"), 1);
+    assert_eq!(
+        other_server.gateway().sms_calls(),
+        0,
+        "nothing went to the other provider"
+    );
+
+    // WHEN the lookup itself cannot answer (the provider is gone), THEN the
+    // message is not sent elsewhere either: the claim stays for later.
+    let (_, gone_server) = start_notify(
+        GatewaySim::new(unlimited("gone")),
+        NotifyServerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut gone_config =
+        NotifyConfig::new(gone_server.base_url(), gone_server.api_key(), templates());
+    gone_config.name = "gone".into();
+    gone_config.timeout = Duration::from_millis(200);
+    let gone: Arc<dyn SmsProvider> = Arc::new(NotifyClient::new(gone_config).unwrap());
+    let other_again: Arc<dyn SmsProvider> = Arc::new(
+        NotifyClient::from_key(
+            &other_server.base_url(),
+            other_server.api_key(),
+            templates(),
+        )
+        .unwrap(),
+    );
+    let router = ProviderRouter::new(vec![(gone, 1_000.0), (other_again, 1_000.0)])
+        .with_deadline(Duration::from_secs(8))
+        .with_ambiguity_grace(Duration::from_millis(300));
+    gone_server.accept_next_slowly(1, Duration::from_millis(500));
+    let sending = tokio::spawn(async move { router.send(&sms(21, "c.G85001-0000.21")).await });
+    // The request is in; the server goes before the lookup.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    drop(gone_server);
+    let outcome = sending.await.unwrap();
+    assert!(
+        matches!(outcome, Err(RouteError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(other_server.gateway().sms_calls(), 0);
+}
+
+/// GIVEN a 400 about one message that does not name the number (too long),
+/// WHEN the router sends it, THEN that message is rejected and the provider
+/// stays in rotation: the next text goes through it.
+#[tokio::test]
+async fn a_400_about_one_message_is_its_outcome_not_the_providers() {
+    let (server, client) = notify().await;
+    let router = ProviderRouter::new(vec![(Arc::new(client) as Arc<dyn SmsProvider>, 1_000.0)]);
+    let mut long = sms(30, "c.G85001-0000.30");
+    long.body = Personal::new("x".repeat(919));
+    long.fragments = 6;
+
+    let outcome = router.send(&long).await;
+
+    assert!(
+        matches!(outcome, Err(RouteError::Rejected { .. })),
+        "{outcome:?}"
+    );
+    assert!(router.status()[0].in_rotation, "the provider stays");
+    router.send(&sms(31, "c.G85001-0000.31")).await.unwrap();
+    assert_eq!(server.gateway().sent_count(), 1);
 }
 
 #[tokio::test]

@@ -421,19 +421,13 @@ impl LocalStack {
     /// repeated letters. Must always be zero.
     pub fn duplicate_sends(&self) -> u64 {
         let within: usize = self.gateways.iter().map(|g| g.duplicate_sends()).sum();
-        let mut seen = std::collections::HashSet::new();
         let mut across = 0;
-        for gateway in &self.gateways {
-            for reference in gateway.accepted_references() {
-                if !seen.insert(reference) {
-                    across += 1;
-                }
+        for (i, gateway) in self.gateways.iter().enumerate() {
+            for other in &self.gateways[i + 1..] {
+                across += gateway.references_shared_with(other);
             }
         }
-        let letters = self
-            .postal
-            .letters_sent()
-            .saturating_sub(self.postal.letter_references().len());
+        let letters = self.postal.duplicate_letters();
         (within + across + letters) as u64
     }
 

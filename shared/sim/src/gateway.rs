@@ -1,10 +1,13 @@
 //! A simulated SMS / email / letter gateway: a token-bucket rate limit,
 //! latency, random 5xx, a daily limit, rejected numbers, delivery receipts
-//! and runtime fault injection. It records what it accepted so tests can
-//! prove there were no duplicate sends; it never logs a number or a body.
+//! and runtime fault injection. It remembers what it accepted so tests can
+//! prove there were no duplicate sends, in a few bytes per reference (a
+//! 64-bit hash of it, the send count, the number, the time), so a
+//! 2,000,000-text campaign costs tens of megabytes; it never logs a number
+//! or a body.
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{NaiveDate, Utc};
 use hub_core::domain::pacing::RateUnit;
 use hub_core::domain::{DeliveryStatus, UkMobile};
 use hub_core::ports::{
@@ -13,7 +16,8 @@ use hub_core::ports::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -121,6 +125,9 @@ impl std::fmt::Debug for GatewaySim {
 
 struct Inner {
     config: GatewayConfig,
+    /// Origin of the records' times, on both clocks.
+    started: Instant,
+    started_wall: chrono::DateTime<Utc>,
     state: Mutex<State>,
     sink: Mutex<Option<Arc<dyn ReceiptSink>>>,
     /// Whose day the daily limit counts (the hub's clock in a scenario).
@@ -128,11 +135,40 @@ struct Inner {
     receipts_delivered: AtomicU64,
 }
 
+/// What the gateway keeps of one accepted reference.
 struct SmsRecord {
-    provider_id: String,
+    /// The first acceptance's id (a UUID's bytes).
+    provider_id: [u8; 16],
+    /// The number, as its national digits.
+    to: u64,
+    /// Milliseconds from the gateway's start to the first acceptance.
+    accepted_ms: u32,
+    /// Acceptances of this reference (more than one is a duplicate).
+    sends: u32,
     outcome: DeliveryStatus,
-    /// When the outcome becomes known (the receipt time).
-    final_at: Instant,
+}
+
+/// One accepted text as a Notify lookup shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmsLookup {
+    pub provider_id: String,
+    /// E.164, as Notify lists it.
+    pub to: String,
+    pub created_at: chrono::DateTime<Utc>,
+    pub status: Option<DeliveryStatus>,
+}
+
+/// A stable 64-bit key for a reference or a number (SipHash with fixed
+/// keys): at 2,000,000 references a collision has odds of about 1 in 10^7.
+fn key_of(text: &str) -> u64 {
+    // `DefaultHasher::new()` is the same hash for every instance.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn national_digits(mobile: &UkMobile) -> u64 {
+    mobile.national().parse().unwrap_or_default()
 }
 
 struct State {
@@ -149,15 +185,19 @@ struct State {
     lost_responses: u64,
     email_failures: u64,
     letter_failures: u64,
-    rejected: HashSet<UkMobile>,
+    rejected: std::collections::HashSet<UkMobile>,
     sms_calls: u64,
     rate_limited: u64,
-    sms: HashMap<String, Vec<SmsRecord>>,
-    per_mobile: HashMap<UkMobile, usize>,
+    /// By [`key_of`] the reference.
+    sms: HashMap<u64, SmsRecord>,
+    /// Texts per number, by its national digits.
+    per_mobile: HashMap<u64, u32>,
     sent: usize,
+    duplicate_references: usize,
     fragments: u64,
     emails: Vec<(String, String, String)>,
-    letters: HashMap<String, usize>,
+    /// Letters per reference, by [`key_of`] the reference.
+    letters: HashMap<u64, u32>,
     letters_sent: usize,
     /// Bodies kept only for the numbers and postcodes a test watches.
     watched_mobiles: HashMap<UkMobile, Vec<String>>,
@@ -180,12 +220,13 @@ impl GatewaySim {
             lost_responses: 0,
             email_failures: 0,
             letter_failures: 0,
-            rejected: HashSet::new(),
+            rejected: std::collections::HashSet::new(),
             sms_calls: 0,
             rate_limited: 0,
             sms: HashMap::new(),
             per_mobile: HashMap::new(),
             sent: 0,
+            duplicate_references: 0,
             fragments: 0,
             emails: Vec::new(),
             letters: HashMap::new(),
@@ -196,6 +237,8 @@ impl GatewaySim {
         Self {
             inner: Arc::new(Inner {
                 config,
+                started: now,
+                started_wall: Utc::now(),
                 state: Mutex::new(state),
                 sink: Mutex::new(None),
                 clock: Mutex::new(Arc::new(hub_core::ports::SystemClock)),
@@ -281,31 +324,60 @@ impl GatewaySim {
 
     /// References accepted more than once.
     pub fn duplicate_references(&self) -> usize {
-        self.state().sms.values().filter(|r| r.len() > 1).count()
+        self.state().duplicate_references
     }
 
     /// Texts accepted beyond the first for their reference.
     pub fn duplicate_sends(&self) -> usize {
-        self.state()
-            .sms
-            .values()
-            .map(|r| r.len().saturating_sub(1))
-            .sum()
+        let state = self.state();
+        state.sent - state.sms.len()
     }
 
     /// Texts accepted for this number.
     pub fn sent_to(&self, mobile: &UkMobile) -> usize {
-        self.state().per_mobile.get(mobile).copied().unwrap_or(0)
+        let digits = national_digits(mobile);
+        self.state()
+            .per_mobile
+            .get(&digits)
+            .map_or(0, |n| *n as usize)
     }
 
     /// Texts accepted for this reference.
     pub fn sends_for(&self, reference: &str) -> usize {
-        self.state().sms.get(reference).map_or(0, Vec::len)
+        self.state()
+            .sms
+            .get(&key_of(reference))
+            .map_or(0, |r| r.sends as usize)
     }
 
-    /// Every reference accepted.
-    pub fn accepted_references(&self) -> HashSet<String> {
-        self.state().sms.keys().cloned().collect()
+    /// References accepted by both this gateway and `other` (a text sent
+    /// twice through two providers).
+    pub fn references_shared_with(&self, other: &GatewaySim) -> usize {
+        if Arc::ptr_eq(&self.inner, &other.inner) {
+            return self.state().sms.len();
+        }
+        let theirs: Vec<u64> = other.state().sms.keys().copied().collect();
+        let mine = self.state();
+        theirs
+            .iter()
+            .filter(|key| mine.sms.contains_key(key))
+            .count()
+    }
+
+    /// The accepted text with this reference, as Notify lists it.
+    pub fn lookup_sms(&self, reference: &str) -> Option<SmsLookup> {
+        let now = Instant::now();
+        let state = self.state();
+        let record = state.sms.get(&key_of(reference))?;
+        let accepted = Duration::from_millis(u64::from(record.accepted_ms));
+        let known = now >= self.inner.started + accepted + self.inner.config.receipt_delay;
+        Some(SmsLookup {
+            provider_id: uuid::Uuid::from_bytes(record.provider_id).to_string(),
+            to: format!("+44{}", record.to),
+            created_at: self.inner.started_wall
+                + chrono::Duration::milliseconds(i64::from(record.accepted_ms)),
+            status: known.then_some(record.outcome),
+        })
     }
 
     /// SMS calls made, whatever their answer.
@@ -336,12 +408,16 @@ impl GatewaySim {
 
     /// Letters accepted for this reference.
     pub fn letters_for(&self, reference: &str) -> usize {
-        self.state().letters.get(reference).copied().unwrap_or(0)
+        self.state()
+            .letters
+            .get(&key_of(reference))
+            .map_or(0, |n| *n as usize)
     }
 
-    /// Every letter reference accepted.
-    pub fn letter_references(&self) -> HashSet<String> {
-        self.state().letters.keys().cloned().collect()
+    /// Letters accepted beyond the first for their reference.
+    pub fn duplicate_letters(&self) -> usize {
+        let state = self.state();
+        state.letters_sent - state.letters.len()
     }
 
     /// Keeps the bodies of the texts accepted for `mobile` from now on
@@ -452,22 +528,32 @@ impl GatewaySim {
             return Err(ProviderError::Unavailable("simulated server error".into()));
         }
         let provider_id = uuid::Builder::from_random_bytes(state.rng.gen()).into_uuid();
-        let provider_id = provider_id.to_string();
         let outcome = if chance(&mut state.rng, config.delivery_failure_rate) {
             DeliveryStatus::PermanentFailure
         } else {
             DeliveryStatus::Delivered
         };
-        state
+        let accepted_ms = now
+            .saturating_duration_since(self.inner.started)
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32;
+        let to = national_digits(&request.to);
+        let record = state
             .sms
-            .entry(request.reference.clone())
-            .or_default()
-            .push(SmsRecord {
-                provider_id: provider_id.clone(),
+            .entry(key_of(&request.reference))
+            .or_insert(SmsRecord {
+                provider_id: provider_id.into_bytes(),
+                to,
+                accepted_ms,
+                sends: 0,
                 outcome,
-                final_at: now + config.receipt_delay,
             });
-        *state.per_mobile.entry(request.to.clone()).or_default() += 1;
+        record.sends += 1;
+        if record.sends == 2 {
+            state.duplicate_references += 1;
+        }
+        let provider_id = provider_id.to_string();
+        *state.per_mobile.entry(to).or_default() += 1;
         if let Some(bodies) = state.watched_mobiles.get_mut(&request.to) {
             bodies.push(request.body.expose().clone());
         }
@@ -596,16 +682,10 @@ impl SmsProvider for GatewaySim {
         reference: &str,
     ) -> Result<Option<ProviderRecord>, ProviderError> {
         self.pause().await;
-        let now = Instant::now();
-        let state = self.state();
-        Ok(state
-            .sms
-            .get(reference)
-            .and_then(|records| records.first())
-            .map(|record| ProviderRecord {
-                provider_id: record.provider_id.clone(),
-                status: (now >= record.final_at).then_some(record.outcome),
-            }))
+        Ok(self.lookup_sms(reference).map(|found| ProviderRecord {
+            provider_id: found.provider_id,
+            status: found.status,
+        }))
     }
 }
 
@@ -646,7 +726,7 @@ impl LetterProvider for GatewaySim {
         let provider_id = uuid::Builder::from_random_bytes(state.rng.gen())
             .into_uuid()
             .to_string();
-        *state.letters.entry(request.reference.clone()).or_default() += 1;
+        *state.letters.entry(key_of(&request.reference)).or_default() += 1;
         state.letters_sent += 1;
         if let Some(letters) = state
             .watched_postcodes
@@ -712,10 +792,14 @@ mod tests {
         assert_eq!(gateway.sends_for("r1"), 2);
         assert_eq!(gateway.sent_to(&mobile(1)), 2);
         assert_eq!(gateway.sent_to(&mobile(3)), 0);
-        assert_eq!(
-            gateway.accepted_references(),
-            HashSet::from(["r1".into(), "r2".into()])
-        );
+        let other = GatewaySim::new(unlimited("notify-b"));
+        other.send_sms(&sms(mobile(2), "r2")).await.unwrap();
+        other.send_sms(&sms(mobile(4), "r4")).await.unwrap();
+        assert_eq!(gateway.references_shared_with(&other), 1);
+        assert_eq!(other.references_shared_with(&gateway), 1);
+        let found = gateway.lookup_sms("r2").unwrap();
+        assert_eq!(found.provider_id, b.provider_id);
+        assert_eq!(found.to, "+447700900002");
         let record = gateway.find_by_reference("r1").await.unwrap().unwrap();
         assert_eq!(record.provider_id, a.provider_id);
         assert_eq!(record.status, Some(DeliveryStatus::Delivered));
@@ -1028,10 +1112,8 @@ mod tests {
         gateway.send_letter(&letter).await.unwrap();
         assert_eq!(gateway.letters_sent(), 2);
         assert_eq!(gateway.letters_for("c.G85001-0000.3"), 2);
-        assert_eq!(
-            gateway.letter_references(),
-            HashSet::from(["c.G85001-0000.3".to_string()])
-        );
+        assert_eq!(gateway.letters_for("c.G85001-0000.4"), 0);
+        assert_eq!(gateway.duplicate_letters(), 1);
         assert_eq!(gateway.sent_count(), 0);
     }
 }

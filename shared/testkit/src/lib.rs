@@ -50,6 +50,8 @@ macro_rules! store_contract {
             recipients_round_trip_in_index_order_and_are_overwritten,
             claim_takes_only_pending_recipients,
             a_stale_claim_is_released_once_and_never_over_a_newer_one,
+            a_final_outcome_is_never_overwritten,
+            racing_releases_of_stale_claims_let_one_worker_resend,
             statuses_deliveries_and_write_backs,
             delivery_is_recorded_once_and_write_back_marked,
             racing_claims_take_each_recipient_exactly_once,

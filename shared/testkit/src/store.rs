@@ -998,6 +998,63 @@ pub async fn a_stale_claim_is_released_once_and_never_over_a_newer_one(s: &Store
     assert_eq!(loaded[2].status, RecipientStatus::Pending);
 }
 
+pub async fn a_final_outcome_is_never_overwritten(s: &Stores) {
+    let patients = &*s.patients;
+    let c = CampaignId::new();
+    let chunk = ChunkId::new(&ods(5), 2);
+    let recipients: Vec<_> = (0..3).map(|i| recipient(&chunk, i)).collect();
+    patients
+        .put_recipients(&c, &recipients, later())
+        .await
+        .unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+    patients.claim(&c, &chunk, &[0, 1, 2], now).await.unwrap();
+    let sent = RecipientStatus::Sent {
+        provider: "notify".into(),
+        provider_id: "first".into(),
+        at: now,
+    };
+    let update = |index: u32, status: &RecipientStatus| StatusUpdate {
+        chunk: chunk.clone(),
+        index,
+        status: status.clone(),
+    };
+    patients
+        .set_status(
+            &c,
+            &[update(0, &sent), update(1, &RecipientStatus::Rejected)],
+        )
+        .await
+        .unwrap();
+    // GIVEN a late or repeated worker writing over final outcomes
+    let other = RecipientStatus::Sent {
+        provider: "other".into(),
+        provider_id: "second".into(),
+        at: now,
+    };
+    patients
+        .set_status(
+            &c,
+            &[
+                update(0, &RecipientStatus::Pending),
+                update(1, &other),
+                update(2, &other),
+            ],
+        )
+        .await
+        .unwrap();
+    // THEN only the recipient still claimed changed
+    let loaded = patients.load_chunk(&c, &chunk).await.unwrap();
+    assert_eq!(loaded[0].status, sent, "a sent text is not made pending");
+    assert_eq!(loaded[1].status, RecipientStatus::Rejected);
+    assert_eq!(loaded[2].status, other);
+    assert!(patients
+        .claim(&c, &chunk, &[0, 1, 2], now)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 pub async fn statuses_deliveries_and_write_backs(s: &Stores) {
     let patients = &*s.patients;
     let c = CampaignId::new();
@@ -1102,6 +1159,48 @@ pub async fn delivery_is_recorded_once_and_write_back_marked(s: &Stores) {
         loaded.iter().map(|r| r.written_back).collect::<Vec<_>>(),
         vec![true, true, false]
     );
+}
+
+/// The second double-send path: two deliveries of one chunk both find the
+/// same claims stale and each releases and re-claims them. Every recipient
+/// ends with exactly one new claim, so exactly one worker sends it.
+pub async fn racing_releases_of_stale_claims_let_one_worker_resend(s: &Stores) {
+    let c = CampaignId::new();
+    let chunk = ChunkId::new(&ods(6), 0);
+    let all: Vec<Recipient> = (0..100).map(|i| recipient(&chunk, i)).collect();
+    s.patients.put_recipients(&c, &all, later()).await.unwrap();
+    let dead = Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap();
+    let indexes: Vec<u32> = (0..100).collect();
+    assert_eq!(
+        s.patients.claim(&c, &chunk, &indexes, dead).await.unwrap(),
+        indexes
+    );
+    let workers: Vec<_> = (0..4i64)
+        .map(|worker| {
+            let (patients, c, chunk) = (s.patients.clone(), c.clone(), chunk.clone());
+            tokio::spawn(async move {
+                let now = dead + Duration::minutes(30 + worker);
+                let mut order: Vec<u32> = (0..100).collect();
+                if worker % 2 == 1 {
+                    order.reverse();
+                }
+                let mut resend = Vec::new();
+                for index in order {
+                    // What the send handler does with a stale claim.
+                    if patients.release_claim(&c, &chunk, index, dead).await? {
+                        resend.extend(patients.claim(&c, &chunk, &[index], now).await?);
+                    }
+                }
+                Ok::<_, StoreError>(resend)
+            })
+        })
+        .collect();
+    let mut resent = Vec::new();
+    for task in workers {
+        resent.extend(task.await.unwrap().unwrap());
+    }
+    resent.sort_unstable();
+    assert_eq!(resent, indexes, "each stale claim re-sent by one worker");
 }
 
 pub async fn racing_claims_take_each_recipient_exactly_once(s: &Stores) {

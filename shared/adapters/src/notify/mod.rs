@@ -280,18 +280,31 @@ fn map_error(
         400 if code == "ValidationError" && recipient.is_named_by(message) => {
             ProviderError::Rejected(format!("Notify {code} for the recipient"))
         }
-        // Template, personalisation or trial-mode problems: our service's
-        // configuration, which no retry will fix.
-        400 => ProviderError::Unauthorised(format!(
+        // The template or the service itself (not found, not allowed to
+        // send texts, trial mode): every message would fail the same way.
+        400 if names_service_configuration(message) => ProviderError::Unauthorised(format!(
             "Notify refused the request (400 {code}: {})",
             truncate(message, 120)
         )),
+        // Anything else is about this one message (its length, its
+        // personalisation): that message's outcome, and the provider stays
+        // in rotation for everyone else.
+        400 => ProviderError::Rejected(format!("Notify 400 {code} for this message")),
         401 | 403 => ProviderError::Unauthorised(format!("Notify {status} {code}")),
         429 if code == "TooManyRequestsError" => ProviderError::DailyLimit,
         429 => ProviderError::RateLimited { retry_after },
         500..=599 => ProviderError::Unavailable(format!("Notify {status} {code}")),
         _ => ProviderError::Unauthorised(format!("Notify answered {status} {code}")),
     }
+}
+
+/// Whether a 400's message is about the template or the service rather
+/// than one message.
+fn names_service_configuration(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["template", "service", "api key"]
+        .iter()
+        .any(|word| message.contains(word))
 }
 
 fn truncate(text: &str, max: usize) -> &str {
@@ -472,13 +485,29 @@ mod tests {
         assert!(matches!(
             map_error(
                 400,
-                "ValidationError",
-                "personalisation body is required",
+                "BadRequestError",
+                "Can't send to this recipient when service is in trial mode",
                 phone,
                 None
             ),
             ProviderError::Unauthorised(_)
         ));
+        // A 400 about one message that names no recipient field is that
+        // message's outcome, not a fault of the whole provider.
+        for message in [
+            "Text messages cannot be longer than 918 characters. Your message is 1000 characters long.",
+            "personalisation body is required",
+            "Missing personalisation: body",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    map_error(400, "BadRequestError", message, phone, None),
+                    ProviderError::Rejected(_)
+                ),
+                "{message}"
+            );
+        }
         let wait = Some(Duration::from_secs(2));
         assert_eq!(
             map_error(429, "RateLimitError", "Exceeded rate limit", phone, wait),

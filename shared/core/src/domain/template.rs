@@ -256,10 +256,13 @@ impl MessageTemplate {
     /// possible in an unvalidated, deserialised template) is kept as written.
     ///
     /// Values are normalised to NFC first (a name stored decomposed, `e` +
-    /// combining acute, reads and counts as the one character `é`). An empty
-    /// value takes the placeholder's fallback (`((first_name|there))`);
-    /// with none, the placeholder is left out along with the comma or space
-    /// that would dangle after it, so a text never reads "Hello , ...".
+    /// combining acute, reads and counts as the one character `é`), then cut
+    /// to their field's [`Field::max_length`], so a rendered text is never
+    /// longer than the worst case the template was checked against (918
+    /// characters). An empty value takes the placeholder's fallback
+    /// (`((first_name|there))`); with none, the placeholder is left out along
+    /// with the comma or space that would dangle after it, so a text never
+    /// reads "Hello , ...".
     pub fn render(&self, values: &Personalisation<'_>) -> String {
         let mut out = String::with_capacity(self.text.len() + 64);
         let mut dropped = false;
@@ -275,7 +278,11 @@ impl MessageTemplate {
                             continue;
                         }
                         (value, _) => {
-                            out.extend(value.nfc());
+                            let value: String = value.nfc().collect();
+                            match value.char_indices().nth(field.max_length()) {
+                                Some((cut, _)) => out.push_str(value[..cut].trim_end()),
+                                None => out.push_str(&value),
+                            }
                             continue;
                         }
                     }
@@ -953,6 +960,41 @@ mod tests {
         assert!(parse(&names).is_ok());
         let names = format!("{}((first_name))((last_name))", "a".repeat(849));
         assert!(parse(&names).is_err());
+    }
+
+    #[test]
+    fn render_cuts_names_so_no_text_passes_the_cap() {
+        // A template exactly at 918 characters in its worst case.
+        let template = parse(&format!(
+            "{}((first_name)) ((last_name)) ((practice_name))",
+            "a".repeat(918 - 35 - 35 - 100 - 2)
+        ))
+        .unwrap();
+        assert_eq!(template.worst_case_length().units, 918);
+        // Names far past the planned maxima (PDS may hold several given
+        // names; a non-GSM letter makes it count in characters, not units).
+        let first = "Élodie-Marie-Anne-Josephine-Charlotte-Victoria";
+        let last = "x".repeat(200);
+        let practice = "P".repeat(300);
+        let rendered = template.render(&Personalisation {
+            first_name: first,
+            last_name: &last,
+            practice_name: &practice,
+        });
+        assert!(
+            rendered.chars().count() <= 918,
+            "{}",
+            rendered.chars().count()
+        );
+        assert!(rendered.contains("Élodie-Marie-Anne-Josephine-Charlot "));
+        assert!(rendered.ends_with(&"P".repeat(100)));
+        // Short names are untouched.
+        let short = template.render(&Personalisation {
+            first_name: "Ada",
+            last_name: "Lovelace",
+            practice_name: "Marsh Surgery",
+        });
+        assert!(short.ends_with("Ada Lovelace Marsh Surgery"));
     }
 
     #[test]

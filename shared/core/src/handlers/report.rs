@@ -269,7 +269,18 @@ pub async fn build(hub: &Hub, campaign: &Campaign) -> Result<CampaignReport, Sto
         opted_out_practices: opted_out,
         failed_practices: failed,
         suspect_practices: suspect,
-        patient_data_remaining: hub.patients.count_campaign(&campaign.id).await?,
+        patient_data_remaining: if campaign.purged_at.is_some() || campaign.state.is_final() {
+            // Counted only once it should be gone (an empty or small
+            // remainder, cheap to count), never polled across millions.
+            hub.patients.count_campaign(&campaign.id).await?
+        } else {
+            // Held while the campaign runs: the recipients the chunk counters
+            // record (maintained with the writes).
+            chunks
+                .iter()
+                .map(|c| u64::from(c.sms_recipients) + u64::from(c.letter_recipients))
+                .sum()
+        },
         purged_items: campaign.purged_items,
         eta_seconds,
         capacity,

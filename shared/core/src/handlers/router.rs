@@ -269,7 +269,22 @@ pub struct ProviderRouter {
     /// claim is only presumed dead after `HubConfig::stale_after`, which
     /// must be longer, so a live sender is never overtaken by a re-send.
     deadline: Duration,
+    /// Wait before reconciling an ambiguous send (see `settle_ambiguous`).
+    ambiguity_grace: Duration,
 }
+
+/// How an ambiguous send turned out at its provider.
+enum Settled {
+    Accepted(Accepted),
+    NotThere,
+    Unknown(String),
+}
+
+/// Default for [`ProviderRouter::with_ambiguity_grace`]: how long after a
+/// timeout, 5xx or lost answer the router waits before asking the same
+/// provider whether it has the message (never more than a quarter of the
+/// send deadline).
+pub const DEFAULT_AMBIGUITY_GRACE: Duration = Duration::from_secs(5);
 
 /// Default for [`ProviderRouter::with_deadline`].
 pub const DEFAULT_SEND_DEADLINE: Duration = Duration::from_secs(60);
@@ -288,6 +303,7 @@ impl ProviderRouter {
             pacer: Pacer::Local(Mutex::new(HashMap::new())),
             clock: Arc::new(SystemClock),
             deadline: DEFAULT_SEND_DEADLINE,
+            ambiguity_grace: DEFAULT_AMBIGUITY_GRACE,
         }
     }
 
@@ -306,6 +322,11 @@ impl ProviderRouter {
 
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    pub fn with_ambiguity_grace(mut self, grace: Duration) -> Self {
+        self.ambiguity_grace = grace;
         self
     }
 
@@ -548,24 +569,35 @@ impl ProviderRouter {
                     all_unauthorised = false;
                     maybe_sent = true;
                     last_problem = format!("{}: {reason}", lane.provider.name());
-                    // A timeout may hide an accepted message: ask before
-                    // sending it again, so a lost response is not a duplicate.
-                    if let Ok(Some(record)) =
-                        lane.provider.find_by_reference(&request.reference).await
-                    {
-                        lane.succeeded();
-                        return Ok((
-                            lane.provider.name().to_string(),
-                            Accepted {
-                                provider_id: record.provider_id,
-                            },
-                        ));
-                    }
                     lane.failed(Instant::now());
-                    let pause =
-                        super::backoff(attempt, Duration::from_millis(50), Duration::from_secs(5));
-                    tokio::time::sleep(pause.min(self.deadline.saturating_sub(started.elapsed())))
-                        .await;
+                    // A timeout, a 5xx or a lost answer may hide a text the
+                    // provider accepted, or is still accepting: settle it at
+                    // this provider before it goes anywhere else.
+                    match self.settle_ambiguous(lane, request, started).await {
+                        Settled::Accepted(accepted) => {
+                            lane.succeeded();
+                            return Ok((lane.provider.name().to_string(), accepted));
+                        }
+                        Settled::NotThere => {
+                            let pause = super::backoff(
+                                attempt,
+                                Duration::from_millis(50),
+                                Duration::from_secs(5),
+                            );
+                            tokio::time::sleep(
+                                pause.min(self.deadline.saturating_sub(started.elapsed())),
+                            )
+                            .await;
+                        }
+                        Settled::Unknown(why) => {
+                            // Keep the claim: the send handler looks the
+                            // reference up again before anything is re-sent.
+                            return Err(RouteError::Unavailable(format!(
+                                "{}: {why}",
+                                lane.provider.name()
+                            )));
+                        }
+                    }
                 }
             }
             attempt += 1;
@@ -574,6 +606,33 @@ impl ProviderRouter {
             Err(RouteError::Unavailable(last_problem))
         } else {
             Err(RouteError::NotSent(last_problem))
+        }
+    }
+
+    /// After an ambiguous answer from `lane`: waits the grace period (so a
+    /// request the provider is still working on has landed), then asks the
+    /// same provider for our reference. Only a clear "not there" lets the
+    /// message be sent again, here or elsewhere.
+    async fn settle_ambiguous(
+        &self,
+        lane: &Lane,
+        request: &SmsRequest,
+        started: Instant,
+    ) -> Settled {
+        let grace = self.ambiguity_grace.min(self.deadline / 4);
+        if self.deadline.saturating_sub(started.elapsed()) <= grace {
+            return Settled::Unknown("no time left to look the message up".into());
+        }
+        tokio::time::sleep(grace).await;
+        let left = self.deadline.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, lane.provider.find_by_reference(&request.reference)).await
+        {
+            Ok(Ok(Some(record))) => Settled::Accepted(Accepted {
+                provider_id: record.provider_id,
+            }),
+            Ok(Ok(None)) => Settled::NotThere,
+            Ok(Err(error)) => Settled::Unknown(format!("lookup failed: {error}")),
+            Err(_) => Settled::Unknown("lookup timed out".into()),
         }
     }
 

@@ -295,8 +295,9 @@ pub trait PatientDataStore: Send + Sync {
         claimed_at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Sets statuses (outcomes after the provider call). An update for a
-    /// deleted item is ignored.
+    /// Sets statuses (outcomes after the provider call), each a conditional
+    /// write: only a `Pending` or `Claimed` recipient changes, so a final
+    /// outcome is never overwritten. An update for a deleted item is ignored.
     async fn set_status(
         &self,
         campaign: &CampaignId,

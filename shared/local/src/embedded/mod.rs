@@ -2,10 +2,12 @@
 //! Simulators: GP estate and SMS/email/letter gateway.
 
 mod db;
+mod partitions;
 mod queue;
 mod scheduler;
 mod sqlite;
 
+pub use partitions::PartitionLimits;
 pub use queue::{LocalQueue, QueueConfig, ReceivedMessage};
 pub use scheduler::LocalScheduler;
 pub use sqlite::SqliteStore;

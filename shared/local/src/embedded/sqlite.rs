@@ -4,6 +4,10 @@
 //! queries need.
 
 use super::db::{from_json, to_json, Db, DbError, SqlContext};
+use super::partitions::{
+    chunk_partition, chunks_partition, key_partition, read_units, PartitionLimits,
+    PartitionThrottle, KEY_SHARDS,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hub_core::domain::pacing::PaceBucket;
@@ -82,6 +86,8 @@ CREATE TABLE IF NOT EXISTS patient_dedupe_keys (
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     db: Db,
+    /// Realistic mode: DynamoDB's per-partition-key limits on patient data.
+    partitions: Option<PartitionThrottle>,
 }
 
 impl SqliteStore {
@@ -89,6 +95,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         Ok(Self {
             db: Db::open(path, SCHEMA)?,
+            partitions: None,
         })
     }
 
@@ -96,7 +103,35 @@ impl SqliteStore {
     pub fn in_memory() -> anyhow::Result<Self> {
         Ok(Self {
             db: Db::in_memory(SCHEMA)?,
+            partitions: None,
         })
+    }
+
+    /// Realistic mode: patient-data calls wait as DynamoDB would make them
+    /// wait when one partition key takes more than `limits` (see
+    /// [`PartitionLimits::DYNAMODB`]), so a hot key costs throughput here too.
+    pub fn with_partition_limits(mut self, limits: PartitionLimits) -> Self {
+        self.partitions = Some(PartitionThrottle::new(limits));
+        self
+    }
+
+    /// Charges units to partition keys (realistic mode only).
+    async fn spend(&self, charges: impl IntoIterator<Item = (String, u32, u32)>) {
+        if let Some(throttle) = &self.partitions {
+            let waits = charges.into_iter().map(|(key, writes, reads)| async move {
+                throttle.spend(&key, writes, reads).await
+            });
+            futures::future::join_all(waits).await;
+        }
+    }
+
+    /// Write charges for items grouped by partition key.
+    fn writes_per_partition(keys: impl IntoIterator<Item = String>) -> Vec<(String, u32, u32)> {
+        let mut counts: std::collections::BTreeMap<String, u32> = Default::default();
+        for key in keys {
+            *counts.entry(key).or_default() += 1;
+        }
+        counts.into_iter().map(|(key, n)| (key, n, 0)).collect()
     }
 
     /// The TTL sweep DynamoDB would do: deletes patient rows whose
@@ -784,6 +819,10 @@ impl PatientDataStore for SqliteStore {
         keys: &[DedupeKey],
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<Placement>, StoreError> {
+        self.spend(Self::writes_per_partition(keys.iter().map(|key| {
+            key_partition(campaign.as_str(), key.shard(KEY_SHARDS))
+        })))
+        .await;
         let (campaign, ods) = (campaign.clone(), ods.clone());
         let keys: Vec<String> = keys.iter().map(DedupeKey::storage_key).collect();
         let expires_at = expires_at.timestamp();
@@ -868,6 +907,14 @@ impl PatientDataStore for SqliteStore {
         recipients: &[Recipient],
         expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        // The recipients' chunks, and one chunk entry each.
+        let mut charges = Self::writes_per_partition(
+            recipients
+                .iter()
+                .map(|r| chunk_partition(campaign.as_str(), r.chunk.as_str())),
+        );
+        charges.push((chunks_partition(campaign.as_str()), charges.len() as u32, 0));
+        self.spend(charges).await;
         let campaign = campaign.clone();
         let recipients = recipients.to_vec();
         let expires_at = expires_at.timestamp();
@@ -951,8 +998,10 @@ impl PatientDataStore for SqliteStore {
         campaign: &CampaignId,
         chunk: &ChunkId,
     ) -> Result<Vec<Recipient>, StoreError> {
+        let partition = chunk_partition(campaign.as_str(), chunk.as_str());
         let (campaign, chunk) = (campaign.clone(), chunk.clone());
-        self.db
+        let loaded = self
+            .db
             .call(move |conn| {
                 type Row = (u32, String, String, Option<String>, bool);
                 let rows: Vec<Row> = conn
@@ -992,9 +1041,11 @@ impl PatientDataStore for SqliteStore {
                         })
                     })
                     .collect::<Result<Vec<_>, DbError>>()?;
-                Ok(recipients)
+                Ok::<_, StoreError>(recipients)
             })
-            .await
+            .await?;
+        self.spend([(partition, 0, read_units(loaded.len()))]).await;
+        Ok(loaded)
     }
 
     async fn claim(
@@ -1004,6 +1055,12 @@ impl PatientDataStore for SqliteStore {
         indexes: &[u32],
         now: DateTime<Utc>,
     ) -> Result<Vec<u32>, StoreError> {
+        self.spend([(
+            chunk_partition(campaign.as_str(), chunk.as_str()),
+            indexes.len() as u32,
+            0,
+        )])
+        .await;
         let (campaign, chunk) = (campaign.clone(), chunk.clone());
         let indexes = indexes.to_vec();
         let (claimed_status, _) = status_columns(&RecipientStatus::Claimed { at: now })?;
@@ -1046,6 +1103,8 @@ impl PatientDataStore for SqliteStore {
         index: u32,
         claimed_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        self.spend([(chunk_partition(campaign.as_str(), chunk.as_str()), 1, 0)])
+            .await;
         let (campaign, chunk) = (campaign.clone(), chunk.clone());
         let (held, _) = status_columns(&RecipientStatus::Claimed { at: claimed_at })?;
         let (pending_status, _) = status_columns(&RecipientStatus::Pending)?;
@@ -1076,6 +1135,12 @@ impl PatientDataStore for SqliteStore {
         campaign: &CampaignId,
         updates: &[StatusUpdate],
     ) -> Result<(), StoreError> {
+        self.spend(Self::writes_per_partition(
+            updates
+                .iter()
+                .map(|u| chunk_partition(campaign.as_str(), u.chunk.as_str())),
+        ))
+        .await;
         let campaign = campaign.clone();
         let rows = updates
             .iter()
@@ -1088,11 +1153,13 @@ impl PatientDataStore for SqliteStore {
             .call(move |conn| {
                 let tx = write_tx(conn)?;
                 {
-                    // A missing row changes nothing, which is what the port asks.
+                    // A missing row changes nothing, which is what the port
+                    // asks; nor does a row whose outcome is already final.
                     let mut update = tx
                         .prepare_cached(
                             "UPDATE patient_recipients SET status = ?1, pending = ?2
-                             WHERE campaign = ?3 AND chunk = ?4 AND idx = ?5",
+                             WHERE campaign = ?3 AND chunk = ?4 AND idx = ?5
+                               AND json_extract(status, '$.status') IN ('pending', 'claimed')",
                         )
                         .op("set_status")?;
                     for (chunk, index, status, pending) in &rows {
@@ -1120,6 +1187,8 @@ impl PatientDataStore for SqliteStore {
         index: u32,
         status: DeliveryStatus,
     ) -> Result<bool, StoreError> {
+        self.spend([(chunk_partition(campaign.as_str(), chunk.as_str()), 1, 0)])
+            .await;
         let (campaign, chunk) = (campaign.clone(), chunk.clone());
         let delivery = to_json("delivery status", &status)?;
         self.db
@@ -1144,6 +1213,12 @@ impl PatientDataStore for SqliteStore {
         chunk: &ChunkId,
         indexes: &[u32],
     ) -> Result<(), StoreError> {
+        self.spend([(
+            chunk_partition(campaign.as_str(), chunk.as_str()),
+            indexes.len() as u32,
+            0,
+        )])
+        .await;
         let (campaign, chunk) = (campaign.clone(), chunk.clone());
         let indexes = indexes.to_vec();
         self.db

@@ -144,7 +144,9 @@ struct Inner {
     cross_members: HashSet<(usize, u64)>,
     faults: Mutex<HashMap<OdsCode, Faults>>,
     /// Recorded write-backs: reference -> practice index.
-    writebacks: Mutex<HashMap<String, usize>>,
+    /// Write-backs recorded: the reference's hash and the practice index
+    /// (a few bytes each, whatever the cohort).
+    writebacks: Mutex<HashMap<u64, u32>>,
     writeback_repeats: AtomicU64,
 }
 
@@ -390,13 +392,13 @@ impl GpEstate {
         };
         lock(&self.inner.writebacks)
             .values()
-            .filter(|practice| *practice == index)
+            .filter(|practice| **practice as usize == *index)
             .count()
     }
 
-    /// Every reference recorded, across the region.
-    pub fn writeback_references(&self) -> HashSet<String> {
-        lock(&self.inner.writebacks).keys().cloned().collect()
+    /// Whether a write-back with this reference was recorded.
+    pub fn has_writeback(&self, reference: &str) -> bool {
+        lock(&self.inner.writebacks).contains_key(&reference_key(reference))
     }
 
     /// Write-back entries whose reference was already recorded (answered
@@ -639,6 +641,14 @@ impl Inner {
     }
 }
 
+/// A stable 64-bit key for a write-back reference.
+fn reference_key(reference: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    reference.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -713,10 +723,14 @@ impl GpConnector for GpEstate {
                 continue;
             }
             let mut recorded = lock(&self.inner.writebacks);
-            if recorded.contains_key(&entry.reference) {
-                self.inner.writeback_repeats.fetch_add(1, Ordering::Relaxed);
-            } else {
-                recorded.insert(entry.reference.clone(), index);
+            let key = reference_key(&entry.reference);
+            match recorded.entry(key) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    self.inner.writeback_repeats.fetch_add(1, Ordering::Relaxed);
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(index as u32);
+                }
             }
             results.push(WritebackResult::Recorded);
         }

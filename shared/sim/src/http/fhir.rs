@@ -75,10 +75,9 @@ struct Job {
     cancelled: bool,
 }
 
-struct Stored {
-    id: String,
-    resource: Value,
-}
+/// Communications kept whole for inspection (the latest); the rest are
+/// remembered by key and id only, so memory stays small at any cohort.
+const MAX_COMMUNICATIONS_KEPT: usize = 1_000;
 
 struct ServerState {
     estate: GpEstate,
@@ -96,7 +95,10 @@ struct ServerState {
     busy_answers: AtomicU64,
     first_pages: AtomicU64,
     /// Communications by `system|value` of their identifier.
-    communications: Mutex<HashMap<String, Stored>>,
+    /// Conditional-create keys (hashed) and the id each was stored under.
+    communications: Mutex<HashMap<u64, [u8; 16]>>,
+    /// The latest stored resources, as received.
+    recent_communications: Mutex<std::collections::VecDeque<Value>>,
     bytes_served: AtomicU64,
     polls: AtomicU64,
     exports_started: AtomicU64,
@@ -139,6 +141,7 @@ pub async fn start_fhir(
         busy_answers: AtomicU64::new(0),
         first_pages: AtomicU64::new(0),
         communications: Mutex::new(HashMap::new()),
+        recent_communications: Mutex::new(std::collections::VecDeque::new()),
         bytes_served: AtomicU64::new(0),
         polls: AtomicU64::new(0),
         exports_started: AtomicU64::new(0),
@@ -270,12 +273,17 @@ impl FhirServer {
         self.state.conditional_matches.load(Ordering::Relaxed)
     }
 
-    /// The Communications stored, as received.
+    /// The latest Communications stored (up to 1,000), as received.
     pub fn communications(&self) -> Vec<Value> {
-        lock(&self.state.communications)
-            .values()
-            .map(|s| s.resource.clone())
+        lock(&self.state.recent_communications)
+            .iter()
+            .cloned()
             .collect()
+    }
+
+    /// How many Communications are stored.
+    pub fn communications_stored(&self) -> usize {
+        lock(&self.state.communications).len()
     }
 }
 
@@ -1055,21 +1063,34 @@ async fn transaction(
     let mut stored = lock(&state.communications);
     let mut responses = Vec::with_capacity(incoming.len());
     for item in incoming {
-        if let Some(existing) = stored.get(&item.key) {
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            item.key.hash(&mut hasher);
+            hasher.finish()
+        };
+        if let Some(existing) = stored.get(&key) {
             state.conditional_matches.fetch_add(1, Ordering::Relaxed);
+            let existing = uuid::Uuid::from_bytes(*existing);
             responses.push(json!({ "response": {
                 "status": "200 OK",
-                "location": format!("Communication/{}/_history/1", existing.id)
+                "location": format!("Communication/{existing}/_history/1")
             }}));
         } else {
-            let id = uuid::Uuid::new_v4().to_string();
+            let uuid = uuid::Uuid::new_v4();
+            let id = uuid.to_string();
             let mut resource = item.resource;
             resource["id"] = id.clone().into();
             responses.push(json!({ "response": {
                 "status": "201 Created",
                 "location": format!("Communication/{id}/_history/1")
             }}));
-            stored.insert(item.key, Stored { id, resource });
+            stored.insert(key, uuid.into_bytes());
+            let mut recent = lock(&state.recent_communications);
+            if recent.len() == MAX_COMMUNICATIONS_KEPT {
+                recent.pop_front();
+            }
+            recent.push_back(resource);
         }
     }
     drop(stored);

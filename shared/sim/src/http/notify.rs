@@ -30,6 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// Notify refuses a text longer than this (a 400 about that message).
+const MAX_SMS_CHARACTERS: usize = 918;
+
 /// Bearer tokens kept for inspection.
 const MAX_TOKENS_KEPT: usize = 1_000;
 
@@ -82,18 +85,16 @@ struct Faults {
     /// Accept the text, then answer only after this delay.
     stalls: u64,
     stall_for: Duration,
-}
-
-struct Sent {
-    to: String,
-    created_at: String,
+    /// Work on the request this long before accepting the text (the
+    /// caller may give up first; the text is still created).
+    slow_accepts: u64,
+    slow_for: Duration,
 }
 
 struct ServerState {
     gateway: GatewaySim,
     config: NotifyServerConfig,
     faults: Mutex<Faults>,
-    sent: Mutex<HashMap<String, Sent>>,
     tokens: Mutex<Vec<String>>,
     auth_failures: AtomicU64,
     requests: AtomicU64,
@@ -129,7 +130,6 @@ pub async fn start_notify(
         gateway: gateway.clone(),
         config,
         faults: Mutex::new(Faults::default()),
-        sent: Mutex::new(HashMap::new()),
         tokens: Mutex::new(Vec::new()),
         auth_failures: AtomicU64::new(0),
         requests: AtomicU64::new(0),
@@ -191,6 +191,14 @@ impl NotifyServer {
         let mut faults = lock(&self.state.faults);
         faults.stalls = n;
         faults.stall_for = delay;
+    }
+
+    /// The next `n` texts are accepted only after `delay`, whether or not
+    /// the caller is still waiting (a provider slow under load).
+    pub fn accept_next_slowly(&self, n: u64, delay: Duration) {
+        let mut faults = lock(&self.state.faults);
+        faults.slow_accepts = n;
+        faults.slow_for = delay;
     }
 
     /// The bearer tokens presented (the last 1,000), valid or not, for
@@ -418,18 +426,42 @@ async fn send_sms(
         Err(response) => return response,
     };
     let (template, request) = request;
-    let accepted = match state.gateway.send_sms(&request).await {
+    let length = request.body.expose().chars().count();
+    if length > MAX_SMS_CHARACTERS {
+        return notify_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequestError",
+            &format!(
+                "Text messages cannot be longer than {MAX_SMS_CHARACTERS} characters. \
+                 Your message is {length} characters long."
+            ),
+        );
+    }
+    let slow = {
+        let mut faults = lock(&state.faults);
+        (faults.slow_accepts > 0).then(|| {
+            faults.slow_accepts -= 1;
+            faults.slow_for
+        })
+    };
+    let accepted = match slow {
+        // Detached, so the text is created even if the caller hangs up.
+        Some(delay) => {
+            let gateway = state.gateway.clone();
+            let request = request.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                gateway.send_sms(&request).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(ProviderError::Unavailable("simulated crash".into())))
+        }
+        None => state.gateway.send_sms(&request).await,
+    };
+    let accepted = match accepted {
         Ok(accepted) => accepted,
         Err(error) => return provider_error(error, "phone_number"),
     };
-    let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    lock(&state.sent).insert(
-        accepted.provider_id.clone(),
-        Sent {
-            to: request.to.e164().to_string(),
-            created_at,
-        },
-    );
     let answer = json!({
         "id": accepted.provider_id,
         "reference": request.reference,
@@ -583,21 +615,21 @@ async fn list_notifications(
         .get("template_type")
         .is_none_or(|t| t.as_str() == "sms");
     if let (Some(reference), true) = (query.get("reference"), wants_sms) {
-        match state.gateway.find_by_reference(reference).await {
-            Ok(Some(record)) => {
-                let sent = lock(&state.sent);
-                let known = sent.get(&record.provider_id);
-                notifications.push(json!({
-                    "id": record.provider_id,
-                    "reference": reference,
-                    "type": "sms",
-                    "status": status_word(record.status),
-                    "phone_number": known.map(|s| s.to.clone()),
-                    "created_at": known.map(|s| s.created_at.clone()),
-                }));
-            }
-            Ok(None) => {}
-            Err(error) => return provider_error(error, "phone_number"),
+        // The gateway's latency, as a lookup through it would have.
+        if let Err(error) = state.gateway.find_by_reference(reference).await {
+            return provider_error(error, "phone_number");
+        }
+        if let Some(found) = state.gateway.lookup_sms(reference) {
+            notifications.push(json!({
+                "id": found.provider_id,
+                "reference": reference,
+                "type": "sms",
+                "status": status_word(found.status),
+                "phone_number": found.to,
+                "created_at": found
+                    .created_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            }));
         }
     }
     Json(json!({
@@ -621,9 +653,10 @@ impl ReceiptSink for CallbackSink {
         let Some(state) = self.state.upgrade() else {
             return;
         };
-        let to = lock(&state.sent)
-            .get(&receipt.provider_id)
-            .map(|s| s.to.clone());
+        let to = state
+            .gateway
+            .lookup_sms(&receipt.reference)
+            .map(|found| found.to);
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let body = json!({
             "id": receipt.provider_id,

@@ -280,18 +280,31 @@ impl Table {
         }
     }
 
-    /// Every item in the table (`Scan`, `Select=COUNT`): not for hot paths.
-    pub async fn scan_count(&self) -> Result<u64, Fault> {
+    /// Items in the table (`Scan`, `Select=COUNT`) that have one of these
+    /// attributes: not for hot paths.
+    pub async fn scan_count(&self, having_any_of: &[&str]) -> Result<u64, Fault> {
         let mut total = 0u64;
         let mut start = None;
+        let filter = having_any_of
+            .iter()
+            .enumerate()
+            .map(|(i, _)| format!("attribute_exists(#a{i})"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
         loop {
-            let request = self
+            let mut request = self
                 .client
                 .scan()
                 .table_name(&self.name)
                 .select(Select::Count)
                 .consistent_read(true)
                 .set_exclusive_start_key(start);
+            if !having_any_of.is_empty() {
+                request = request.filter_expression(&filter);
+                for (i, name) in having_any_of.iter().enumerate() {
+                    request = request.expression_attribute_names(format!("#a{i}"), *name);
+                }
+            }
             let out = self
                 .call("Scan", || request.clone().send())
                 .await
