@@ -120,7 +120,7 @@ fn each_role_has_only_the_table_actions_its_code_calls() {
     let t = Template::load().unwrap();
     let hub = ["GetItem", "PutItem", "UpdateItem", "Query"];
     let expected: [(&str, &[&str], &[&str]); 10] = [
-        ("ApiFunction", &hub, &["Query"]),
+        ("ApiFunction", &hub, &["BatchWriteItem", "Query"]),
         ("OptoutLinkFunction", &["GetItem", "PutItem"], &[]),
         ("ReceiptsFunction", &["UpdateItem"], &["UpdateItem"]),
         ("PracticeNoticesFunction", &hub, &[]),
@@ -130,9 +130,9 @@ fn each_role_has_only_the_table_actions_its_code_calls() {
             &hub,
             &["BatchWriteItem", "PutItem", "Query"],
         ),
-        ("SendFunction", &hub, &["Query", "UpdateItem"]),
+        ("SendFunction", &hub, &["GetItem", "Query", "UpdateItem"]),
         ("WritebackFunction", &hub, &["Query", "UpdateItem"]),
-        ("LettersFunction", &hub, &["Query", "UpdateItem"]),
+        ("LettersFunction", &hub, &["GetItem", "Query", "UpdateItem"]),
         ("PurgeFunction", &hub, &["BatchWriteItem", "Query"]),
     ];
     let all = functions(&t);
@@ -203,16 +203,28 @@ fn each_role_reads_only_the_secrets_its_function_reads() {
 fn each_role_sends_only_to_the_queues_its_function_feeds() {
     let t = Template::load().unwrap();
     let expected: [(&str, &[&str]); 10] = [
-        // approve queues notices; cancel queues the purge
-        ("ApiFunction", &["NoticesQueue", "PurgeQueue"]),
+        // approve queues notices; cancel queues the purge; a decision on a
+        // held practice queues its extraction or releases the chunks
+        (
+            "ApiFunction",
+            &[
+                "ExtractQueue",
+                "LettersQueue",
+                "NoticesQueue",
+                "PurgeQueue",
+                "SendQueue",
+            ],
+        ),
         ("OptoutLinkFunction", &[]),
         ("ReceiptsFunction", &[]),
         ("PracticeNoticesFunction", &[]),
         ("DeadlineFunction", &["ExtractQueue"]),
         ("ExtractFunction", &["LettersQueue", "SendQueue"]),
-        ("SendFunction", &["WritebackQueue"]),
+        // a paused chunk comes back as a new, delayed send job
+        ("SendFunction", &["SendQueue", "WritebackQueue"]),
         ("WritebackFunction", &[]),
-        ("LettersFunction", &[]),
+        // letters are written back like texts
+        ("LettersFunction", &["WritebackQueue"]),
         ("PurgeFunction", &[]),
     ];
     let all = functions(&t);
