@@ -188,7 +188,11 @@ pub async fn hub_with(
         send_workers: share,
         email: primary.clone(),
         letters: primary,
-        gp: Arc::new(FhirGpConnector::new(FhirConfig::default())?),
+        // GP credentials are read when a practice first needs one (extract
+        // and writeback, whose roles may read the GP secrets).
+        gp: Arc::new(
+            FhirGpConnector::new(FhirConfig::default())?.with_credential_source(secrets.clone()),
+        ),
         clock: Arc::new(SystemClock),
         optout_key,
         config: HubConfig {

@@ -1008,6 +1008,80 @@ async fn a_gp_system_that_is_down_is_unavailable_and_credentials_are_checked() {
     }
 }
 
+/// One GP credential secret, as Secrets Manager holds it; counts reads.
+struct GpSecrets {
+    value: &'static str,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl GpSecrets {
+    fn holding(value: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            value,
+            reads: Default::default(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl hub_core::ports::Secrets for GpSecrets {
+    async fn secret(&self, id: &str) -> Result<SecretString, hub_core::ports::SecretsError> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match id {
+            "sms-hub/gp/G85001" => Ok(SecretString::from(self.value.to_string())),
+            other => Err(hub_core::ports::SecretsError::NotFound(other.into())),
+        }
+    }
+}
+
+/// The registry names a practice's credential secret; the connector reads
+/// it the first time the practice needs it and keeps it.
+#[tokio::test]
+async fn a_practices_gp_credential_is_read_from_the_secret_the_registry_names() {
+    let estate = estate(200, 1, 27);
+    let ods = first_ods(&estate);
+    let server = fhir(
+        estate.clone(),
+        FhirServerConfig {
+            bearer: Some(SecretString::from("gp-token-2".to_string())),
+            polls_before_ready: 0,
+            ..FhirServerConfig::default()
+        },
+    )
+    .await;
+    let secrets = GpSecrets::holding(r#"{"token": "gp-token-2"}"#);
+    let connector = fast_connector().with_credential_source(secrets.clone());
+    let practice = server
+        .practice(&ods, false, Some("sms-hub/gp/G85001"))
+        .unwrap();
+    for _ in 0..2 {
+        let (patients, errors) = read_all(&connector, &practice).await;
+        assert_eq!((patients.len(), errors.len()), (200, 0));
+    }
+    assert_eq!(
+        secrets.reads.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "read once, then kept"
+    );
+    // A secret that does not exist is configuration, named.
+    let missing = server
+        .practice(&ods, false, Some("sms-hub/gp/NOPE"))
+        .unwrap();
+    let error = connector.extract(&missing).await.err().expect("refused");
+    assert!(
+        matches!(&error, GpError::Misconfigured(m) if m.contains("sms-hub/gp/NOPE")),
+        "{error:?}"
+    );
+    // A secret of the wrong shape is named, its value never quoted.
+    let wrong = fast_connector().with_credential_source(GpSecrets::holding(r#"{"bearer": "gp-token-2"}"#));
+    let error = wrong.extract(&practice).await.err().expect("refused");
+    assert!(
+        matches!(&error, GpError::Misconfigured(m) if m.contains("token") && !m.contains("gp-token-2")),
+        "{error:?}"
+    );
+}
+
 fn writeback_entry(nhs: &str, reference: &str) -> WritebackEntry {
     WritebackEntry {
         nhs_number: NhsNumber::parse(nhs).unwrap(),

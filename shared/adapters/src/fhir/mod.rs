@@ -21,9 +21,10 @@ pub use patient::{
 use async_trait::async_trait;
 use chrono::Utc;
 use futures::stream::{self, BoxStream, StreamExt};
-use hub_core::domain::GpPatient;
+use hub_core::domain::{GpPatient, OdsCode};
 use hub_core::ports::{
-    GpConnection, GpConnector, GpError, PatientSearch, Practice, WritebackEntry, WritebackResult,
+    GpConnection, GpConnector, GpError, PatientSearch, Practice, Secrets, SecretsError,
+    WritebackEntry, WritebackResult,
 };
 use reqwest::header::{
     HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LOCATION, CONTENT_TYPE, RETRY_AFTER,
@@ -32,6 +33,7 @@ use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -85,12 +87,17 @@ impl Default for FhirConfig {
 
 /// Reaches each practice's FHIR server as its [`GpConnection::Fhir`] says.
 /// One instance serves every practice; credentials are bearer tokens keyed
-/// by the connection's `secret` name (resolved once at start-up).
+/// by the connection's `secret` name: given up front (`with_credential`),
+/// or read from a secrets source the first time a practice needs one
+/// (`with_credential_source`: the secret `{"token": "<bearer token>"}`,
+/// named in the registry), then kept for the process's life.
 #[derive(Clone)]
 pub struct FhirGpConnector {
     http: reqwest::Client,
     config: FhirConfig,
     tokens: HashMap<String, SecretString>,
+    credential_source: Option<Arc<dyn Secrets>>,
+    fetched: Arc<tokio::sync::Mutex<HashMap<String, SecretString>>>,
 }
 
 impl std::fmt::Debug for FhirGpConnector {
@@ -153,6 +160,8 @@ impl FhirGpConnector {
             http,
             config,
             tokens: HashMap::new(),
+            credential_source: None,
+            fetched: Arc::default(),
         })
     }
 
@@ -162,7 +171,51 @@ impl FhirGpConnector {
         self
     }
 
-    fn server(&self, practice: &Practice) -> Result<Server, GpError> {
+    /// Reads a connection's `secret` from `secrets` when first needed
+    /// (Secrets Manager on Lambda: only extract and writeback may read the
+    /// GP secrets).
+    pub fn with_credential_source(mut self, secrets: Arc<dyn Secrets>) -> Self {
+        self.credential_source = Some(secrets);
+        self
+    }
+
+    /// The bearer token named `name`: given, fetched before, or read now.
+    /// Errors name the practice and the secret, never its value.
+    async fn credential(&self, ods: &OdsCode, name: &str) -> Result<SecretString, GpError> {
+        if let Some(token) = self.tokens.get(name) {
+            return Ok(token.clone());
+        }
+        let Some(source) = &self.credential_source else {
+            return Err(GpError::Misconfigured(format!(
+                "{ods}: no credential named {name}"
+            )));
+        };
+        let mut fetched = self.fetched.lock().await;
+        if let Some(token) = fetched.get(name) {
+            return Ok(token.clone());
+        }
+        let token = source
+            .secret_field(name, "token")
+            .await
+            .map_err(|error| match error {
+                SecretsError::Unavailable(_) => {
+                    GpError::Unavailable(format!("{ods}: reading the GP credential {name}"))
+                }
+                SecretsError::NotFound(_) => {
+                    GpError::Misconfigured(format!("{ods}: no GP credential secret {name}"))
+                }
+                SecretsError::Malformed { .. } => GpError::Misconfigured(format!(
+                    "{ods}: the GP credential secret {name} is not {{\"token\": \"...\"}}"
+                )),
+                SecretsError::Unexpected(_) => GpError::Misconfigured(format!(
+                    "{ods}: the GP credential secret {name} cannot be read"
+                )),
+            })?;
+        fetched.insert(name.to_string(), token.clone());
+        Ok(token)
+    }
+
+    async fn server(&self, practice: &Practice) -> Result<Server, GpError> {
         let GpConnection::Fhir {
             base_url,
             bulk_export,
@@ -180,9 +233,7 @@ impl FhirGpConnector {
             .map_err(|e| GpError::Misconfigured(format!("{}: base URL: {e}", practice.ods)))?;
         let token = match secret {
             None => None,
-            Some(name) => Some(self.tokens.get(name).cloned().ok_or_else(|| {
-                GpError::Misconfigured(format!("{}: no credential named {name}", practice.ods))
-            })?),
+            Some(name) => Some(self.credential(&practice.ods, name).await?),
         };
         Ok(Server {
             base,
@@ -430,7 +481,7 @@ impl GpConnector for FhirGpConnector {
         &self,
         practice: &Practice,
     ) -> Result<BoxStream<'static, Result<GpPatient, GpError>>, GpError> {
-        let server = self.server(practice)?;
+        let server = self.server(practice).await?;
         if server.bulk_export {
             self.export(practice, server).await
         } else {
@@ -446,7 +497,7 @@ impl GpConnector for FhirGpConnector {
         practice: &Practice,
         entries: &[WritebackEntry],
     ) -> Result<Vec<WritebackResult>, GpError> {
-        let server = self.server(practice)?;
+        let server = self.server(practice).await?;
         let mut results = vec![WritebackResult::Failed; entries.len()];
         let mut ranges = vec![(0, entries.len())];
         while let Some((start, end)) = ranges.pop() {
