@@ -204,8 +204,9 @@ async fn cancel_mid_send_stops_sending_within_seconds() {
         "the rest are counted as cancelled"
     );
     assert_eq!(
-        report.totals.written_back, report.totals.sent,
-        "every text written back"
+        report.totals.written_back,
+        report.totals.sent + report.totals.letters,
+        "every text (and letter) written back"
     );
     assert_eq!(
         stack

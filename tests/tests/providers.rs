@@ -1026,8 +1026,7 @@ impl GpSecrets {
 #[async_trait::async_trait]
 impl hub_core::ports::Secrets for GpSecrets {
     async fn secret(&self, id: &str) -> Result<SecretString, hub_core::ports::SecretsError> {
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match id {
             "sms-hub/gp/G85001" => Ok(SecretString::from(self.value.to_string())),
             other => Err(hub_core::ports::SecretsError::NotFound(other.into())),
@@ -1074,7 +1073,8 @@ async fn a_practices_gp_credential_is_read_from_the_secret_the_registry_names() 
         "{error:?}"
     );
     // A secret of the wrong shape is named, its value never quoted.
-    let wrong = fast_connector().with_credential_source(GpSecrets::holding(r#"{"bearer": "gp-token-2"}"#));
+    let wrong =
+        fast_connector().with_credential_source(GpSecrets::holding(r#"{"bearer": "gp-token-2"}"#));
     let error = wrong.extract(&practice).await.err().expect("refused");
     assert!(
         matches!(&error, GpError::Misconfigured(m) if m.contains("token") && !m.contains("gp-token-2")),

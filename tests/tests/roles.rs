@@ -319,6 +319,12 @@ async fn every_operation_is_refused_for_every_role_that_lacks_it() {
             continue;
         }
         let response = call(&stack, &who, op).await;
+        if op.path.ends_with("/extraction-decisions") {
+            // No practice is held: the role is accepted and the state
+            // machine answers.
+            assert_eq!(response.status, 409, "{role} {} {}", op.method, op.path);
+            continue;
+        }
         assert!(
             response.status < 300,
             "{role} {} {}: {} {}",
