@@ -37,7 +37,7 @@ const PICK_SLACK: Duration = Duration::from_millis(100);
 /// most half of what is left of the message's deadline).
 const CALL_TIME: Duration = Duration::from_secs(10);
 /// Compare-and-set attempts on a shared bucket before giving up.
-const PACE_CAS_ATTEMPTS: u32 = 20;
+const PACE_CAS_ATTEMPTS: u32 = 60;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -230,7 +230,7 @@ pub async fn pace_shared(
                 tokio::time::sleep(super::backoff(
                     attempt,
                     Duration::from_millis(2),
-                    Duration::from_millis(50),
+                    Duration::from_millis(200),
                 ))
                 .await;
             }
