@@ -165,7 +165,9 @@ pub async fn hub_with(
         })
         .collect();
     let primary = Arc::new(LazyNotify::new(notify, 0));
-    let share: u32 = lookup(env::SEND_MAX_CONCURRENCY)
+    // More than one send invocation at once: they share the pacing
+    // buckets in the hub table (one alone paces in memory).
+    let send_workers: u32 = lookup(env::SEND_MAX_CONCURRENCY)
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let optout_key = if function.reads_optout_key() {
@@ -185,7 +187,7 @@ pub async fn hub_with(
         queue,
         scheduler,
         sms: providers,
-        send_workers: share,
+        send_workers,
         email: primary.clone(),
         letters: primary,
         // GP credentials are read when a practice first needs one (extract

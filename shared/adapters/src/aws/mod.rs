@@ -58,8 +58,8 @@ pub mod env {
     pub const PUBLIC_BASE_URL: &str = "PUBLIC_BASE_URL";
     /// The Notify services' rates and daily limits (JSON; not secret).
     pub const NOTIFY_RATES: &str = "NOTIFY_RATES";
-    /// The send queue's maximum concurrency: each invocation paces itself
-    /// at its share of the providers' rate.
+    /// The send queue's maximum concurrency: above 1 the send invocations
+    /// share their pacing buckets in the hub table.
     pub const SEND_MAX_CONCURRENCY: &str = "SEND_MAX_CONCURRENCY";
     /// Hub roles of IAM identities: `requester=PATTERN,…;approver=…`
     /// (`hub_core::domain::AccessPolicy::parse`). Empty: nobody may act.

@@ -136,15 +136,25 @@ pub async fn send_chunk(
         }
     }
     tracing::info!(campaign = %campaign_id, chunk = %chunk_id, sent = counts.sent, rejected = counts.excluded_total(), "chunk sent");
-    if let Some((_, progress)) = hub
+    finish_send_stage(hub, campaign_id, chunk_id, &counts).await
+}
+
+/// Completes a chunk's send stage with its counts (once, however often it
+/// is called), queues its write-back, and applies the campaign's progress
+/// if this call completed the stage.
+pub(crate) async fn finish_send_stage(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+    chunk_id: &ChunkId,
+    counts: &OutcomeCounts,
+) -> Result<(), JobError> {
+    let completed = hub
         .store
-        .complete_chunk_stage(campaign_id, chunk_id, ChunkStage::Send, &counts)
-        .await?
-    {
-        queue_writeback(hub, campaign_id, chunk_id).await?;
+        .complete_chunk_stage(campaign_id, chunk_id, ChunkStage::Send, counts)
+        .await?;
+    queue_writeback(hub, campaign_id, chunk_id).await?;
+    if let Some((_, progress)) = completed {
         hub.after_progress(campaign_id, progress).await?;
-    } else {
-        queue_writeback(hub, campaign_id, chunk_id).await?;
     }
     Ok(())
 }

@@ -67,17 +67,9 @@ pub async fn settle_send(
             )));
         }
         tracing::info!(campaign = %campaign_id, chunk = %chunk_id, sent = counts.sent, reason = unsent.as_str(), "chunk settled");
-        if let Some((_, progress)) = hub
-            .store
-            .complete_chunk_stage(campaign_id, chunk_id, ChunkStage::Send, &counts)
-            .await?
-        {
-            queue_writeback(hub, campaign_id, chunk_id).await?;
-            hub.after_progress(campaign_id, progress).await?;
-            return Ok(());
-        }
+        return super::send::finish_send_stage(hub, campaign_id, chunk_id, &counts).await;
     }
-    queue_writeback(hub, campaign_id, chunk_id).await
+    super::send::queue_writeback(hub, campaign_id, chunk_id).await
 }
 
 /// The letters stage of a cancelled campaign's chunk. The letter provider
@@ -117,20 +109,6 @@ pub async fn settle_letters(
     {
         hub.after_progress(campaign_id, progress).await?;
     }
-    Ok(())
-}
-
-async fn queue_writeback(
-    hub: &Hub,
-    campaign: &CampaignId,
-    chunk: &ChunkId,
-) -> Result<(), JobError> {
-    hub.queue
-        .send(&[Job::Writeback {
-            campaign: campaign.clone(),
-            chunk: chunk.clone(),
-        }])
-        .await?;
     Ok(())
 }
 

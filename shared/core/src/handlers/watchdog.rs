@@ -112,37 +112,13 @@ async fn check(hub: &Hub, campaign: &Campaign, run: &mut WatchdogRun) -> Result<
             if campaign.purged_at.is_none()
                 && since >= hub.config.receipt_window + hub.config.stale_after =>
         {
-            hub.queue
-                .send(&[Job::Purge {
-                    campaign: id.clone(),
-                }])
-                .await?;
-            run.purges_queued += 1;
-            note(
-                hub,
-                campaign,
-                "watchdog_purge_queued",
-                serde_json::json!({}),
-            )
-            .await?;
+            queue_purge(hub, campaign, run).await?;
         }
         CampaignState::Cancelled
             if campaign.purged_at.is_none() && since >= hub.config.stale_after =>
         {
             if campaign.progress.chunks_outstanding == 0 {
-                hub.queue
-                    .send(&[Job::Purge {
-                        campaign: id.clone(),
-                    }])
-                    .await?;
-                run.purges_queued += 1;
-                note(
-                    hub,
-                    campaign,
-                    "watchdog_purge_queued",
-                    serde_json::json!({}),
-                )
-                .await?;
+                queue_purge(hub, campaign, run).await?;
             } else {
                 chunks(hub, campaign, run).await?;
             }
@@ -150,6 +126,27 @@ async fn check(hub: &Hub, campaign: &Campaign, run: &mut WatchdogRun) -> Result<
         _ => {}
     }
     Ok(())
+}
+
+/// Queues the purge of a campaign that should have been purged by now.
+async fn queue_purge(
+    hub: &Hub,
+    campaign: &Campaign,
+    run: &mut WatchdogRun,
+) -> Result<(), JobError> {
+    hub.queue
+        .send(&[Job::Purge {
+            campaign: campaign.id.clone(),
+        }])
+        .await?;
+    run.purges_queued += 1;
+    note(
+        hub,
+        campaign,
+        "watchdog_purge_queued",
+        serde_json::json!({}),
+    )
+    .await
 }
 
 /// Extractions whose worker died (started longer than `stale_after` ago)
