@@ -133,7 +133,12 @@ fn each_role_has_only_the_table_actions_its_code_calls() {
         ("SendFunction", &hub, &["GetItem", "Query", "UpdateItem"]),
         ("WritebackFunction", &hub, &["Query", "UpdateItem"]),
         ("LettersFunction", &hub, &["GetItem", "Query", "UpdateItem"]),
-        ("PurgeFunction", &hub, &["BatchWriteItem", "Query"]),
+        // the watchdog records the texts it finds sent in a stuck chunk
+        (
+            "PurgeFunction",
+            &hub,
+            &["BatchWriteItem", "Query", "UpdateItem"],
+        ),
     ];
     let all = functions(&t);
     assert_eq!(all.len(), expected.len());
@@ -175,7 +180,8 @@ fn each_role_reads_only_the_secrets_its_function_reads() {
         ("SendFunction", &["NotifySecret"]),
         ("WritebackFunction", &["GP"]),
         ("LettersFunction", &["NotifySecret"]),
-        ("PurgeFunction", &[]),
+        // the watchdog asks Notify about a stuck chunk's claimed texts
+        ("PurgeFunction", &["NotifySecret"]),
     ];
     let all = functions(&t);
     for (name, secrets) in expected {
@@ -225,7 +231,17 @@ fn each_role_sends_only_to_the_queues_its_function_feeds() {
         ("WritebackFunction", &[]),
         // letters are written back like texts
         ("LettersFunction", &["WritebackQueue"]),
-        ("PurgeFunction", &[]),
+        // the watchdog re-queues whatever is stuck
+        (
+            "PurgeFunction",
+            &[
+                "ExtractQueue",
+                "LettersQueue",
+                "PurgeQueue",
+                "SendQueue",
+                "WritebackQueue",
+            ],
+        ),
     ];
     let all = functions(&t);
     for (name, queues) in expected {
@@ -257,7 +273,8 @@ fn only_functions_that_schedule_may_and_only_through_the_scheduler_role() {
         ("SendFunction", arrange),
         ("WritebackFunction", arrange),
         ("LettersFunction", arrange),
-        ("PurgeFunction", &[]),
+        // so does the watchdog when it finishes a stuck campaign
+        ("PurgeFunction", arrange),
     ];
     let all = functions(&t);
     for (name, actions) in expected {
@@ -333,4 +350,24 @@ fn every_queue_consumer_is_capped_and_may_delay_its_own_failed_messages() {
         let reserved = &all[name].properties["ReservedConcurrentExecutions"];
         assert_eq!(names(reserved), [parameter], "{name}");
     }
+}
+
+#[test]
+fn the_watchdog_runs_every_15_minutes_on_the_purge_function() {
+    let t = Template::load().unwrap();
+    let all = functions(&t);
+    let events = &all["PurgeFunction"].properties["Events"];
+    let watchdog: Vec<&Value> = events
+        .as_mapping()
+        .unwrap()
+        .values()
+        .filter(|e| e["Properties"]["Input"].as_str() == Some(r#"{"action":"watchdog"}"#))
+        .collect();
+    assert_eq!(watchdog.len(), 1, "one watchdog schedule: {events:?}");
+    assert_eq!(watchdog[0]["Type"].as_str(), Some("ScheduleV2"));
+    assert_eq!(
+        watchdog[0]["Properties"]["ScheduleExpression"].as_str(),
+        Some("rate(15 minutes)")
+    );
+    assert_eq!(watchdog[0]["Properties"]["State"].as_str(), Some("ENABLED"));
 }

@@ -206,6 +206,11 @@ async fn extractions(
             serde_json::json!({ "ods": ods, "attempts": participation.extraction_attempts, "error": reason }),
         )
         .await?;
+        // The last practice out: the others' chunks go, as when an
+        // extraction fails for good in the extract function.
+        if progress.practices_pending == 0 {
+            super::extract::release(hub, &campaign.id).await?;
+        }
         hub.after_progress(&campaign.id, progress).await?;
     }
     Ok(())
