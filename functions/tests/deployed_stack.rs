@@ -217,6 +217,53 @@ impl Run {
         .await
     }
 
+    /// Each practice is registered by one registry admin and approved by
+    /// another.
+    async fn register_practices(&self) -> Result<(), String> {
+        for practice in &self.fhir_practices {
+            let ods = practice["ods"].as_str().unwrap_or_default();
+            let change = self
+                .staff_ok(
+                    ALICE_KEY,
+                    reqwest::Method::PUT,
+                    &format!("/practices/{ods}"),
+                    Some(practice.clone()),
+                )
+                .await?;
+            let change_id = change["change_id"]
+                .as_str()
+                .ok_or_else(|| format!("a new practice waits for approval, got {change}"))?;
+            self.staff_ok(
+                BOB_KEY,
+                reqwest::Method::POST,
+                &format!("/practices/{ods}/approve"),
+                Some(json!({ "change_id": change_id })),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the campaign's patient data is purged.
+    async fn wait_for_purge(&self, id: &str) -> Result<Value, String> {
+        // The purge is scheduled at the end of the receipt window: move the
+        // Scheduler's clock past it.
+        *self.deployed.scheduler_clock.lock().unwrap() = chrono::Duration::hours(73);
+        wait_for(
+            &self.deployed,
+            "the purge",
+            Duration::from_secs(90),
+            || async {
+                let campaign = self.campaign(id).await?;
+                campaign
+                    .get("purged_at")
+                    .filter(|v| !v.is_null())
+                    .map(|_| campaign.clone())
+            },
+        )
+        .await
+    }
+
     /// A whole campaign from the staff API to purge. The error names what
     /// went wrong: functions that did not start, denied calls.
     async fn whole_campaign(&self) -> Result<Value, String> {
@@ -239,29 +286,7 @@ impl Run {
                 "an unsigned staff call answered {unsigned}, not 403"
             ));
         }
-        // Each practice is registered by one registry admin and approved
-        // by another.
-        for practice in &self.fhir_practices {
-            let ods = practice["ods"].as_str().unwrap_or_default();
-            let change = self
-                .staff_ok(
-                    ALICE_KEY,
-                    reqwest::Method::PUT,
-                    &format!("/practices/{ods}"),
-                    Some(practice.clone()),
-                )
-                .await?;
-            let change_id = change["change_id"]
-                .as_str()
-                .ok_or_else(|| format!("a new practice waits for approval, got {change}"))?;
-            self.staff_ok(
-                BOB_KEY,
-                reqwest::Method::POST,
-                &format!("/practices/{ods}/approve"),
-                Some(json!({ "change_id": change_id })),
-            )
-            .await?;
-        }
+        self.register_practices().await?;
         let created = self
             .staff_ok(
                 ALICE_KEY,
@@ -449,22 +474,7 @@ impl Run {
         outage.abort();
         sent?;
 
-        // The purge is scheduled at the end of the receipt window: move the
-        // Scheduler's clock past it.
-        *self.deployed.scheduler_clock.lock().unwrap() = chrono::Duration::hours(73);
-        wait_for(
-            &self.deployed,
-            "the purge",
-            Duration::from_secs(90),
-            || async {
-                let campaign = self.campaign(&id).await?;
-                campaign
-                    .get("purged_at")
-                    .filter(|v| !v.is_null())
-                    .map(|_| campaign.clone())
-            },
-        )
-        .await?;
+        self.wait_for_purge(&id).await?;
         let report = self
             .staff_ok(
                 ALICE_KEY,
@@ -630,6 +640,175 @@ async fn the_deployed_functions_run_a_whole_campaign_with_iam_enforced() {
         );
     }
     let _ = &run.estate;
+}
+
+/// Every campaign ends in a recorded state on AWS too: a campaign stuck in
+/// extraction (one practice's worker died on its last attempt, another's
+/// job was lost) is found by the watchdog, invoked as its recurring
+/// schedule invokes the purge function, under the purge role; it records
+/// the dead practice as failed, queues the lost one again, and the campaign
+/// goes on to send, report and purge with no call denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_scheduled_watchdog_finishes_a_stuck_campaign_under_the_purge_role() {
+    use hub_core::domain::{CampaignState, Participation, ParticipationState, StaffId};
+    use hub_core::ports::HubStore;
+    let run = Run::start(Options {
+        max_instances: 1,
+        drop_statement: None,
+    })
+    .await
+    .expect("the stack deploys");
+    run.register_practices()
+        .await
+        .expect("practices registered");
+
+    // GIVEN a campaign five hours into extraction (written as the functions
+    // would have left it): practice `dead` taken by a worker an hour ago on
+    // its last attempt, practice `lost` frozen in but its job never run
+    let store = run.deployed.emulator.hub_store();
+    let now = chrono::Utc::now();
+    let ods = |i: usize| {
+        OdsCode::parse(run.fhir_practices[i]["ods"].as_str().unwrap_or_default()).expect("ods")
+    };
+    let (dead, lost) = (ods(0), ods(1));
+    let mut campaign = hub_testkit::fixtures::campaign_at(now - chrono::Duration::hours(7));
+    campaign.optout_deadline = now - chrono::Duration::hours(5);
+    campaign.approved_by = Some(StaffId::new("arn:aws:iam::123456789012:user/bob"));
+    campaign.approved_at = Some(now - chrono::Duration::hours(7));
+    store.create_campaign(&campaign).await.expect("campaign");
+    let id = campaign.id.clone();
+    let participations: Vec<Participation> = [&dead, &lost]
+        .into_iter()
+        .map(|ods| Participation {
+            state: ParticipationState::Participating,
+            notice_sent_at: Some(now - chrono::Duration::hours(7)),
+            ..Participation::notified(id.clone(), ods.clone())
+        })
+        .collect();
+    store
+        .create_participations(
+            &[&dead, &lost].map(|ods| Participation::notified(id.clone(), ods.clone())),
+        )
+        .await
+        .expect("participations");
+    campaign
+        .begin_extraction(2, now - chrono::Duration::hours(5))
+        .expect("extracting");
+    campaign.extraction_jobs_queued = true;
+    store
+        .freeze_participants(&campaign, &participations)
+        .await
+        .expect("frozen");
+    let mut worker_died = store
+        .get_participation(&id, &dead)
+        .await
+        .expect("read")
+        .expect("participation");
+    worker_died.state = ParticipationState::Extracting;
+    worker_died.extraction_attempts = 3;
+    worker_died.extraction_started_at = Some(now - chrono::Duration::hours(1));
+    store
+        .update_participation(&worker_died)
+        .await
+        .expect("extracting");
+    let stuck = store
+        .get_campaign(&id)
+        .await
+        .expect("read")
+        .expect("campaign");
+    assert_eq!(stuck.state, CampaignState::Extracting);
+    assert!(stuck.extraction_jobs_queued);
+
+    // WHEN the watchdog's schedule fires
+    let answer = run
+        .deployed
+        .fire_recurring_schedule(&json!({ "action": "watchdog" }))
+        .await
+        .unwrap_or_else(|why| panic!("the watchdog failed:\n{why}"));
+    eprintln!("the watchdog answered {answer}");
+    let acted = answer["watchdog"].as_str().unwrap_or_default();
+    assert!(
+        acted.contains("extractions_retried: 1") && acted.contains("extractions_failed: 1"),
+        "the watchdog retried one extraction and failed the other: {answer}"
+    );
+
+    // THEN the campaign sends, completes, reports and purges
+    let id = id.to_string();
+    run.wait_for_state(
+        &id,
+        &["awaiting_receipts", "completed"],
+        Duration::from_secs(180),
+    )
+    .await
+    .unwrap_or_else(|why| panic!("the stuck campaign did not finish:\n{why}"));
+    run.wait_for_purge(&id)
+        .await
+        .unwrap_or_else(|why| panic!("the finished campaign was not purged:\n{why}"));
+    let report = run
+        .staff_ok(
+            ALICE_KEY,
+            reqwest::Method::GET,
+            &format!("/campaigns/{id}/report"),
+            None,
+        )
+        .await
+        .expect("report");
+    assert_eq!(
+        report["adds_up"],
+        json!(true),
+        "the report adds up: {report}"
+    );
+    let practice = |ods: &OdsCode| {
+        report["practices"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["ods"] == json!(ods.as_str())))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let failed = practice(&dead);
+    assert_eq!(failed["state"], json!("extraction_failed"), "{failed}");
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stalled")),
+        "the reason is recorded: {failed}"
+    );
+    let retried = practice(&lost);
+    assert_eq!(retried["state"], json!("extracted"), "{retried}");
+    assert!(
+        retried["sent"].as_u64().unwrap_or(0) > 0,
+        "the lost practice's patients are texted: {retried}"
+    );
+    assert_eq!(
+        retried["sent"].as_u64(),
+        Some(run.notify.gateway().sent_count() as u64),
+        "the report counts the texts Notify accepted"
+    );
+
+    // Under the purge role, with nothing denied.
+    assert!(
+        run.deployed.emulator.denials().is_empty(),
+        "no AWS call denied: {:?}",
+        run.deployed.emulator.denials()
+    );
+    let calls = run.deployed.emulator.allowed_calls();
+    assert!(
+        calls.contains_key(&("PurgeFunction".to_string(), "sqs:SendMessage".to_string())),
+        "the purge function queued the extraction: {calls:?}"
+    );
+    let audit = run
+        .staff_ok(
+            BOB_KEY,
+            reqwest::Method::GET,
+            &format!("/campaigns/{id}/audit"),
+            None,
+        )
+        .await
+        .expect("audit");
+    let text = audit.to_string();
+    for action in ["watchdog_extraction_retried", "practice_extraction_failed"] {
+        assert!(text.contains(action), "{action} audited: {audit}");
+    }
 }
 
 /// The harness is the check: with one statement gone from the api role,

@@ -16,6 +16,29 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A client of one AWS service on the emulator with the administrator's
+/// key (the test's own view, outside any function's role).
+macro_rules! admin_client {
+    ($emulator:expr, $sdk:ident) => {{
+        use $sdk::config::{BehaviorVersion, Credentials, Region};
+        let m = &$emulator.manifest;
+        $sdk::Client::from_conf(
+            $sdk::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new(m.region.clone()))
+                .endpoint_url(&m.endpoint)
+                .credentials_provider(Credentials::new(
+                    &m.admin_key,
+                    &m.admin_key,
+                    None,
+                    None,
+                    "admin",
+                ))
+                .build(),
+        )
+    }};
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -184,60 +207,28 @@ impl Emulator {
     }
 
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
-        use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
-        let m = &self.manifest;
-        aws_sdk_sqs::Client::from_conf(
-            aws_sdk_sqs::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(Region::new(m.region.clone()))
-                .endpoint_url(&m.endpoint)
-                .credentials_provider(Credentials::new(
-                    &m.admin_key,
-                    &m.admin_key,
-                    None,
-                    None,
-                    "admin",
-                ))
-                .build(),
-        )
+        admin_client!(self, aws_sdk_sqs)
     }
 
     pub fn scheduler(&self) -> aws_sdk_scheduler::Client {
-        use aws_sdk_scheduler::config::{BehaviorVersion, Credentials, Region};
-        let m = &self.manifest;
-        aws_sdk_scheduler::Client::from_conf(
-            aws_sdk_scheduler::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(Region::new(m.region.clone()))
-                .endpoint_url(&m.endpoint)
-                .credentials_provider(Credentials::new(
-                    &m.admin_key,
-                    &m.admin_key,
-                    None,
-                    None,
-                    "admin",
-                ))
-                .build(),
-        )
+        admin_client!(self, aws_sdk_scheduler)
     }
 
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
-        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-        let m = &self.manifest;
-        aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(Region::new(m.region.clone()))
-                .endpoint_url(&m.endpoint)
-                .credentials_provider(Credentials::new(
-                    &m.admin_key,
-                    &m.admin_key,
-                    None,
-                    None,
-                    "admin",
-                ))
-                .build(),
-        )
+        admin_client!(self, aws_sdk_dynamodb)
+    }
+
+    /// The hub table through the hub's own adapter, as the administrator
+    /// (to set up a state the functions then find).
+    pub fn hub_store(&self) -> hub_adapters::aws::DynamoHubStore {
+        let table = self
+            .manifest
+            .functions
+            .values()
+            .find_map(|f| f.environment.get("HUB_TABLE"))
+            .cloned()
+            .unwrap_or_default();
+        hub_adapters::aws::DynamoHubStore::new(self.dynamodb(), table)
     }
 }
 
@@ -442,6 +433,55 @@ impl Deployed {
             }
         }
         sums
+    }
+
+    /// Fires a recurring (rate or cron) schedule once as EventBridge
+    /// Scheduler would: its target function invoked with its Input. The
+    /// schedule is the one whose Input is `input`; the answer is the
+    /// function's response.
+    pub async fn fire_recurring_schedule(&self, input: &Value) -> Result<Value, String> {
+        let scheduler = self.emulator.scheduler();
+        let listed = scheduler
+            .list_schedules()
+            .send()
+            .await
+            .map_err(|e| format!("listing schedules: {e}"))?;
+        for summary in listed.schedules {
+            let Some(name) = summary.name.clone() else {
+                continue;
+            };
+            let schedule = scheduler
+                .get_schedule()
+                .name(&name)
+                .set_group_name(summary.group_name.clone())
+                .send()
+                .await
+                .map_err(|e| format!("reading schedule {name}: {e}"))?;
+            let recurring = schedule
+                .schedule_expression()
+                .is_some_and(|e| e.starts_with("rate(") || e.starts_with("cron("));
+            let Some(target) = schedule.target() else {
+                continue;
+            };
+            let given: Option<Value> = target.input().and_then(|i| serde_json::from_str(i).ok());
+            if !recurring || given.as_ref() != Some(input) {
+                continue;
+            }
+            let function = self
+                .functions
+                .values()
+                .find(|f| f.spec.arn == target.arn())
+                .ok_or_else(|| format!("schedule {name} targets {}", target.arn()))?;
+            return match function.invoke(input.clone()).await? {
+                runtime::Outcome::Response(answer) => Ok(answer),
+                runtime::Outcome::Error(error) => Err(format!(
+                    "{} failed schedule {name}: {error}\n{}",
+                    function.logical_id,
+                    self.diagnosis()
+                )),
+            };
+        }
+        Err(format!("no recurring schedule with the input {input}"))
     }
 
     /// Each function's init times (one per instance).
