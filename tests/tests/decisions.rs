@@ -336,3 +336,105 @@ async fn registry_changes_that_reach_patients_need_a_second_person() {
     let again = api::approve_practice_change(hub, &bob(), &ods, &change.change_id).await;
     assert!(matches!(again, Err(ApiError::Conflict(_))), "{again:?}");
 }
+
+/// Practice notices sent so far: (to, subject, reference).
+fn notices(stack: &LocalStack) -> Vec<(String, String, String)> {
+    stack
+        .gateways
+        .iter()
+        .chain(std::iter::once(&stack.postal))
+        .flat_map(|g| g.emails())
+        .filter(|(_, subject, _)| subject.starts_with("Emergency SMS to your patients"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bringing_the_deadline_forward_tells_each_practice_once() {
+    use hub_core::handlers::api;
+    use std::time::Duration;
+    let stack = LocalStack::start(config(3, 150, 53)).await.expect("stack");
+    let hub = &stack.hub;
+    let id = create_and_approve(&stack, &request("NHS: heat alert. See www.nhs.uk")).await;
+    hub_local::demo::wait_until(Duration::from_secs(30), || async {
+        let parts = hub.store.list_participations(&id).await?;
+        Ok(!parts.is_empty() && parts.iter().all(|p| p.notice_sent_at.is_some()))
+    })
+    .await
+    .expect("notices sent");
+    let first = notices(&stack);
+    assert_eq!(first.len(), 3, "{first:?}");
+
+    // GIVEN one practice opted out, and the deadline moved later (no new
+    // notice: the link outlives it)
+    let opted_out = hub.store.list_participations(&id).await.expect("parts")[0]
+        .ods
+        .clone();
+    api::record_opt_out(hub, bob().as_str(), &id, opted_out.as_str())
+        .await
+        .expect("opted out");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(3)).to_rfc3339();
+    api::reschedule_deadline(hub, &alice(), &id, &later, None)
+        .await
+        .expect("later");
+
+    // WHEN a second person approves bringing it forward
+    let sooner = (chrono::Utc::now() + chrono::Duration::minutes(90)).to_rfc3339();
+    let asked =
+        api::reschedule_deadline(hub, &alice(), &id, &sooner, Some("the alert was upgraded"))
+            .await
+            .expect("asked");
+    let to = asked.deadline_change.expect("waiting").to;
+    api::approve_deadline_change(
+        hub,
+        &bob(),
+        &id,
+        &to.to_rfc3339(),
+        true,
+        Some("cannot wait"),
+    )
+    .await
+    .expect("approved");
+
+    // THEN each practice still in gets one new notice naming the new
+    // deadline; the one that opted out gets none
+    hub_local::demo::wait_until(Duration::from_secs(30), || async {
+        Ok(notices(&stack).len() >= 5)
+    })
+    .await
+    .expect("new notices sent");
+    let parts = hub.store.list_participations(&id).await.expect("parts");
+    for part in &parts {
+        let expected = (part.ods != opted_out).then_some(to);
+        let told = part.notice_deadline.filter(|d| *d == to);
+        assert_eq!(told, expected, "{}: {part:?}", part.ods);
+    }
+    let updates: Vec<_> = notices(&stack)
+        .into_iter()
+        .filter(|(_, subject, _)| subject.contains("brought forward"))
+        .collect();
+    assert_eq!(updates.len(), 2, "{updates:?}");
+
+    // AND asking again (a retried approval, a redelivered job) sends no
+    // more: the notices are derived from the stored state
+    let campaign = hub.campaign(&id).await.expect("campaign");
+    api::arrange_window(hub, &campaign).await.expect("again");
+    for part in &parts {
+        hub.queue
+            .send(&[hub_core::ports::Job::Notice {
+                campaign: id.clone(),
+                ods: part.ods.clone(),
+            }])
+            .await
+            .expect("queued");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(notices(&stack).len(), 5, "no notice twice");
+    let audit = hub.store.list_audit(&id).await.expect("audit");
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.action == "practice_notified_of_earlier_deadline")
+            .count(),
+        2
+    );
+}

@@ -383,7 +383,13 @@ async fn a_practice_read_far_below_its_list_size_is_held_not_completed() {
     let retried = api::decide_extraction(hub, &bob(), &id, &decision(&f.b, "retry"))
         .await
         .unwrap();
-    assert_eq!(retried.state, ParticipationState::Participating);
+    // The api records the decision and who took it; the extract function
+    // carries it out.
+    let recorded = retried.decision.expect("the decision is recorded");
+    assert_eq!(
+        (recorded.decision.as_str(), &recorded.by),
+        ("retry", &bob())
+    );
 
     // THEN the practice is read in full and the campaign completes
     let report = wait_for_state(
@@ -430,6 +436,18 @@ async fn a_held_practice_is_excluded_or_proceeded_by_staff() {
         api::decide_extraction(hub, &bob(), &id, &decision(&f.b, choice))
             .await
             .unwrap();
+        // The same decision again is a replay (its job queued again and
+        // carried out once); another decision on the same hold is refused.
+        api::decide_extraction(hub, &bob(), &id, &decision(&f.b, choice))
+            .await
+            .expect("a replayed decision");
+        let other = if choice == "exclude" {
+            "proceed"
+        } else {
+            "exclude"
+        };
+        let refused = api::decide_extraction(hub, &bob(), &id, &decision(&f.b, other)).await;
+        assert!(matches!(refused, Err(ApiError::Conflict(_))), "{refused:?}");
         let report = wait_for_state(
             &f.stack,
             &id,
@@ -453,6 +471,13 @@ async fn a_held_practice_is_excluded_or_proceeded_by_staff() {
             }
         }
         assert!(report.practices.iter().any(|p| p.ods == f.a && p.sent > 0));
+        let audit = hub.store.list_audit(&id).await.unwrap();
+        let carried_out: Vec<_> = audit
+            .iter()
+            .filter(|e| e.action == "extraction_decision_carried_out")
+            .collect();
+        assert_eq!(carried_out.len(), 1, "carried out once: {carried_out:?}");
+        assert_eq!(carried_out[0].detail["decided_by"], bob().as_str());
         assert_purged(&f.stack, &id).await;
     }
 }

@@ -120,7 +120,7 @@ fn each_role_has_only_the_table_actions_its_code_calls() {
     let t = Template::load().unwrap();
     let hub = ["GetItem", "PutItem", "UpdateItem", "Query"];
     let expected: [(&str, &[&str], &[&str]); 10] = [
-        ("ApiFunction", &hub, &["BatchWriteItem", "Query"]),
+        ("ApiFunction", &hub, &["Query"]),
         ("OptoutLinkFunction", &["GetItem", "PutItem"], &[]),
         ("ReceiptsFunction", &["UpdateItem"], &["UpdateItem"]),
         ("PracticeNoticesFunction", &hub, &[]),
@@ -210,16 +210,10 @@ fn each_role_sends_only_to_the_queues_its_function_feeds() {
     let t = Template::load().unwrap();
     let expected: [(&str, &[&str]); 10] = [
         // approve queues notices; cancel queues the purge; a decision on a
-        // held practice queues its extraction or releases the chunks
+        // held practice is carried out by its extract job
         (
             "ApiFunction",
-            &[
-                "ExtractQueue",
-                "LettersQueue",
-                "NoticesQueue",
-                "PurgeQueue",
-                "SendQueue",
-            ],
+            &["ExtractQueue", "NoticesQueue", "PurgeQueue"],
         ),
         ("OptoutLinkFunction", &[]),
         ("ReceiptsFunction", &[]),

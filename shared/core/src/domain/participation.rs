@@ -1,6 +1,6 @@
 //! A practice's part in one campaign, and the only ways it may change.
 
-use super::{CampaignId, OdsCode, OutcomeCounts};
+use super::{CampaignId, OdsCode, OutcomeCounts, StaffId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,10 @@ pub struct Participation {
     pub ods: OdsCode,
     pub state: ParticipationState,
     pub notice_sent_at: Option<DateTime<Utc>>,
+    /// The opt-out deadline the last notice sent named: brought forward
+    /// since, the practice is sent a new notice.
+    #[serde(default)]
+    pub notice_deadline: Option<DateTime<Utc>>,
     pub opted_out_at: Option<DateTime<Utc>>,
     /// Who recorded the opt-out: `practice-link` or a staff identity.
     pub opted_out_by: Option<String>,
@@ -59,7 +63,20 @@ pub struct Participation {
     /// Cohort and exclusions found at extraction.
     pub counts: OutcomeCounts,
     pub sends_queued: bool,
+    /// The staff decision on a held extraction, recorded by the api and
+    /// carried out by the extract function (kept after proceed or exclude
+    /// as the record of who decided).
+    #[serde(default)]
+    pub decision: Option<RecordedDecision>,
     pub version: u64,
+}
+
+/// A staff decision on a held extraction as recorded: what, who, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedDecision {
+    pub decision: ExtractionDecision,
+    pub by: StaffId,
+    pub at: DateTime<Utc>,
 }
 
 impl Participation {
@@ -69,6 +86,7 @@ impl Participation {
             ods,
             state: ParticipationState::Notified,
             notice_sent_at: None,
+            notice_deadline: None,
             opted_out_at: None,
             opted_out_by: None,
             extraction_attempts: 0,
@@ -79,6 +97,7 @@ impl Participation {
             records_read: 0,
             counts: Default::default(),
             sends_queued: false,
+            decision: None,
             version: 0,
         }
     }
@@ -208,6 +227,46 @@ impl Participation {
         self.finish_extraction(chunks, counts, malformed);
         self.records_read = records_read;
         self.state = ParticipationState::ExtractionSuspect;
+        self.decision = None;
+    }
+
+    /// Whether the practice is to be sent a notice for the deadline in
+    /// force: it has none yet, or its last one named a later deadline (the
+    /// deadline was brought forward since). Derived from the stored state,
+    /// so a redelivered or re-queued notice is not sent twice.
+    pub fn needs_notice(&self, deadline: DateTime<Utc>) -> bool {
+        self.state == ParticipationState::Notified
+            && (self.notice_sent_at.is_none()
+                || self.notice_deadline.is_some_and(|told| told > deadline))
+    }
+
+    /// Staff record a decision on a held extraction, for the extract
+    /// function to carry out. One decision per hold: the same one again is
+    /// a replay (`Ok(false)`), another is refused.
+    pub fn record_decision(
+        &mut self,
+        decision: ExtractionDecision,
+        by: &StaffId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, ParticipationError> {
+        let refused = |state| ParticipationError {
+            ods: self.ods.clone(),
+            state,
+            action: "take an extraction decision (only a held extraction without one can)",
+        };
+        match &self.decision {
+            Some(recorded) if recorded.decision == decision => Ok(false),
+            Some(_) => Err(refused(self.state)),
+            None if self.state != ParticipationState::ExtractionSuspect => Err(refused(self.state)),
+            None => {
+                self.decision = Some(RecordedDecision {
+                    decision,
+                    by: by.clone(),
+                    at,
+                });
+                Ok(true)
+            }
+        }
     }
 
     /// Staff decide on a held extraction. `Proceed` keeps what was read;
@@ -225,6 +284,8 @@ impl Participation {
             ExtractionDecision::Proceed => self.state = ParticipationState::Extracted,
             ExtractionDecision::Retry => {
                 self.state = ParticipationState::Participating;
+                // Read again; a new hold waits for a new decision.
+                self.decision = None;
                 self.extraction_attempts = 0;
                 self.chunks = 0;
                 self.counts = OutcomeCounts::default();

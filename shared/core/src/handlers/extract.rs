@@ -10,9 +10,9 @@
 use super::{Hub, JobError};
 use crate::domain::{
     CampaignId, CampaignState, ChunkId, ChunkRecord, Contact, ContactPreference, DedupeKey,
-    ExclusionReason, ExtractionStart, GpPatient, NhsNumber, OdsCode, OutcomeCounts, Participation,
-    ParticipationState, Personal, PostalAddress, Postcode, Recipient, RecipientStatus, Restriction,
-    UkMobile,
+    ExclusionReason, ExtractionDecision, ExtractionStart, GpPatient, NhsNumber, OdsCode,
+    OutcomeCounts, Participation, ParticipationState, Personal, PostalAddress, Postcode, Recipient,
+    RecipientStatus, Restriction, UkMobile,
 };
 use crate::ports::{GpError, Job, Placement, Practice, StoreError};
 use futures::StreamExt;
@@ -327,6 +327,13 @@ pub async fn extract_practice(
             "practice {ods} does not take part in campaign {campaign_id}"
         )));
     };
+    if participation.state == ParticipationState::ExtractionSuspect {
+        match carry_out_decision(hub, participation).await? {
+            // Retry: read the practice again now.
+            Some(retried) => participation = retried,
+            None => return Ok(()),
+        }
+    }
     let was = participation.state;
     match participation.start_extraction(hub.now(), hub.config.stale_after) {
         ExtractionStart::Started if was == ParticipationState::Extracting => {
@@ -339,6 +346,11 @@ pub async fn extract_practice(
             )))
         }
         ExtractionStart::AlreadyExtracted => return queue_chunks(hub, &participation).await,
+        // An excluded practice's job redelivered: the release may not have
+        // happened yet.
+        ExtractionStart::NotTakingPart if participation.decision.is_some() => {
+            return queue_chunks(hub, &participation).await
+        }
         ExtractionStart::NotTakingPart => return Ok(()),
     }
     participation = match hub.store.update_participation(&participation).await {
@@ -521,9 +533,61 @@ async fn hold(
     Ok(())
 }
 
+/// Carries out the staff decision the api recorded on a held practice
+/// (nothing if none is recorded yet). Proceed and exclude finish the
+/// practice's part; retry discards what was read and returns the practice,
+/// back in line, to be extracted again. Each step is idempotent and the
+/// participation moves on by compare-and-set, so a redelivered job finds
+/// the decision carried out and only re-releases the chunks.
+async fn carry_out_decision(
+    hub: &Hub,
+    mut participation: Participation,
+) -> Result<Option<Participation>, JobError> {
+    let Some(recorded) = participation.decision.clone() else {
+        return Ok(None);
+    };
+    let campaign_id = participation.campaign.clone();
+    participation
+        .decide(recorded.decision)
+        .map_err(|refused| JobError::Malformed(refused.to_string()))?;
+    let retried = match recorded.decision {
+        ExtractionDecision::Proceed => {
+            let progress = proceed_with_held(hub, &participation).await?;
+            hub.after_progress(&campaign_id, progress).await?;
+            None
+        }
+        ExtractionDecision::Exclude => {
+            discard_held(hub, &participation).await?;
+            let progress = hub.store.commit_extraction(&participation, 0).await?;
+            if progress.practices_pending == 0 {
+                release(hub, &campaign_id).await?;
+            }
+            hub.after_progress(&campaign_id, progress).await?;
+            None
+        }
+        ExtractionDecision::Retry => {
+            discard_held(hub, &participation).await?;
+            Some(hub.store.update_participation(&participation).await?)
+        }
+    };
+    tracing::info!(campaign = %campaign_id, ods = %participation.ods, decision = recorded.decision.as_str(), "extraction decision carried out");
+    hub.audit(
+        Some(&campaign_id),
+        "hub",
+        "extraction_decision_carried_out",
+        serde_json::json!({
+            "ods": participation.ods,
+            "decision": recorded.decision.as_str(),
+            "decided_by": recorded.by.as_str(),
+        }),
+    )
+    .await?;
+    Ok(retried)
+}
+
 /// Staff proceed with a held extraction: its chunks are rebuilt from the
 /// stored recipients, recorded and counted, as a commit would have.
-pub(crate) async fn proceed_with_held(
+async fn proceed_with_held(
     hub: &Hub,
     participation: &Participation,
 ) -> Result<crate::domain::Progress, JobError> {
@@ -562,7 +626,7 @@ pub(crate) async fn proceed_with_held(
 
 /// Staff exclude a held practice (or a retry starts it again): what it
 /// read is deleted.
-pub(crate) async fn discard_held(hub: &Hub, participation: &Participation) -> Result<(), JobError> {
+async fn discard_held(hub: &Hub, participation: &Participation) -> Result<(), JobError> {
     hub.patients
         .delete_practice_recipients(&participation.campaign, &participation.ods)
         .await?;

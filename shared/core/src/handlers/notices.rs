@@ -3,7 +3,9 @@
 
 use super::optout_token::{self, OptOutClaim};
 use super::{Hub, JobError};
-use crate::domain::{plan::human_duration, CampaignId, OdsCode, ParticipationState, Target};
+use crate::domain::{
+    plan::human_duration, CampaignId, CampaignState, OdsCode, Participation, Target,
+};
 use crate::ports::{EmailRequest, ProviderError, StoreError};
 
 pub fn describe_target(target: &Target) -> String {
@@ -35,14 +37,17 @@ pub async fn send_notice(
     ods: &OdsCode,
 ) -> Result<(), JobError> {
     let campaign = hub.campaign(campaign_id).await?;
-    let Some(mut participation) = hub.store.get_participation(campaign_id, ods).await? else {
+    let Some(participation) = hub.store.get_participation(campaign_id, ods).await? else {
         return Err(JobError::Malformed(format!(
             "{ods} is not notified of {campaign_id}"
         )));
     };
-    if participation.notice_sent_at.is_some()
-        || participation.state != ParticipationState::Notified
+    // A second notice only tells of a deadline brought forward while the
+    // window is still open.
+    let update = participation.notice_sent_at.is_some();
+    if !participation.needs_notice(campaign.optout_deadline)
         || campaign.state.is_final()
+        || (update && campaign.state != CampaignState::OptOutWindow)
     {
         return Ok(());
     }
@@ -66,8 +71,14 @@ pub async fn send_notice(
         hub.config.optout_base_url.trim_end_matches('/')
     );
     let until = campaign.optout_deadline - hub.now();
+    let brought_forward = if update {
+        "The opt-out deadline of this campaign has been brought forward: the new deadline \
+         below replaces the one in our earlier email.\n\n"
+    } else {
+        ""
+    };
     let body = format!(
-        "Dear {practice},\n\n\
+        "Dear {practice},\n\n{brought_forward}\
          The regional SMS Engagement Hub will send an emergency text message to {target} \
          of your practice.\n\n\
          Campaign: {name}\nReason: {justification}\n\n\
@@ -87,12 +98,26 @@ pub async fn send_notice(
     );
     let request = EmailRequest {
         to: practice.notice_email.clone(),
-        subject: format!(
-            "Emergency SMS to your patients: {} — opt-out window",
-            campaign.name
-        ),
+        subject: if update {
+            format!(
+                "Emergency SMS to your patients: {} — opt-out deadline brought forward",
+                campaign.name
+            )
+        } else {
+            format!(
+                "Emergency SMS to your patients: {} — opt-out window",
+                campaign.name
+            )
+        },
         body,
-        reference: format!("notice.{campaign_id}.{ods}"),
+        reference: if update {
+            format!(
+                "notice.{campaign_id}.{ods}.{}",
+                campaign.optout_deadline.timestamp()
+            )
+        } else {
+            format!("notice.{campaign_id}.{ods}")
+        },
     };
     match hub.email.send_email(&request).await {
         Ok(_) => {}
@@ -109,17 +134,49 @@ pub async fn send_notice(
         }
         Err(error) => return Err(JobError::retry_because(format!("notice to {ods}"), error)),
     }
-    participation.notice_sent_at = Some(hub.now());
-    match hub.store.update_participation(&participation).await {
-        Ok(_) | Err(StoreError::Conflict(_)) => {}
-        Err(other) => return Err(other.into()),
-    }
+    record_notice(hub, participation, campaign.optout_deadline).await?;
     hub.audit(
         Some(campaign_id),
         "hub",
-        "practice_notified",
-        serde_json::json!({ "ods": ods }),
+        if update {
+            "practice_notified_of_earlier_deadline"
+        } else {
+            "practice_notified"
+        },
+        serde_json::json!({ "ods": ods, "optout_deadline": campaign.optout_deadline }),
     )
     .await?;
     Ok(())
+}
+
+/// Records that the practice was sent its notice naming `deadline`
+/// (re-read and written again if the participation changed meanwhile, so
+/// the notice is not sent again).
+async fn record_notice(
+    hub: &Hub,
+    mut participation: Participation,
+    deadline: chrono::DateTime<chrono::Utc>,
+) -> Result<(), JobError> {
+    let now = hub.now();
+    for _ in 0..5 {
+        participation.notice_sent_at.get_or_insert(now);
+        participation.notice_deadline = Some(deadline);
+        match hub.store.update_participation(&participation).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict(_)) => {
+                let Some(current) = hub
+                    .store
+                    .get_participation(&participation.campaign, &participation.ods)
+                    .await?
+                else {
+                    return Ok(());
+                };
+                participation = current;
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Err(JobError::retry(
+        "the participation kept changing while its notice was recorded",
+    ))
 }

@@ -166,13 +166,20 @@ async fn extractions(
             ParticipationState::Participating => {
                 now - campaign.state_changed_at >= hub.config.stuck_after
             }
+            // A staff decision recorded but not carried out: its job lost.
+            ParticipationState::ExtractionSuspect => participation
+                .decision
+                .as_ref()
+                .is_some_and(|d| now - d.at >= hub.config.stale_after),
             _ => false,
         };
         if !stuck {
             continue;
         }
         let ods = participation.ods.clone();
-        if participation.extraction_attempts < hub.config.max_extract_attempts {
+        // A decision, not the attempts, ends a held practice's part.
+        let decided = participation.state == ParticipationState::ExtractionSuspect;
+        if decided || participation.extraction_attempts < hub.config.max_extract_attempts {
             hub.queue
                 .send(&[Job::Extract {
                     campaign: campaign.id.clone(),

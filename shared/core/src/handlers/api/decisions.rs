@@ -82,10 +82,11 @@ async fn notified_practices(hub: &Hub, campaign: &Campaign) -> Result<Vec<Practi
         .collect())
 }
 
-/// The deadline schedule and every unsent notice, derived from the stored
-/// state, so approving or moving the deadline again finishes what a
-/// failure left undone (both are idempotent: the schedule by name, a
-/// notice by its participation's `notice_sent_at`).
+/// The deadline schedule and every notice unsent or naming a later
+/// deadline than the one in force, derived from the stored state, so
+/// approving or moving the deadline again finishes what a failure left
+/// undone (both are idempotent: the schedule by name, a notice by its
+/// participation's `notice_sent_at` and `notice_deadline`).
 pub async fn arrange_window(hub: &Hub, campaign: &Campaign) -> Result<(), ApiError> {
     if campaign.state != CampaignState::OptOutWindow {
         return Ok(());
@@ -103,7 +104,7 @@ pub async fn arrange_window(hub: &Hub, campaign: &Campaign) -> Result<(), ApiErr
         .list_participations(&campaign.id)
         .await?
         .into_iter()
-        .filter(|p| p.notice_sent_at.is_none())
+        .filter(|p| p.notice_sent_at.is_none() || p.needs_notice(campaign.optout_deadline))
         .map(|p| Job::Notice {
             campaign: campaign.id.clone(),
             ods: p.ods,

@@ -1,12 +1,14 @@
 //! Staff decisions on a practice held as `extraction_suspect` (far fewer
-//! records than its registered list): proceed, retry or exclude.
+//! records than its registered list): proceed, retry or exclude. The api
+//! records the decision and who took it and queues the practice's extract
+//! job; the extract function carries it out (`extract::carry_out_decision`).
 
 use super::{load, ApiError};
 use crate::domain::{
     CampaignId, CampaignState, ExtractionDecision, OdsCode, Participation, StaffId,
 };
-use crate::handlers::{extract, Hub};
-use crate::ports::Job;
+use crate::handlers::Hub;
+use crate::ports::{Job, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// `POST /campaigns/{id}/extraction-decisions`
@@ -37,57 +39,57 @@ pub async fn decide_extraction(
         }
     };
     let campaign = load(hub, id).await?;
-    if campaign.state != CampaignState::Extracting {
-        return Err(ApiError::Conflict(format!(
-            "campaign {id} is {}; extraction decisions are taken while it is extracting",
-            campaign.state
-        )));
-    }
     let Some(mut participation) = hub.store.get_participation(id, &ods).await? else {
         return Err(ApiError::NotFound(format!(
             "practice {ods} in campaign {id}"
         )));
     };
+    let replay = participation
+        .decision
+        .as_ref()
+        .is_some_and(|recorded| recorded.decision == decision);
+    if campaign.state != CampaignState::Extracting && !replay {
+        return Err(ApiError::Conflict(format!(
+            "campaign {id} is {}; extraction decisions are taken while it is extracting",
+            campaign.state
+        )));
+    }
     let read = participation.records_read;
-    participation
-        .decide(decision)
+    // Recorded here, carried out by the extract function (which may read
+    // and delete the held recipients and release the region's chunks).
+    let recorded = participation
+        .record_decision(decision, caller, hub.now())
         .map_err(|refused| ApiError::Conflict(refused.to_string()))?;
-    let stored = match decision {
-        ExtractionDecision::Proceed => {
-            let progress = extract::proceed_with_held(hub, &participation).await?;
-            participation.version += 1;
-            hub.after_progress(id, progress).await?;
-            participation
-        }
-        ExtractionDecision::Retry => {
-            extract::discard_held(hub, &participation).await?;
-            let stored = hub.store.update_participation(&participation).await?;
-            hub.queue
-                .send(&[Job::Extract {
-                    campaign: id.clone(),
-                    ods: ods.clone(),
-                }])
-                .await?;
-            stored
-        }
-        ExtractionDecision::Exclude => {
-            extract::discard_held(hub, &participation).await?;
-            let progress = hub.store.commit_extraction(&participation, 0).await?;
-            participation.version += 1;
-            if progress.practices_pending == 0 {
-                extract::release(hub, id).await?;
+    let stored = if recorded {
+        match hub.store.update_participation(&participation).await {
+            Ok(stored) => stored,
+            Err(StoreError::Conflict(_)) => {
+                return Err(ApiError::Conflict(format!(
+                    "practice {ods} changed while the decision was recorded; read it again"
+                )))
             }
-            hub.after_progress(id, progress).await?;
-            participation
+            Err(other) => return Err(other.into()),
         }
+    } else {
+        // The same decision again (a retried request): queued again, the
+        // extract function carries it out once.
+        participation
     };
-    hub.audit(
-        Some(id),
-        caller.as_str(),
-        &format!("extraction_suspect_{}", decision.as_str()),
-        serde_json::json!({ "ods": ods, "records_read": read }),
-    )
-    .await?;
-    tracing::info!(campaign = %id, ods = %ods, decision = decision.as_str(), "extraction decision taken");
+    hub.queue
+        .send(&[Job::Extract {
+            campaign: id.clone(),
+            ods: ods.clone(),
+        }])
+        .await?;
+    if recorded {
+        hub.audit(
+            Some(id),
+            caller.as_str(),
+            &format!("extraction_suspect_{}", decision.as_str()),
+            serde_json::json!({ "ods": ods, "records_read": read }),
+        )
+        .await?;
+    }
+    tracing::info!(campaign = %id, ods = %ods, decision = decision.as_str(), "extraction decision recorded");
     Ok(stored)
 }
