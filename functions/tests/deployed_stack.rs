@@ -264,6 +264,73 @@ impl Run {
         .await
     }
 
+    /// A campaign five hours into extraction, written as the functions
+    /// would have left it (through the hub's own adapter, as the
+    /// administrator): the first practice taken by a worker an hour ago on
+    /// its last attempt (`dead`), the second frozen in but its extract job
+    /// never run (`lost`). Returns (campaign, dead, lost).
+    async fn stuck_campaign(&self) -> Result<(CampaignId, OdsCode, OdsCode), String> {
+        use hub_core::domain::{CampaignState, Participation, ParticipationState, StaffId};
+        use hub_core::ports::HubStore;
+        self.register_practices().await?;
+        let store = self.deployed.emulator.hub_store();
+        let failed = |e: hub_core::ports::StoreError| e.to_string();
+        let now = chrono::Utc::now();
+        let ods = |i: usize| {
+            OdsCode::parse(self.fhir_practices[i]["ods"].as_str().unwrap_or_default())
+                .map_err(|e| e.to_string())
+        };
+        let (dead, lost) = (ods(0)?, ods(1)?);
+        let mut campaign = hub_testkit::fixtures::campaign_at(now - chrono::Duration::hours(7));
+        campaign.optout_deadline = now - chrono::Duration::hours(5);
+        campaign.approved_by = Some(StaffId::new("arn:aws:iam::123456789012:user/bob"));
+        campaign.approved_at = Some(now - chrono::Duration::hours(7));
+        store.create_campaign(&campaign).await.map_err(failed)?;
+        let id = campaign.id.clone();
+        let notified = [&dead, &lost].map(|ods| Participation::notified(id.clone(), ods.clone()));
+        store
+            .create_participations(&notified)
+            .await
+            .map_err(failed)?;
+        let frozen: Vec<Participation> = notified
+            .into_iter()
+            .map(|p| Participation {
+                state: ParticipationState::Participating,
+                notice_sent_at: Some(now - chrono::Duration::hours(7)),
+                ..p
+            })
+            .collect();
+        campaign
+            .begin_extraction(2, now - chrono::Duration::hours(5))
+            .map_err(|e| e.to_string())?;
+        campaign.extraction_jobs_queued = true;
+        store
+            .freeze_participants(&campaign, &frozen)
+            .await
+            .map_err(failed)?;
+        let mut worker_died = store
+            .get_participation(&id, &dead)
+            .await
+            .map_err(failed)?
+            .ok_or("no participation")?;
+        worker_died.state = ParticipationState::Extracting;
+        worker_died.extraction_attempts = 3;
+        worker_died.extraction_started_at = Some(now - chrono::Duration::hours(1));
+        store
+            .update_participation(&worker_died)
+            .await
+            .map_err(failed)?;
+        let stuck = store
+            .get_campaign(&id)
+            .await
+            .map_err(failed)?
+            .ok_or("no campaign")?;
+        if stuck.state != CampaignState::Extracting || !stuck.extraction_jobs_queued {
+            return Err(format!("not stuck in extraction: {stuck:?}"));
+        }
+        Ok((id, dead, lost))
+    }
+
     /// A whole campaign from the staff API to purge. The error names what
     /// went wrong: functions that did not start, denied calls.
     async fn whole_campaign(&self) -> Result<Value, String> {
@@ -650,74 +717,16 @@ async fn the_deployed_functions_run_a_whole_campaign_with_iam_enforced() {
 /// goes on to send, report and purge with no call denied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_scheduled_watchdog_finishes_a_stuck_campaign_under_the_purge_role() {
-    use hub_core::domain::{CampaignState, Participation, ParticipationState, StaffId};
-    use hub_core::ports::HubStore;
     let run = Run::start(Options {
         max_instances: 1,
         drop_statement: None,
     })
     .await
     .expect("the stack deploys");
-    run.register_practices()
-        .await
-        .expect("practices registered");
-
-    // GIVEN a campaign five hours into extraction (written as the functions
-    // would have left it): practice `dead` taken by a worker an hour ago on
-    // its last attempt, practice `lost` frozen in but its job never run
-    let store = run.deployed.emulator.hub_store();
-    let now = chrono::Utc::now();
-    let ods = |i: usize| {
-        OdsCode::parse(run.fhir_practices[i]["ods"].as_str().unwrap_or_default()).expect("ods")
-    };
-    let (dead, lost) = (ods(0), ods(1));
-    let mut campaign = hub_testkit::fixtures::campaign_at(now - chrono::Duration::hours(7));
-    campaign.optout_deadline = now - chrono::Duration::hours(5);
-    campaign.approved_by = Some(StaffId::new("arn:aws:iam::123456789012:user/bob"));
-    campaign.approved_at = Some(now - chrono::Duration::hours(7));
-    store.create_campaign(&campaign).await.expect("campaign");
-    let id = campaign.id.clone();
-    let participations: Vec<Participation> = [&dead, &lost]
-        .into_iter()
-        .map(|ods| Participation {
-            state: ParticipationState::Participating,
-            notice_sent_at: Some(now - chrono::Duration::hours(7)),
-            ..Participation::notified(id.clone(), ods.clone())
-        })
-        .collect();
-    store
-        .create_participations(
-            &[&dead, &lost].map(|ods| Participation::notified(id.clone(), ods.clone())),
-        )
-        .await
-        .expect("participations");
-    campaign
-        .begin_extraction(2, now - chrono::Duration::hours(5))
-        .expect("extracting");
-    campaign.extraction_jobs_queued = true;
-    store
-        .freeze_participants(&campaign, &participations)
-        .await
-        .expect("frozen");
-    let mut worker_died = store
-        .get_participation(&id, &dead)
-        .await
-        .expect("read")
-        .expect("participation");
-    worker_died.state = ParticipationState::Extracting;
-    worker_died.extraction_attempts = 3;
-    worker_died.extraction_started_at = Some(now - chrono::Duration::hours(1));
-    store
-        .update_participation(&worker_died)
-        .await
-        .expect("extracting");
-    let stuck = store
-        .get_campaign(&id)
-        .await
-        .expect("read")
-        .expect("campaign");
-    assert_eq!(stuck.state, CampaignState::Extracting);
-    assert!(stuck.extraction_jobs_queued);
+    // GIVEN a campaign five hours into extraction: practice `dead` taken
+    // by a worker an hour ago on its last attempt, practice `lost` frozen
+    // in but its job never run
+    let (id, dead, lost) = run.stuck_campaign().await.expect("a stuck campaign");
 
     // WHEN the watchdog's schedule fires
     let answer = run
@@ -809,6 +818,37 @@ async fn the_scheduled_watchdog_finishes_a_stuck_campaign_under_the_purge_role()
     for action in ["watchdog_extraction_retried", "practice_extraction_failed"] {
         assert!(text.contains(action), "{action} audited: {audit}");
     }
+}
+
+/// The watchdog test is a check: without the purge role's send to the
+/// extract queue, the watchdog cannot re-queue the lost extraction, and
+/// the denial names the purge function and the action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_watchdog_denied_the_extract_queue_is_named() {
+    let run = Run::start(Options {
+        max_instances: 1,
+        drop_statement: Some("PurgeFunctionRole:sqs:SendMessage:ExtractQueue".into()),
+    })
+    .await
+    .expect("the stack deploys");
+    assert!(
+        run.deployed.emulator.manifest.dropped_statement.is_some(),
+        "the statement was found and removed"
+    );
+    run.stuck_campaign().await.expect("a stuck campaign");
+    let answer = run
+        .deployed
+        .fire_recurring_schedule(&json!({ "action": "watchdog" }))
+        .await;
+    eprintln!("the watchdog answered {answer:?}");
+    let denials = run.deployed.emulator.denials();
+    let extract_queue = &run.deployed.emulator.manifest.queues["ExtractQueue"].arn;
+    assert!(
+        denials.iter().any(|d| d.function == "PurgeFunction"
+            && d.action == "sqs:SendMessage"
+            && &d.resource == extract_queue),
+        "the denial is logged: {denials:?}"
+    );
 }
 
 /// The harness is the check: with one statement gone from the api role,

@@ -132,6 +132,18 @@ pub async fn wait_for_state(
     api::report(&stack.hub, id).await.expect("report")
 }
 
+/// Waits up to `limit` for the campaign to complete, checks that its
+/// report keeps the promises ([`assert_invariants`]) and returns it.
+pub async fn completed_and_sound(
+    stack: &Arc<LocalStack>,
+    id: &CampaignId,
+    limit: Duration,
+) -> CampaignReport {
+    let report = wait_for_state(stack, id, CampaignState::Completed, limit).await;
+    assert_invariants(stack, &report).await;
+    report
+}
+
 /// The promises of DESIGN.md, checked against the simulators' ground truth.
 pub async fn assert_invariants(stack: &Arc<LocalStack>, report: &CampaignReport) {
     assert!(

@@ -161,14 +161,7 @@ async fn across_registrations_the_most_careful_record_wins() {
     // WHEN a campaign with postal fallback runs to the end
     let id = create_and_approve(&f.stack, &request("Heat alert: see www.nhs.uk")).await;
     fire_deadline_now(&f.stack, &id).await;
-    let report = wait_for_state(
-        &f.stack,
-        &id,
-        CampaignState::Completed,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_invariants(&f.stack, &report).await;
+    let report = completed_and_sound(&f.stack, &id, Duration::from_secs(60)).await;
 
     // THEN deceased anywhere: nobody contacted, by text or letter
     assert_eq!(f.texts_to(&mobile(1)) + f.texts_to(&mobile(11)), 0);
@@ -255,14 +248,7 @@ async fn names_fall_back_are_normalised_and_letters_are_personalised_and_written
         "NHS South East London: ((first_name|there)), a heat alert applies. See www.nhs.uk";
     let id = create_and_approve(&f.stack, &request(message)).await;
     fire_deadline_now(&f.stack, &id).await;
-    let report = wait_for_state(
-        &f.stack,
-        &id,
-        CampaignState::Completed,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_invariants(&f.stack, &report).await;
+    let report = completed_and_sound(&f.stack, &id, Duration::from_secs(60)).await;
 
     let texts = |mobile: &UkMobile| -> Vec<String> {
         f.stack
@@ -392,14 +378,7 @@ async fn a_practice_read_far_below_its_list_size_is_held_not_completed() {
     );
 
     // THEN the practice is read in full and the campaign completes
-    let report = wait_for_state(
-        &f.stack,
-        &id,
-        CampaignState::Completed,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_invariants(&f.stack, &report).await;
+    let report = completed_and_sound(&f.stack, &id, Duration::from_secs(60)).await;
     assert!(report.suspect_practices.is_empty());
     let b = report.practices.iter().find(|p| p.ods == f.b).unwrap();
     assert_eq!(b.state, ParticipationState::Extracted);
@@ -448,14 +427,7 @@ async fn a_held_practice_is_excluded_or_proceeded_by_staff() {
         };
         let refused = api::decide_extraction(hub, &bob(), &id, &decision(&f.b, other)).await;
         assert!(matches!(refused, Err(ApiError::Conflict(_))), "{refused:?}");
-        let report = wait_for_state(
-            &f.stack,
-            &id,
-            CampaignState::Completed,
-            Duration::from_secs(60),
-        )
-        .await;
-        assert_invariants(&f.stack, &report).await;
+        let report = completed_and_sound(&f.stack, &id, Duration::from_secs(60)).await;
         let b = report.practices.iter().find(|p| p.ods == f.b).unwrap();
         match choice {
             "exclude" => {
@@ -480,4 +452,49 @@ async fn a_held_practice_is_excluded_or_proceeded_by_staff() {
         assert_eq!(carried_out[0].detail["decided_by"], bob().as_str());
         assert_purged(&f.stack, &id).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decision_whose_job_was_lost_is_carried_out_by_the_watchdog() {
+    use hub_core::domain::{ExtractionDecision, RecordedDecision};
+    let f = two_practices(65).await;
+    let hub = &f.stack.hub;
+    search_form(&f.stack, &f.b, PatientSearch::Reference).await;
+    let id = create_and_approve(&f.stack, &request("Heat alert: see www.nhs.uk")).await;
+    fire_deadline_now(&f.stack, &id).await;
+    wait_until(Duration::from_secs(30), || async {
+        let held = hub.store.get_participation(&id, &f.b).await?;
+        Ok(held.is_some_and(|p| p.state == ParticipationState::ExtractionSuspect))
+    })
+    .await
+    .expect("held");
+
+    // GIVEN an exclusion recorded an hour ago whose extract job was lost
+    // (the api's queue send failed after the record was written)
+    let mut held = hub
+        .store
+        .get_participation(&id, &f.b)
+        .await
+        .unwrap()
+        .unwrap();
+    held.decision = Some(RecordedDecision {
+        decision: ExtractionDecision::Exclude,
+        by: bob(),
+        at: chrono::Utc::now() - chrono::Duration::hours(1),
+    });
+    hub.store.update_participation(&held).await.unwrap();
+
+    // THEN the watchdog queues it again, the extract function carries it
+    // out, and the campaign completes without the practice
+    let report = completed_and_sound(&f.stack, &id, Duration::from_secs(60)).await;
+    let b = report.practices.iter().find(|p| p.ods == f.b).unwrap();
+    assert_eq!(b.state, ParticipationState::ExtractionFailed);
+    let audit = hub.store.list_audit(&id).await.unwrap();
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "watchdog_extraction_retried" && e.detail["ods"] == f.b.as_str()));
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "extraction_decision_carried_out"));
+    assert_purged(&f.stack, &id).await;
 }

@@ -31,14 +31,7 @@ async fn a_dead_lettered_extraction_is_retried_then_recorded_as_failed() {
 
     // THEN the watchdog retries them, records the dead one as failed with a
     // reason, and the campaign completes, adds up and is purged
-    let report = wait_for_state(
-        &stack,
-        &id,
-        CampaignState::Completed,
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_invariants(&stack, &report).await;
+    let report = completed_and_sound(&stack, &id, Duration::from_secs(120)).await;
     assert_purged(&stack, &id).await;
     let state = |ods| {
         report
@@ -90,14 +83,7 @@ async fn a_deadline_whose_schedule_was_lost_still_fires() {
     assert!(moved);
 
     // THEN the watchdog fires it and the campaign completes and purges
-    let report = wait_for_state(
-        &stack,
-        &id,
-        CampaignState::Completed,
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_invariants(&stack, &report).await;
+    let report = completed_and_sound(&stack, &id, Duration::from_secs(120)).await;
     assert_purged(&stack, &id).await;
     assert!(report.totals.sent > 0);
     let audit = hub.store.list_audit(&id).await.expect("audit");
