@@ -81,6 +81,21 @@ async fn two_practices(seed: u64) -> Fixture {
 }
 
 impl Fixture {
+    /// A campaign approved and past its deadline, once practice B is held
+    /// as `extraction_suspect`.
+    async fn held(&self) -> hub_core::domain::CampaignId {
+        let id = create_and_approve(&self.stack, &request("Heat alert: see www.nhs.uk")).await;
+        fire_deadline_now(&self.stack, &id).await;
+        let hub = &self.stack.hub;
+        wait_until(Duration::from_secs(30), || async {
+            let held = hub.store.get_participation(&id, &self.b).await?;
+            Ok(held.is_some_and(|p| p.state == ParticipationState::ExtractionSuspect))
+        })
+        .await
+        .expect("practice B held as extraction_suspect");
+        id
+    }
+
     fn serve(&self, ods: &OdsCode, resources: Vec<Value>) {
         let http = self.stack.http.as_ref().expect("HTTP stack");
         http.fhir.add_resources(ods, resources);
@@ -321,16 +336,9 @@ async fn a_practice_read_far_below_its_list_size_is_held_not_completed() {
     // while its server carries the practice as an identifier: it finds
     // nobody, as the independent UK Core server did
     search_form(&f.stack, &f.b, PatientSearch::Reference).await;
-    let id = create_and_approve(&f.stack, &request("Heat alert: see www.nhs.uk")).await;
 
     // WHEN the deadline fires
-    fire_deadline_now(&f.stack, &id).await;
-    wait_until(Duration::from_secs(30), || async {
-        let held = hub.store.get_participation(&id, &f.b).await?;
-        Ok(held.is_some_and(|p| p.state == ParticipationState::ExtractionSuspect))
-    })
-    .await
-    .expect("practice B held as extraction_suspect");
+    let id = f.held().await;
 
     // THEN B is held, shown, audited; nothing is sent and the campaign
     // does not complete while it waits
@@ -404,14 +412,7 @@ async fn a_held_practice_is_excluded_or_proceeded_by_staff() {
                         "generalPractitioner": [{ "reference": format!("Organization/{}", f.b) }] }),
             )],
         );
-        let id = create_and_approve(&f.stack, &request("Heat alert: see www.nhs.uk")).await;
-        fire_deadline_now(&f.stack, &id).await;
-        wait_until(Duration::from_secs(30), || async {
-            let held = hub.store.get_participation(&id, &f.b).await?;
-            Ok(held.is_some_and(|p| p.state == ParticipationState::ExtractionSuspect))
-        })
-        .await
-        .expect("held");
+        let id = f.held().await;
         api::decide_extraction(hub, &bob(), &id, &decision(&f.b, choice))
             .await
             .unwrap();
@@ -460,14 +461,7 @@ async fn a_decision_whose_job_was_lost_is_carried_out_by_the_watchdog() {
     let f = two_practices(65).await;
     let hub = &f.stack.hub;
     search_form(&f.stack, &f.b, PatientSearch::Reference).await;
-    let id = create_and_approve(&f.stack, &request("Heat alert: see www.nhs.uk")).await;
-    fire_deadline_now(&f.stack, &id).await;
-    wait_until(Duration::from_secs(30), || async {
-        let held = hub.store.get_participation(&id, &f.b).await?;
-        Ok(held.is_some_and(|p| p.state == ParticipationState::ExtractionSuspect))
-    })
-    .await
-    .expect("held");
+    let id = f.held().await;
 
     // GIVEN an exclusion recorded an hour ago whose extract job was lost
     // (the api's queue send failed after the record was written)
