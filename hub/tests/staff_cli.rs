@@ -371,7 +371,7 @@ fn a_staff_members_first_campaign() {
         let decided = server.hub(&BOB, &["campaign", "extraction", &id, ods, "proceed"]);
         assert_eq!(decided.code, 0, "{}", decided.stderr);
         assert!(
-            decided.stdout.contains("is extracted"),
+            decided.stdout.contains("Decision proceed recorded"),
             "{}",
             decided.stdout
         );

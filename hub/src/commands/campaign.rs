@@ -216,9 +216,12 @@ pub async fn run(command: CampaignCommand, cx: &Context) -> Result<(), CliError>
                     &json!({ "ods": ods, "decision": decision }),
                 )
                 .await?;
+            // The hub records the decision; its extract function carries
+            // it out (`watch` shows the practice move on).
             cx.done(answer, |p: Participation| {
                 format!(
-                    "Practice {} is {} for campaign {id} ({decision}).",
+                    "Decision {decision} recorded for practice {} in campaign {id} (now {}); \
+                     it is being carried out.",
                     p.ods, p.state
                 )
             })
