@@ -416,4 +416,69 @@ mod tests {
             ExtractionStart::NotTakingPart
         );
     }
+
+    #[test]
+    fn one_decision_per_hold_and_a_retry_waits_for_a_new_one() {
+        let now = Utc::now();
+        let bob = StaffId::new("arn:aws:iam::1:user/bob");
+        let mut p = notified();
+        assert!(
+            p.record_decision(ExtractionDecision::Proceed, &bob, now)
+                .is_err(),
+            "only a held practice is decided on"
+        );
+        p.hold_as_suspect(1, OutcomeCounts::default(), 0, 3);
+        assert_eq!(
+            p.record_decision(ExtractionDecision::Retry, &bob, now),
+            Ok(true)
+        );
+        assert_eq!(
+            p.record_decision(ExtractionDecision::Retry, &bob, now),
+            Ok(false),
+            "the same decision again is a replay"
+        );
+        assert!(p
+            .record_decision(ExtractionDecision::Exclude, &bob, now)
+            .is_err());
+        p.decide(ExtractionDecision::Retry).unwrap();
+        assert_eq!(p.state, ParticipationState::Participating);
+        assert!(p.decision.is_none(), "a retry clears the decision");
+        p.hold_as_suspect(1, OutcomeCounts::default(), 0, 3);
+        assert_eq!(
+            p.record_decision(ExtractionDecision::Exclude, &bob, now),
+            Ok(true),
+            "a new hold takes a new decision"
+        );
+        p.decide(ExtractionDecision::Exclude).unwrap();
+        assert_eq!(
+            p.decision.as_ref().map(|d| (d.decision, d.by.clone())),
+            Some((ExtractionDecision::Exclude, bob.clone())),
+            "kept as the record of who decided"
+        );
+        assert_eq!(
+            p.record_decision(ExtractionDecision::Exclude, &bob, now),
+            Ok(false),
+            "a replay after it was carried out is still a replay"
+        );
+    }
+
+    #[test]
+    fn a_notice_is_due_when_none_was_sent_or_it_named_a_later_deadline() {
+        let deadline = Utc::now();
+        let mut p = notified();
+        assert!(p.needs_notice(deadline));
+        p.notice_sent_at = Some(deadline);
+        p.notice_deadline = Some(deadline);
+        assert!(!p.needs_notice(deadline), "told this deadline");
+        assert!(
+            !p.needs_notice(deadline + chrono::Duration::hours(1)),
+            "a later deadline needs no new notice"
+        );
+        assert!(
+            p.needs_notice(deadline - chrono::Duration::hours(1)),
+            "an earlier one does"
+        );
+        p.opt_out("practice-link", deadline).unwrap();
+        assert!(!p.needs_notice(deadline - chrono::Duration::hours(1)));
+    }
 }
