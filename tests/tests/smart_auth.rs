@@ -39,13 +39,13 @@ impl Secrets for OneSecret {
     }
 }
 
-fn client_secret(token_url: &str, pem: &str) -> String {
+fn client_secret(token_url: &str, pem: &str, alg: &str) -> String {
     json!({
         "client_id": CLIENT_ID,
         "token_url": token_url,
         "private_key_pem": pem,
         "kid": "hub-key-1",
-        "alg": "ES384",
+        "alg": alg,
         "scope": "system/Patient.rs system/Communication.c",
     })
     .to_string()
@@ -62,6 +62,27 @@ struct Setup {
 /// A practice of `patients` behind a server whose tokens live
 /// `lifetime`, the hub's client registered with the key in its secret.
 async fn setup(patients: u64, lifetime: Duration) -> Setup {
+    setup_with_key(patients, lifetime, new_es384_key_pem(), "ES384").await
+}
+
+/// A 2048-bit RSA key (PKCS#8), made now by openssl (ring makes no RSA
+/// keys; infra/mesh.sh needs openssl for the MESH tests too).
+fn new_rsa_key_pem() -> String {
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "openssl genpkey failed");
+    String::from_utf8(made.stdout).expect("PEM is text")
+}
+
+async fn setup_with_key(patients: u64, lifetime: Duration, pem: String, alg: &str) -> Setup {
     let estate = GpEstate::generate(RegionSpec {
         practices: 1,
         patients,
@@ -77,8 +98,7 @@ async fn setup(patients: u64, lifetime: Duration) -> Setup {
     )
     .await
     .expect("FHIR simulator starts");
-    let pem = new_es384_key_pem();
-    let secret = client_secret(&server.token_url(), &pem);
+    let secret = client_secret(&server.token_url(), &pem, alg);
     let credentials = ClientCredentials::parse(&secret).expect("the secret parses");
     server
         .register_client(CLIENT_ID, &credentials.public_jwk())
@@ -239,8 +259,12 @@ async fn a_bad_key_fails_the_practice_naming_it_and_no_secret() {
 
     let setup = setup(50, Duration::from_secs(60)).await;
     let other_key = new_es384_key_pem();
-    let other =
-        ClientCredentials::parse(&client_secret(&setup.server.token_url(), &other_key)).unwrap();
+    let other = ClientCredentials::parse(&client_secret(
+        &setup.server.token_url(),
+        &other_key,
+        "ES384",
+    ))
+    .unwrap();
     setup
         .server
         .register_client(CLIENT_ID, &other.public_jwk())
@@ -300,7 +324,8 @@ async fn the_token_endpoint_is_strict() {
     let setup = setup(10, Duration::from_secs(60)).await;
     let server = &setup.server;
     let token_url = server.token_url();
-    let credentials = ClientCredentials::parse(&client_secret(&token_url, &setup.pem)).unwrap();
+    let credentials =
+        ClientCredentials::parse(&client_secret(&token_url, &setup.pem, "ES384")).unwrap();
     let now = chrono::Utc::now();
     let scope = "system/Patient.rs";
     let request = |assertion: &SecretString| {
@@ -327,11 +352,14 @@ async fn the_token_endpoint_is_strict() {
         (401, Some("invalid_client"))
     );
 
-    let elsewhere =
-        ClientCredentials::parse(&client_secret(&format!("{token_url}/other"), &setup.pem))
-            .unwrap()
-            .assertion(now)
-            .unwrap();
+    let elsewhere = ClientCredentials::parse(&client_secret(
+        &format!("{token_url}/other"),
+        &setup.pem,
+        "ES384",
+    ))
+    .unwrap()
+    .assertion(now)
+    .unwrap();
     let expired = credentials
         .assertion(now - chrono::Duration::minutes(10))
         .unwrap();
@@ -363,4 +391,28 @@ async fn the_token_endpoint_is_strict() {
         assert_eq!((status, refused["error"].as_str()), (400, Some(code)));
     }
     assert_eq!(server.tokens_issued(), 1);
+}
+
+/// GIVEN the hub's client registered with an RSA key (RS384), WHEN the
+/// practice is extracted, THEN the server verifies the RS384 assertion and
+/// every patient is read.
+#[tokio::test]
+async fn an_rs384_client_is_admitted() {
+    let setup = setup_with_key(120, Duration::from_secs(60), new_rsa_key_pem(), "RS384").await;
+    let listed = setup.estate.practices()[0].list_size as usize;
+    let mut stream = setup.connector.extract(&setup.practice).await.unwrap();
+    let (patients, errors) = read(&mut stream, usize::MAX).await;
+    assert_eq!(patients.len() + errors.len(), listed);
+    assert_eq!(setup.server.tokens_issued(), 1);
+    let jwk = ClientCredentials::parse(&client_secret(
+        &setup.server.token_url(),
+        &setup.pem,
+        "RS384",
+    ))
+    .unwrap()
+    .public_jwk();
+    assert_eq!(
+        (jwk["kty"].as_str(), jwk["alg"].as_str()),
+        (Some("RSA"), Some("RS384"))
+    );
 }
