@@ -1,14 +1,15 @@
 //! Glue between Lambda's event types and the handlers: the only module that
 //! sees a Lambda type, so the domain and the handlers never do.
 
-use crate::metrics::{Metrics, API_SERVER_ERRORS, JOBS_FAILED, QUEUE_DIMENSION};
+use crate::metrics::{Metrics, API_SERVER_ERRORS, JOBS_FAILED, PRACTICES_HELD, QUEUE_DIMENSION};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use hub_adapters::aws::SqsJobQueue;
+use hub_core::domain::ParticipationState;
 use hub_core::domain::StaffId;
 use hub_core::handlers::jobs::{error_chain, handle_batch, Failure, Message};
 use hub_core::handlers::{Hub, JobError};
 use hub_core::http::Caller;
-use hub_core::ports::{QueueError, QueueName};
+use hub_core::ports::{Job, QueueError, QueueName};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,6 +230,11 @@ pub async fn handle_sqs_redelivering(
         .collect();
     let messages = sqs_messages(event)?;
     let count = messages.len();
+    let extractions: Vec<Job> = messages
+        .iter()
+        .filter_map(|message| serde_json::from_str::<Job>(&message.body).ok())
+        .filter(|job| matches!(job, Job::Extract { .. }))
+        .collect();
     let held: Vec<String> = handles.values().map(|(handle, _)| handle.clone()).collect();
     let work = handle_batch(hub, queue, messages, concurrency);
     tokio::pin!(work);
@@ -266,9 +272,35 @@ pub async fn handle_sqs_redelivering(
             failed.len() as u64,
         );
     }
+    count_held_practices(hub, &extractions, metrics).await;
     // The provider counts of this invocation too.
     metrics.flush();
     Ok(batch_response(failed))
+}
+
+/// Counts `PracticesHeld` for each extraction that left its practice held
+/// as `extraction_suspect`, so an alarm pages staff to decide (nothing is
+/// sent in the region meanwhile). A read that fails is logged, not fatal.
+async fn count_held_practices(hub: &Hub, extractions: &[Job], metrics: &Metrics) {
+    for job in extractions {
+        let Job::Extract { campaign, ods } = job else {
+            continue;
+        };
+        match hub.store.get_participation(campaign, ods).await {
+            Ok(Some(participation))
+                if participation.state == ParticipationState::ExtractionSuspect =>
+            {
+                metrics.add(PRACTICES_HELD, &[], 1);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
+                campaign = %campaign,
+                ods = %ods,
+                error = %error_chain(&error),
+                "could not check whether the practice is held"
+            ),
+        }
+    }
 }
 
 /// An SQS-triggered function's whole body: the jobs of `queue` only.

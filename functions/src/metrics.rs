@@ -22,6 +22,10 @@ pub const PROVIDER_ERRORS: &str = "ProviderErrors";
 pub const JOBS_FAILED: &str = "JobsFailed";
 /// The dimension of [`JOBS_FAILED`].
 pub const QUEUE_DIMENSION: &str = "Queue";
+/// Practices an extraction left held as `extraction_suspect` (far below
+/// their registered list size): nothing is sent in the region until staff
+/// decide, so the alarm on it pages them.
+pub const PRACTICES_HELD: &str = "PracticesHeld";
 /// 5xx answers of the HTTP functions (api, optout-link, receipts), which
 /// return them as responses, so Lambda's error count never sees them.
 pub const API_SERVER_ERRORS: &str = "ApiServerErrors";

@@ -14,6 +14,7 @@ use hub_adapters::aws::{
     SecretsManagerSecrets, SqsJobQueue,
 };
 use hub_adapters::fhir::{FhirConfig, FhirGpConnector};
+use hub_adapters::mesh::{LazyMeshGpConnector, RoutedGpConnector};
 use hub_core::handlers::{Hub, HubConfig, HubParts};
 use hub_core::ports::SmsProvider;
 use hub_core::ports::SystemClock;
@@ -191,10 +192,21 @@ pub async fn hub_with(
         email: primary.clone(),
         letters: primary,
         // GP credentials are read when a practice first needs one (extract
-        // and writeback, whose roles may read the GP secrets).
-        gp: Arc::new(
-            FhirGpConnector::new(FhirConfig::default())?.with_credential_source(secrets.clone()),
-        ),
+        // and writeback, whose roles may read the GP secrets), the MESH
+        // mailbox's too (its secret lives under the same prefix).
+        gp: Arc::new(RoutedGpConnector {
+            fhir: Some(Arc::new(
+                FhirGpConnector::new(FhirConfig::default())?
+                    .with_credential_source(secrets.clone()),
+            )),
+            mesh: lookup(env::MESH_SECRET_NAME)
+                .filter(|name| !name.is_empty())
+                .map(|name| {
+                    Arc::new(LazyMeshGpConnector::new(secrets.clone(), name))
+                        as Arc<dyn hub_core::ports::GpConnector>
+                }),
+            simulated: None,
+        }),
         clock: Arc::new(SystemClock),
         optout_key,
         config: HubConfig {

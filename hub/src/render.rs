@@ -458,8 +458,13 @@ pub fn held_lines(practices: &[PracticeReport]) -> Vec<String> {
         .iter()
         .filter(|p| p.state == "extraction_suspect")
         .map(|p| {
+            // Since when: every minute held is a minute nobody is texted.
+            let since = p
+                .held_since
+                .map(|at| format!(" (held since {} UTC)", at.format("%H:%M")))
+                .unwrap_or_default();
             format!(
-                "  HELD {}: read {} of {} registered; decide with \
+                "  HELD {}{since}: read {} of {} registered; decide with \
                  `hub campaign extraction ID {} proceed|retry|exclude`",
                 p.ods,
                 thousands(p.records_read),
@@ -700,7 +705,8 @@ mod tests {
                   "records_read": 900, "list_size": 1000 },
                 { "ods": "A81002", "name": "Hill Surgery", "state": "extraction_suspect",
                   "cohort": 0, "sent": 0, "delivered": 0, "failed": 0, "letters": 0,
-                  "excluded": 0, "written_back": 0, "records_read": 12, "list_size": 8000 }
+                  "excluded": 0, "written_back": 0, "records_read": 12, "list_size": 8000,
+                  "held_since": "2026-12-02T10:42:07Z" }
             ],
             "patient_data_remaining": 12,
             "adds_up": true
@@ -709,7 +715,7 @@ mod tests {
         let text = report(&held);
         assert!(
             text.contains(
-                "HELD A81002: read 12 of 8,000 registered; decide with \
+                "HELD A81002 (held since 10:42 UTC): read 12 of 8,000 registered; decide with \
                  `hub campaign extraction ID A81002 proceed|retry|exclude`"
             ),
             "{text}"

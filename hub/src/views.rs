@@ -155,6 +155,8 @@ pub struct PracticeReport {
     pub records_read: u64,
     #[serde(default)]
     pub list_size: u64,
+    #[serde(default)]
+    pub held_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -364,7 +364,7 @@ fn a_staff_members_first_campaign() {
     for ods in &expected_held {
         let shown = server.hub(&ALICE, &["campaign", "show", &id]);
         assert!(
-            shown.stdout.contains(&format!("HELD {ods}: read ")),
+            shown.stdout.contains(&format!("HELD {ods} (held since ")),
             "{}",
             shown.stdout
         );

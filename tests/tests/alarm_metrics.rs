@@ -15,7 +15,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use functions::lambda::{api_gateway_counting, handle_sqs_redelivering, Redelivery};
 use functions::metrics::{Metrics, NAMESPACE};
 use functions::notify::{LazyNotify, NotifyService};
-use hub_core::domain::{CampaignId, Personal, UkMobile};
+use hub_core::domain::{CampaignId, OdsCode, OutcomeCounts, Participation, Personal, UkMobile};
 use hub_core::ports::{QueueName, Secrets, SecretsError, SmsProvider, SmsRequest};
 use hub_local::LocalStack;
 use hub_tests::config;
@@ -155,14 +155,23 @@ async fn every_alarm_on_an_smshub_metric_watches_a_metric_the_functions_emit() {
     assert!(failed.is_err());
     metrics.flush();
 
-    // An extraction that fails, through the extract function's glue.
+    // An extraction that fails, through the extract function's glue; its
+    // practice was held as extraction_suspect before.
     let stack = aws::Stack::create().await.expect("emulator stack");
     let local = LocalStack::start(config(2, 100, 12)).await.expect("hub");
+    let campaign = CampaignId::new();
+    let mut held = Participation::notified(campaign.clone(), OdsCode::parse("G85001").unwrap());
+    held.hold_as_suspect(0, OutcomeCounts::default(), 0, 3);
+    local
+        .hub
+        .store
+        .create_participations(&[held])
+        .await
+        .unwrap();
     let mut event: SqsEvent = serde_json::from_str(include_str!("../data/sqs_event.json")).unwrap();
     event.records.truncate(1);
     event.records[0].body = Some(format!(
-        "{{\"job\":\"extract\",\"campaign\":\"{}\",\"ods\":\"G85001\"}}",
-        CampaignId::new()
+        "{{\"job\":\"extract\",\"campaign\":\"{campaign}\",\"ods\":\"G85001\"}}"
     ));
     let redelivery = Redelivery::new(stack.job_queue().unwrap(), QueueName::Extract);
     let response = handle_sqs_redelivering(

@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use functions::metrics::NAMESPACE;
 use functions::notify::ProviderRates;
 use functions::wiring::NotifySecret;
+use hub_adapters::fhir::{new_es384_key_pem, ClientCredentials};
+use hub_adapters::mesh::mesh_config_from_secret;
 use hub_core::ports::{Secrets, SecretsError};
 use secrecy::{ExposeSecret, SecretString};
 use serde_yaml::Value;
@@ -83,7 +85,24 @@ async fn every_secret_in_the_deploy_guide_parses_with_the_functions_reader() {
             // Read with `secret_field`, as wiring.rs reads them.
             "optout-link-key" => "key",
             "callback-token" => "token",
-            // GP credentials: the FHIR adapter reads `token`.
+            // GP credentials: an OAuth client (its elided key replaced by
+            // one made now), or a bearer token the FHIR adapter reads.
+            _ if id.contains("/gp/") && json.contains("\"client_id\"") => {
+                let pem = serde_json::to_string(&new_es384_key_pem()).unwrap();
+                let json = json.replace("\"<PKCS#8 PEM>\"", &pem);
+                let client =
+                    ClientCredentials::parse(&json).unwrap_or_else(|e| panic!("{id}: {e}"));
+                assert_eq!(client.token_url().scheme(), "https", "{id}");
+                seen.push("oauth-client");
+                continue;
+            }
+            _ if id.contains("/gp/") && json.contains("\"mailbox_id\"") => {
+                let mesh = mesh_config_from_secret(&json).unwrap_or_else(|e| panic!("{id}: {e}"));
+                assert!(mesh.base_url.starts_with("https://"), "{id}");
+                assert!(mesh.tls.client_identity_pem.is_some(), "{id}: client TLS");
+                seen.push("mesh");
+                continue;
+            }
             _ if id.contains("/gp/") => "token",
             other => panic!("DEPLOY.md shows secret {id} ({other}), which no function reads"),
         };
@@ -95,7 +114,10 @@ async fn every_secret_in_the_deploy_guide_parses_with_the_functions_reader() {
         seen.push(field);
     }
     seen.sort();
-    assert_eq!(seen, ["key", "notify", "token", "token"]);
+    assert_eq!(
+        seen,
+        ["key", "mesh", "notify", "oauth-client", "token", "token"]
+    );
 }
 
 #[test]

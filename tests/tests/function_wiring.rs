@@ -7,8 +7,10 @@ use functions::metrics::Metrics;
 use functions::notify::{LazyNotify, NotifyService, ProviderRates, DEFAULT_NOTIFY_RATES};
 use functions::wiring::{hub_with, Function};
 use hub_adapters::aws::env;
-use hub_core::domain::Personal;
-use hub_core::ports::{ProviderError, Secrets, SecretsError, SmsProvider, SmsRequest};
+use hub_core::domain::{OdsCode, Personal};
+use hub_core::ports::{
+    GpConnection, GpError, Practice, ProviderError, Secrets, SecretsError, SmsProvider, SmsRequest,
+};
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -228,4 +230,70 @@ fn each_notify_key_is_paced_by_requests_and_capped_by_its_daily_limit() {
     assert_eq!(capped.daily_cap(), Some(250_000));
     assert_eq!(LazyNotify::new(service, 0).daily_cap(), None);
     assert!(recording.reads.lock().unwrap().is_empty());
+}
+
+const MESH: &str = "sms-hub/gp/mesh";
+
+/// The extract function routes a MESH practice to the hub's mailbox when
+/// `MESH_SECRET_NAME` names its secret, read when such a practice is first
+/// reached (not at start-up); without it the practice fails as
+/// misconfigured, naming the missing route.
+#[tokio::test]
+async fn a_mesh_practice_goes_to_the_mailbox_the_mesh_secret_names() {
+    std::env::set_var("AWS_REGION", "eu-west-2");
+    let practice = Practice {
+        ods: OdsCode::parse("G85001").unwrap(),
+        name: "Riverside Surgery".into(),
+        notice_email: "riverside@nhs.invalid".into(),
+        dsa_signed: None,
+        connection: GpConnection::Mesh {
+            mailbox: "G85001OT001".into(),
+            wait_seconds: Some(1),
+        },
+        list_size: 0,
+    };
+    let recording = secrets(NOTIFY_SECRET);
+    let without = hub_with(Function::Extract, recording.clone(), &environment)
+        .await
+        .unwrap();
+    match without.gp.extract(&practice).await {
+        Err(GpError::Misconfigured(reason)) => {
+            assert!(reason.contains("no MESH route"), "{reason}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a MESH practice extracted without a MESH route"),
+    }
+
+    // The mailbox's server is a closed loopback port: reached, not there.
+    let mut values = recording.values.clone();
+    values.insert(
+        MESH.to_string(),
+        r#"{"base_url":"http://127.0.0.1:9","mailbox_id":"X26HC001","password":"p","shared_key":"k"}"#
+            .to_string(),
+    );
+    let recording = Arc::new(RecordingSecrets {
+        values,
+        reads: Mutex::default(),
+    });
+    let with_mesh = |name: &str| {
+        if name == env::MESH_SECRET_NAME {
+            Some(MESH.to_string())
+        } else {
+            environment(name)
+        }
+    };
+    let hub = hub_with(Function::Extract, recording.clone(), &with_mesh)
+        .await
+        .unwrap();
+    assert!(
+        recording.reads.lock().unwrap().is_empty(),
+        "nothing read at start-up"
+    );
+    let reached = hub.gp.extract(&practice).await;
+    assert!(
+        matches!(reached, Err(GpError::Unavailable(_))),
+        "{:?}",
+        reached.err()
+    );
+    assert_eq!(*recording.reads.lock().unwrap(), [MESH]);
 }

@@ -67,12 +67,15 @@ pub mod env {
     /// `true` lets GP connections use http and private addresses (a test
     /// deployment against local simulators only).
     pub const HUB_PRIVATE_GP_URLS: &str = "HUB_PRIVATE_GP_URLS";
+    /// Name of the secret holding the hub's MESH mailbox credentials
+    /// (`mesh::mesh_config_from_secret`); empty: no MESH route.
+    pub const MESH_SECRET_NAME: &str = "MESH_SECRET_NAME";
 
     /// Variables only some functions get, with the function's binary.
     pub const PER_FUNCTION: [(&str, &str); 1] = [(PUBLIC_BASE_URL, "practice-notices")];
 
     /// Every variable above, for checks against the template.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         HUB_TABLE,
         PATIENT_DATA_TABLE,
         NOTICES_QUEUE_URL,
@@ -93,6 +96,7 @@ pub mod env {
         NOTIFY_RATES,
         HUB_ROLES,
         HUB_PRIVATE_GP_URLS,
+        MESH_SECRET_NAME,
     ];
 
     /// The variable holding a queue's URL.

@@ -6,6 +6,7 @@
 
 mod communication;
 mod ndjson;
+mod oauth;
 mod patient;
 
 pub use communication::{
@@ -13,6 +14,10 @@ pub use communication::{
     DEFAULT_REFERENCE_SYSTEM, PARTICIPATION_MODE_SYSTEM,
 };
 pub use ndjson::{Line, LineSplitter, MAX_LINE_BYTES};
+pub use oauth::{
+    new_es384_key_pem, ClientCredentials, CredentialError, SigningAlg, CLIENT_ASSERTION_TYPE,
+    MAX_ASSERTION_LIFETIME,
+};
 pub use patient::{
     parse_patient, patient_from_value, PatientError, CONTACT_PREFERENCE_URL, NHS_NUMBER_SYSTEM,
     ODS_SYSTEM, PREFERRED_CONTACT_METHOD_SYSTEM,
@@ -86,18 +91,94 @@ impl Default for FhirConfig {
 }
 
 /// Reaches each practice's FHIR server as its [`GpConnection::Fhir`] says.
-/// One instance serves every practice; credentials are bearer tokens keyed
-/// by the connection's `secret` name: given up front (`with_credential`),
-/// or read from a secrets source the first time a practice needs one
-/// (`with_credential_source`: the secret `{"token": "<bearer token>"}`,
-/// named in the registry), then kept for the process's life.
+/// One instance serves every practice; credentials are keyed by the
+/// connection's `secret` name: bearer tokens given up front
+/// (`with_credential`), or read from a secrets source the first time a
+/// practice needs one (`with_credential_source`), then kept for the
+/// process's life. The secret is a static token, `{"token"}`, or a SMART
+/// Backend Services client, `{"client_id", "token_url", "private_key_pem",
+/// "kid", "alg", "scope"}`, whose access tokens are fetched and renewed as
+/// they expire (`oauth.rs`).
 #[derive(Clone)]
 pub struct FhirGpConnector {
     http: reqwest::Client,
     config: FhirConfig,
     tokens: HashMap<String, SecretString>,
     credential_source: Option<Arc<dyn Secrets>>,
-    fetched: Arc<tokio::sync::Mutex<HashMap<String, SecretString>>>,
+    fetched: Arc<tokio::sync::Mutex<HashMap<String, Auth>>>,
+}
+
+/// How requests to one practice's server are authorised.
+#[derive(Clone)]
+enum Auth {
+    None,
+    Bearer(SecretString),
+    Client(Arc<oauth::TokenSource>),
+}
+
+impl Auth {
+    /// The token to send now, if any.
+    async fn bearer(&self, ods: &str) -> Result<Option<SecretString>, GpError> {
+        match self {
+            Self::None => Ok(None),
+            Self::Bearer(token) => Ok(Some(token.clone())),
+            Self::Client(source) => source.token(ods).await.map(Some),
+        }
+    }
+
+    /// After a 401 for `used`: a new token to try once more, where one can
+    /// be had (a static token cannot be renewed).
+    async fn renewed(
+        &self,
+        ods: &str,
+        used: Option<&SecretString>,
+    ) -> Result<Option<SecretString>, GpError> {
+        match (self, used) {
+            (Self::Client(source), Some(used)) => source.renewed(ods, used).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn with_bearer(
+    request: reqwest::RequestBuilder,
+    token: Option<&SecretString>,
+) -> reqwest::RequestBuilder {
+    match token {
+        Some(token) => request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret())),
+        None => request,
+    }
+}
+
+/// Sends a request with the practice's current token; a 401 with a token
+/// that can be renewed (it expired, or was revoked) is sent once more with
+/// a new one, so a long extraction outlives its tokens.
+async fn send_authorised(
+    auth: &Auth,
+    ods: &str,
+    what: &str,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, GpError> {
+    let token = auth.bearer(ods).await?;
+    let response = with_bearer(build(), token.as_ref())
+        .send()
+        .await
+        .map_err(|e| transport(ods, what, &e))?;
+    if response.status() != StatusCode::UNAUTHORIZED {
+        return Ok(response);
+    }
+    let Some(fresh) = auth.renewed(ods, token.as_ref()).await? else {
+        return Ok(response);
+    };
+    tracing::info!(
+        ods,
+        what,
+        "GP system refused the access token; sent again with a new one"
+    );
+    with_bearer(build(), Some(&fresh))
+        .send()
+        .await
+        .map_err(|e| transport(ods, what, &e))
 }
 
 impl std::fmt::Debug for FhirGpConnector {
@@ -117,7 +198,7 @@ struct Server {
     link_base: Option<String>,
     bulk_export: bool,
     patient_search: PatientSearch,
-    token: Option<SecretString>,
+    auth: Auth,
 }
 
 impl Server {
@@ -179,11 +260,11 @@ impl FhirGpConnector {
         self
     }
 
-    /// The bearer token named `name`: given, fetched before, or read now.
+    /// The credential named `name`: given, read before, or read now.
     /// Errors name the practice and the secret, never its value.
-    async fn credential(&self, ods: &OdsCode, name: &str) -> Result<SecretString, GpError> {
+    async fn credential(&self, ods: &OdsCode, name: &str) -> Result<Auth, GpError> {
         if let Some(token) = self.tokens.get(name) {
-            return Ok(token.clone());
+            return Ok(Auth::Bearer(token.clone()));
         }
         let Some(source) = &self.credential_source else {
             return Err(GpError::Misconfigured(format!(
@@ -191,28 +272,48 @@ impl FhirGpConnector {
             )));
         };
         let mut fetched = self.fetched.lock().await;
-        if let Some(token) = fetched.get(name) {
-            return Ok(token.clone());
+        if let Some(auth) = fetched.get(name) {
+            return Ok(auth.clone());
         }
-        let token = source
-            .secret_field(name, "token")
-            .await
-            .map_err(|error| match error {
-                SecretsError::Unavailable(_) => {
-                    GpError::Unavailable(format!("{ods}: reading the GP credential {name}"))
+        let whole = source.secret(name).await.map_err(|error| match error {
+            SecretsError::Unavailable(_) => {
+                GpError::Unavailable(format!("{ods}: reading the GP credential {name}"))
+            }
+            SecretsError::NotFound(_) => {
+                GpError::Misconfigured(format!("{ods}: no GP credential secret {name}"))
+            }
+            SecretsError::Malformed { .. } | SecretsError::Unexpected(_) => GpError::Misconfigured(
+                format!("{ods}: the GP credential secret {name} cannot be read"),
+            ),
+        })?;
+        let shape = |problem: &str| {
+            GpError::Misconfigured(format!("{ods}: the GP credential secret {name} {problem}"))
+        };
+        let value: serde_json::Value = serde_json::from_str(whole.expose_secret())
+            .map_err(|_| shape("is not a JSON object"))?;
+        let auth = if value.get("client_id").is_some() {
+            let credentials = ClientCredentials::parse(whole.expose_secret())
+                .map_err(|e| shape(&format!("(OAuth client): {e}")))?;
+            Auth::Client(Arc::new(oauth::TokenSource::new(
+                self.http.clone(),
+                credentials,
+                name,
+                self.config.request_timeout,
+            )))
+        } else {
+            match value.get("token") {
+                Some(serde_json::Value::String(token)) => {
+                    Auth::Bearer(SecretString::from(token.as_str()))
                 }
-                SecretsError::NotFound(_) => {
-                    GpError::Misconfigured(format!("{ods}: no GP credential secret {name}"))
+                _ => {
+                    return Err(shape(
+                        "is neither {\"token\"} nor an OAuth client {\"client_id\", ...}",
+                    ))
                 }
-                SecretsError::Malformed { .. } => GpError::Misconfigured(format!(
-                    "{ods}: the GP credential secret {name} is not {{\"token\": \"...\"}}"
-                )),
-                SecretsError::Unexpected(_) => GpError::Misconfigured(format!(
-                    "{ods}: the GP credential secret {name} cannot be read"
-                )),
-            })?;
-        fetched.insert(name.to_string(), token.clone());
-        Ok(token)
+            }
+        };
+        fetched.insert(name.to_string(), auth.clone());
+        Ok(auth)
     }
 
     async fn server(&self, practice: &Practice) -> Result<Server, GpError> {
@@ -231,32 +332,17 @@ impl FhirGpConnector {
         };
         let base = Url::parse(base_url.trim_end_matches('/'))
             .map_err(|e| GpError::Misconfigured(format!("{}: base URL: {e}", practice.ods)))?;
-        let token = match secret {
-            None => None,
-            Some(name) => Some(self.credential(&practice.ods, name).await?),
+        let auth = match secret {
+            None => Auth::None,
+            Some(name) => self.credential(&practice.ods, name).await?,
         };
         Ok(Server {
             base,
             link_base: link_base.clone(),
             bulk_export: *bulk_export,
             patient_search: *patient_search,
-            token,
+            auth,
         })
-    }
-
-    fn request(
-        &self,
-        method: reqwest::Method,
-        url: Url,
-        token: Option<&SecretString>,
-    ) -> reqwest::RequestBuilder {
-        let builder = self.http.request(method, url);
-        match token {
-            Some(token) => {
-                builder.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
-            }
-            None => builder,
-        }
     }
 
     async fn export(
@@ -267,12 +353,19 @@ impl FhirGpConnector {
         let ods = &practice.ods;
         let mut kickoff = join(&server.base, &format!("Group/{ods}/$export"))?;
         kickoff.query_pairs_mut().append_pair("_type", "Patient");
-        let response = busy_retry(&self.config, ods.as_str(), "export kick-off", || {
-            self.request(reqwest::Method::GET, kickoff.clone(), server.token.as_ref())
-                .header(ACCEPT, FHIR_JSON)
-                .header("Prefer", "respond-async")
-                .timeout(self.config.request_timeout)
-        })
+        let response = busy_retry(
+            &self.config,
+            ods.as_str(),
+            "export kick-off",
+            &server.auth,
+            || {
+                self.http
+                    .get(kickoff.clone())
+                    .header(ACCEPT, FHIR_JSON)
+                    .header("Prefer", "respond-async")
+                    .timeout(self.config.request_timeout)
+            },
+        )
         .await?;
         if response.status() != StatusCode::ACCEPTED {
             return Err(status_error(ods, "export kick-off", response.status()));
@@ -302,14 +395,15 @@ impl FhirGpConnector {
             error_files = manifest.error.len(),
             "export ready"
         );
-        let token = manifest
-            .requires_access_token
-            .unwrap_or(true)
-            .then_some(server.token);
+        let auth = if manifest.requires_access_token.unwrap_or(true) {
+            server.auth
+        } else {
+            Auth::None
+        };
         let reader = ExportReader {
             http: self.http.clone(),
             config: self.config.clone(),
-            token: token.flatten(),
+            auth,
             ods: ods.to_string(),
             files,
             current: None,
@@ -334,17 +428,13 @@ impl FhirGpConnector {
         let deadline = Instant::now() + self.config.export_timeout;
         let mut polls = 0u32;
         loop {
-            let response = self
-                .request(
-                    reqwest::Method::GET,
-                    status_url.clone(),
-                    server.token.as_ref(),
-                )
-                .header(ACCEPT, "application/json")
-                .timeout(self.config.request_timeout)
-                .send()
-                .await
-                .map_err(|e| transport(ods, "export status", &e))?;
+            let response = send_authorised(&server.auth, ods.as_str(), "export status", || {
+                self.http
+                    .get(status_url.clone())
+                    .header(ACCEPT, "application/json")
+                    .timeout(self.config.request_timeout)
+            })
+            .await?;
             polls += 1;
             let status = response.status();
             match status {
@@ -376,11 +466,12 @@ impl FhirGpConnector {
 
     /// Best effort: tell the server we no longer want the export.
     async fn cancel(&self, server: &Server, status_url: Url) {
-        let _ = self
-            .request(reqwest::Method::DELETE, status_url, server.token.as_ref())
-            .timeout(self.config.request_timeout)
-            .send()
-            .await;
+        let _ = send_authorised(&server.auth, "", "export cancel", || {
+            self.http
+                .delete(status_url.clone())
+                .timeout(self.config.request_timeout)
+        })
+        .await;
     }
 
     /// Fetches the first page before returning, so an outage is an error
@@ -434,19 +525,16 @@ impl FhirGpConnector {
         let bundle = writeback_bundle(entries, &self.config.reference_system);
         let body = serde_json::to_vec(&bundle)
             .map_err(|_| Transaction::Failed(GpError::Misconfigured("bundle".into())))?;
-        let response = self
-            .request(
-                reqwest::Method::POST,
-                server.base.clone(),
-                server.token.as_ref(),
-            )
-            .header(CONTENT_TYPE, FHIR_JSON)
-            .header(ACCEPT, FHIR_JSON)
-            .timeout(self.config.request_timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| Transaction::Failed(transport(ods, "write-back", &e)))?;
+        let response = send_authorised(&server.auth, ods.as_str(), "write-back", || {
+            self.http
+                .post(server.base.clone())
+                .header(CONTENT_TYPE, FHIR_JSON)
+                .header(ACCEPT, FHIR_JSON)
+                .timeout(self.config.request_timeout)
+                .body(body.clone())
+        })
+        .await
+        .map_err(Transaction::Failed)?;
         let status = response.status();
         match status.as_u16() {
             200 => {
@@ -536,7 +624,7 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-fn transport(ods: &hub_core::domain::OdsCode, what: &str, error: &reqwest::Error) -> GpError {
+fn transport(ods: &str, what: &str, error: &reqwest::Error) -> GpError {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
@@ -580,20 +668,12 @@ async fn busy_retry(
     config: &FhirConfig,
     ods: &str,
     what: &str,
+    auth: &Auth,
     request: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, GpError> {
     let mut retries = 0;
     loop {
-        let response = request().send().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "could not connect"
-            } else {
-                "failed"
-            };
-            GpError::Unavailable(format!("{ods}: {what} {kind}"))
-        })?;
+        let response = send_authorised(auth, ods, what, &request).await?;
         let status = response.status();
         // A 503 without `Retry-After` is an outage of unknown length: the
         // practice is retried later through the queue instead.
@@ -649,7 +729,7 @@ struct OpenFile {
 struct ExportReader {
     http: reqwest::Client,
     config: FhirConfig,
-    token: Option<SecretString>,
+    auth: Auth,
     ods: String,
     files: VecDeque<(FileKind, Url)>,
     current: Option<OpenFile>,
@@ -666,7 +746,7 @@ impl ExportReader {
                 let opened = open_file(
                     self.http.clone(),
                     self.config.clone(),
-                    self.token.clone(),
+                    self.auth.clone(),
                     format!("{} file {}", self.ods, self.file_number),
                     kind,
                     url,
@@ -723,19 +803,13 @@ impl ExportReader {
 async fn open_file(
     http: reqwest::Client,
     config: FhirConfig,
-    token: Option<SecretString>,
+    auth: Auth,
     what: String,
     kind: FileKind,
     url: Url,
 ) -> Result<OpenFile, GpError> {
-    let response = busy_retry(&config, &what, "download", || {
-        let request = http.get(url.clone()).header(ACCEPT, FHIR_NDJSON);
-        match &token {
-            Some(token) => {
-                request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
-            }
-            None => request,
-        }
+    let response = busy_retry(&config, &what, "download", &auth, || {
+        http.get(url.clone()).header(ACCEPT, FHIR_NDJSON)
     })
     .await?;
     if !response.status().is_success() {
@@ -786,18 +860,11 @@ impl SearchReader {
         let page = self.pages;
         // A busy page is asked for again, not the practice restarted.
         let what = format!("search page {page}");
-        let response = busy_retry(&self.config, ods, &what, || {
-            let request = self
-                .http
+        let response = busy_retry(&self.config, ods, &what, &self.server.auth, || {
+            self.http
                 .get(url.clone())
                 .header(ACCEPT, FHIR_JSON)
-                .timeout(self.config.request_timeout);
-            match &self.server.token {
-                Some(token) => {
-                    request.header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
-                }
-                None => request,
-            }
+                .timeout(self.config.request_timeout)
         })
         .await?;
         let status = response.status();
@@ -869,7 +936,7 @@ mod tests {
             link_base: None,
             bulk_export: true,
             patient_search: PatientSearch::Identifier,
-            token: None,
+            auth: Auth::None,
         };
         assert!(server
             .follow("G85001", "status", "/export/status/7")
@@ -928,7 +995,7 @@ mod tests {
             link_base: Some("http://fhir-internal:8080/fhir/".into()),
             bulk_export: false,
             patient_search: PatientSearch::Identifier,
-            token: None,
+            auth: Auth::None,
         };
         let next = "http://fhir-internal:8080/fhir/Patient?_page=2";
         assert_eq!(

@@ -6,6 +6,7 @@
 
 mod client;
 mod extract_csv;
+mod from_secret;
 
 pub use client::{
     authorization, DownloadedMessage, MeshClient, MeshConfig, MeshError, MeshTls, MessageInfo,
@@ -14,6 +15,7 @@ pub use client::{
 pub use extract_csv::{
     header_line, parse_extract, ExtractFileError, ExtractRows, RowError, COLUMNS,
 };
+pub use from_secret::{mesh_config_from_secret, LazyMeshGpConnector, MeshSecretError};
 
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};

@@ -60,6 +60,10 @@ pub struct Participation {
     /// the registered list size).
     #[serde(default)]
     pub records_read: u64,
+    /// When the extraction was held as `extraction_suspect` (the region
+    /// waits on it since then); cleared by the staff decision.
+    #[serde(default)]
+    pub held_since: Option<DateTime<Utc>>,
     /// Cohort and exclusions found at extraction.
     pub counts: OutcomeCounts,
     pub sends_queued: bool,
@@ -95,6 +99,7 @@ impl Participation {
             chunks: 0,
             malformed_records: 0,
             records_read: 0,
+            held_since: None,
             counts: Default::default(),
             sends_queued: false,
             decision: None,
@@ -280,6 +285,7 @@ impl Participation {
                 action: "take an extraction decision (only a held extraction can)",
             });
         }
+        self.held_since = None;
         match decision {
             ExtractionDecision::Proceed => self.state = ParticipationState::Extracted,
             ExtractionDecision::Retry => {

@@ -510,6 +510,7 @@ async fn hold(
         built.malformed,
         built.records_read,
     );
+    participation.held_since = Some(hub.now());
     hub.store.update_participation(&participation).await?;
     tracing::warn!(
         campaign = %campaign_id,

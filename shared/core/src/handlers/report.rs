@@ -167,6 +167,8 @@ pub struct PracticeReport {
     /// Records the GP system returned, against the registered list size.
     pub records_read: u64,
     pub list_size: u64,
+    /// Since when the practice is held as `extraction_suspect`.
+    pub held_since: Option<DateTime<Utc>>,
     pub extraction_attempts: u32,
     pub last_error: Option<String>,
 }
@@ -238,6 +240,7 @@ pub async fn build(hub: &Hub, campaign: &Campaign) -> Result<CampaignReport, Sto
             name,
             list_size,
             records_read: participation.records_read,
+            held_since: participation.held_since,
             ods: participation.ods.clone(),
             state: participation.state,
             cohort: counts.cohort,

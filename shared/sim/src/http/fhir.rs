@@ -8,6 +8,7 @@
 //! ended mobiles, old addresses, unknown extensions); malformed lines can
 //! be injected per practice.
 
+use super::smart_auth::AuthServer;
 use super::{bind, serve, ServerTask};
 use crate::GpEstate;
 use axum::body::{Body, Bytes};
@@ -47,6 +48,10 @@ pub struct FhirServerConfig {
     pub max_page_size: u32,
     /// When set, every request must present it as a bearer token.
     pub bearer: Option<SecretString>,
+    /// When set, every request needs an access token from the server's
+    /// SMART Backend Services token endpoint (`token_url`, clients added
+    /// with `register_client`); tokens live this long.
+    pub token_lifetime: Option<std::time::Duration>,
     /// How Patients carry their practice; the search answers only the
     /// matching form and finds nobody with the other, as real servers do.
     pub general_practitioner: PatientSearch,
@@ -63,6 +68,7 @@ impl Default for FhirServerConfig {
             rows_per_file: 50_000,
             max_page_size: 1_000,
             bearer: None,
+            token_lifetime: None,
             general_practitioner: PatientSearch::Identifier,
             link_base: None,
         }
@@ -83,6 +89,8 @@ struct ServerState {
     estate: GpEstate,
     config: FhirServerConfig,
     base: String,
+    token_url: String,
+    auth: Option<AuthServer>,
     jobs: Mutex<HashMap<u64, Job>>,
     next_job: AtomicU64,
     /// Malformed line after every n-th row, per practice.
@@ -129,10 +137,13 @@ pub async fn start_fhir(
     config: FhirServerConfig,
 ) -> std::io::Result<(SocketAddr, FhirServer)> {
     let (listener, addr) = bind().await?;
+    let auth = config.token_lifetime.map(AuthServer::new);
     let state = Arc::new(ServerState {
         estate,
         config,
         base: format!("http://{addr}/fhir"),
+        token_url: format!("http://{addr}/oauth2/token"),
+        auth,
         jobs: Mutex::new(HashMap::new()),
         next_job: AtomicU64::new(1),
         malformed_every: Mutex::new(HashMap::new()),
@@ -160,6 +171,7 @@ pub async fn start_fhir(
             get(export_status).delete(cancel_export),
         )
         .route("/fhir/{ods}/{operation}/{job}/{file}", get(export_file))
+        .route("/oauth2/token", axum::routing::post(token))
         .with_state(state.clone());
     let task = serve(listener, router);
     Ok((addr, FhirServer { state, _task: task }))
@@ -169,6 +181,53 @@ impl FhirServer {
     /// The practice's FHIR base URL.
     pub fn base_url(&self, ods: &OdsCode) -> String {
         format!("{}/{ods}", self.state.base)
+    }
+
+    /// The token endpoint (SMART Backend Services), when the server has one.
+    pub fn token_url(&self) -> String {
+        self.state.token_url.clone()
+    }
+
+    /// Registers a backend client's public key (a JWK with `kid` and
+    /// `alg`), as a GP system's administrator would.
+    pub fn register_client(&self, client_id: &str, jwk: &Value) -> Result<(), String> {
+        self.auth()?.register(client_id, jwk)
+    }
+
+    fn auth(&self) -> Result<&AuthServer, String> {
+        self.state
+            .auth
+            .as_ref()
+            .ok_or_else(|| "the server has no token endpoint (token_lifetime)".to_string())
+    }
+
+    /// Every access token issued so far expires now.
+    pub fn expire_tokens(&self) {
+        if let Some(auth) = &self.state.auth {
+            auth.expire_all();
+        }
+    }
+
+    /// Access tokens issued.
+    pub fn tokens_issued(&self) -> u64 {
+        self.state.auth.as_ref().map_or(0, AuthServer::issued)
+    }
+
+    /// The RFC 6749 error codes of refused token requests, in order.
+    pub fn token_refusals(&self) -> Vec<&'static str> {
+        self.state
+            .auth
+            .as_ref()
+            .map(AuthServer::refusals)
+            .unwrap_or_default()
+    }
+
+    /// Requests refused because their access token had expired.
+    pub fn expired_tokens_presented(&self) -> u64 {
+        self.state
+            .auth
+            .as_ref()
+            .map_or(0, AuthServer::expired_presented)
     }
 
     /// The estate's practice, connected to this server.
@@ -397,6 +456,20 @@ fn served(state: &ServerState, patient: &GpPatient, ods: &OdsCode, row: u64) -> 
 
 /// Checks the bearer token and the practice; returns the practice.
 fn admit(state: &ServerState, headers: &HeaderMap, ods: &str) -> Result<Practice, Response> {
+    if let Some(auth) = &state.auth {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Err(problem) = auth.admit(presented) {
+            let mut refused = outcome(StatusCode::UNAUTHORIZED, "login", problem);
+            refused.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            return Err(refused);
+        }
+    }
     if let Some(expected) = &state.config.bearer {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -550,7 +623,7 @@ async fn export_status(
     let manifest = json!({
         "transactionTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "request": format!("{}/{}/Group/{}/$export?_type=Patient", state.base, practice.ods, practice.ods),
-        "requiresAccessToken": state.config.bearer.is_some(),
+        "requiresAccessToken": state.config.bearer.is_some() || state.auth.is_some(),
         "output": output,
         "error": []
     });
@@ -1098,4 +1171,40 @@ async fn transaction(
         StatusCode::OK,
         &json!({ "resourceType": "Bundle", "type": "transaction-response", "entry": responses }),
     )
+}
+
+/// `POST /oauth2/token`: SMART Backend Services client credentials.
+async fn token(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(auth) = &state.auth else {
+        return outcome(StatusCode::NOT_FOUND, "not-found", "no token endpoint");
+    };
+    let answer = |status: StatusCode, value: Value| {
+        (
+            status,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            value.to_string(),
+        )
+            .into_response()
+    };
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form_type {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "invalid_request", "error_description": "a form body is required" }),
+        );
+    }
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    match auth.token(&state.token_url, &form) {
+        Ok(issued) => answer(StatusCode::OK, issued),
+        Err(refusal) => answer(
+            refusal.status,
+            json!({ "error": refusal.code, "error_description": refusal.description }),
+        ),
+    }
 }

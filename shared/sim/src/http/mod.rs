@@ -10,6 +10,8 @@
 mod fhir;
 #[allow(clippy::result_large_err)]
 mod notify;
+#[allow(clippy::result_large_err)]
+mod smart_auth;
 
 pub use fhir::*;
 pub use notify::*;
