@@ -988,7 +988,10 @@ pub async fn a_stale_claim_is_released_once_and_never_over_a_newer_one(s: &Store
     let patients = &*s.patients;
     let c = CampaignId::new();
     let chunk = ChunkId::new(&ods(1), 1);
-    s.hub.put_chunks(&[chunk_record(&c, &ods(1), 1)]).await.unwrap();
+    s.hub
+        .put_chunks(&[chunk_record(&c, &ods(1), 1)])
+        .await
+        .unwrap();
     let recipients: Vec<_> = (0..3).map(|i| recipient(&chunk, i)).collect();
     patients
         .put_recipients(&c, &recipients, later())
@@ -1084,7 +1087,10 @@ pub async fn statuses_deliveries_and_write_backs(s: &Stores) {
     let c = CampaignId::new();
     let chunk = ChunkId::new(&ods(4), 0);
     // Receipts are counted on the chunk's record in the hub table.
-    s.hub.put_chunks(&[chunk_record(&c, &ods(4), 0)]).await.unwrap();
+    s.hub
+        .put_chunks(&[chunk_record(&c, &ods(4), 0)])
+        .await
+        .unwrap();
     let all: Vec<Recipient> = (0..5).map(|i| recipient(&chunk, i)).collect();
     patients.put_recipients(&c, &all, later()).await.unwrap();
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
@@ -1155,7 +1161,10 @@ pub async fn delivery_is_recorded_once_and_write_back_marked(s: &Stores) {
     let patients = &*s.patients;
     let c = CampaignId::new();
     let chunk = ChunkId::new(&ods(1), 1);
-    s.hub.put_chunks(&[chunk_record(&c, &ods(1), 1)]).await.unwrap();
+    s.hub
+        .put_chunks(&[chunk_record(&c, &ods(1), 1)])
+        .await
+        .unwrap();
     let recipients: Vec<_> = (0..3).map(|i| recipient(&chunk, i)).collect();
     patients
         .put_recipients(&c, &recipients, later())

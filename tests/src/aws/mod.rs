@@ -471,8 +471,10 @@ impl Stack {
         let lookup = self.lookup()?;
         let table = aws::required(&lookup, aws::env::PATIENT_DATA_TABLE)?;
         let hub_table = aws::required(&lookup, aws::env::HUB_TABLE)?;
-        Ok(DynamoPatientStore::new(self.clients.dynamodb.clone(), table)
-            .counting_receipts_in(hub_table))
+        Ok(
+            DynamoPatientStore::new(self.clients.dynamodb.clone(), table)
+                .counting_receipts_in(hub_table),
+        )
     }
 
     pub fn job_queue(&self) -> Result<SqsJobQueue> {

@@ -609,9 +609,9 @@ impl PatientDataStore for DynamoPatientStore {
         match self.table.transact(actions).await {
             Ok(()) => Ok(true),
             Err(TxError::Condition(0)) => Ok(false),
-            Err(TxError::Condition(_)) => Err(StoreError::NotFound(format!(
-                "chunk {campaign}/{chunk}"
-            ))),
+            Err(TxError::Condition(_)) => {
+                Err(StoreError::NotFound(format!("chunk {campaign}/{chunk}")))
+            }
             Err(TxError::Fault(fault)) => Err(fault.into()),
         }
     }
