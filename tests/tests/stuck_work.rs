@@ -3,10 +3,12 @@
 //! on the embedded stack, the campaign completes, its report adds up,
 //! nobody gets it twice and its patient data is purged.
 
-use hub_core::domain::{CampaignState, ExclusionReason};
+use hub_core::domain::{CampaignId, CampaignState, ExclusionReason};
+use hub_core::handlers::report::CampaignReport;
 use hub_core::ports::QueueName;
 use hub_local::LocalStack;
 use hub_tests::*;
+use std::sync::Arc;
 use std::time::Duration;
 
 const MESSAGE: &str = "NHS: heat alert, see www.nhs.uk";
@@ -23,6 +25,21 @@ async fn wait_for(limit: Duration, done: impl Fn() -> bool) {
     }
 }
 
+/// Waits for the campaign to complete, then checks its report adds up,
+/// nobody got it twice and its patient data is purged.
+async fn completes(stack: &Arc<LocalStack>, id: &CampaignId) -> CampaignReport {
+    let report = wait_for_state(
+        stack,
+        id,
+        CampaignState::Completed,
+        Duration::from_secs(180),
+    )
+    .await;
+    assert_invariants(stack, &report).await;
+    assert_purged(stack, id).await;
+    report
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_letter_the_provider_took_before_its_worker_died_is_recorded_sent_once() {
     let stack = LocalStack::start(config(2, 600, 71)).await.expect("stack");
@@ -37,15 +54,7 @@ async fn a_letter_the_provider_took_before_its_worker_died_is_recorded_sent_once
 
     // THEN the claim is looked up at the provider, found, and recorded as
     // sent: counted once, written back, never sent again
-    let report = wait_for_state(
-        &stack,
-        &id,
-        CampaignState::Completed,
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_invariants(&stack, &report).await;
-    assert_purged(&stack, &id).await;
+    let report = completes(&stack, &id).await;
     assert!(
         report.totals.letters > 0,
         "the region has letter recipients"
@@ -65,6 +74,30 @@ async fn a_letter_the_provider_took_before_its_worker_died_is_recorded_sent_once
         report.totals.written_back,
         report.totals.sent + report.totals.letters,
         "every text and letter is written back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_letter_whose_answer_never_came_is_looked_up_not_sent_again() {
+    let stack = LocalStack::start(config(2, 600, 74)).await.expect("stack");
+    // GIVEN the letter provider accepts the next letter and never answers
+    // (the Notify client gives up after its timeout: an unclear answer)
+    stack.postal.stall_letters_after_accepting(1);
+    let id = create_and_approve(&stack, &request(MESSAGE)).await;
+    fire_deadline_now(&stack, &id).await;
+
+    // THEN the worker looks the letter up after the grace period, finds
+    // it and records it sent: once, counted, written back
+    let report = completes(&stack, &id).await;
+    assert!(
+        report.totals.letters > 0,
+        "the region has letter recipients"
+    );
+    assert_eq!(report.totals.letters, stack.postal.letters_sent() as u64);
+    assert_eq!(stack.postal.duplicate_letters(), 0, "no letter sent twice");
+    assert_eq!(
+        report.totals.written_back,
+        report.totals.sent + report.totals.letters
     );
 }
 
@@ -91,15 +124,7 @@ async fn a_send_chunk_whose_worker_died_mid_chunk_is_found_by_the_watchdog() {
     // THEN the watchdog re-queues the stuck chunks, their claims are
     // reconciled (found: recorded sent; not found and stale: sent once),
     // and the campaign completes with everyone texted once
-    let report = wait_for_state(
-        &stack,
-        &id,
-        CampaignState::Completed,
-        Duration::from_secs(180),
-    )
-    .await;
-    assert_invariants(&stack, &report).await;
-    assert_purged(&stack, &id).await;
+    let report = completes(&stack, &id).await;
     let lost = stack
         .queue
         .dead_letters(QueueName::Send)
@@ -141,19 +166,11 @@ async fn a_provider_outage_longer_than_the_retry_budget_dead_letters_nothing() {
 
     // THEN once it is over every patient is texted exactly once and no
     // send job was dead-lettered
-    let report = wait_for_state(
-        &stack,
-        &id,
-        CampaignState::Completed,
-        Duration::from_secs(180),
-    )
-    .await;
+    let report = completes(&stack, &id).await;
     assert!(
         outage_started.elapsed() >= Duration::from_secs(20),
         "the campaign waited the outage out"
     );
-    assert_invariants(&stack, &report).await;
-    assert_purged(&stack, &id).await;
     let refused: u64 =
         stack.gateways.iter().map(|g| g.sms_calls()).sum::<u64>() - stack.texts_sent() as u64;
     assert!(refused > 0, "the outage refused texts");

@@ -587,7 +587,10 @@ impl GatewaySim {
             state.rate_limited += 1;
             return Err(ProviderError::RateLimited { retry_after: None });
         }
-        if state.outage_until.is_some_and(|until| Instant::now() < until) {
+        if state
+            .outage_until
+            .is_some_and(|until| Instant::now() < until)
+        {
             return Err(ProviderError::Unavailable(
                 "simulated outage (injected)".into(),
             ));

@@ -105,7 +105,6 @@ pub async fn send_letters(
                 // letter: keep the claim and look it up below.
                 tracing::warn!(campaign = %campaign_id, chunk = %chunk_id, %error, "letter answer unclear; looking it up");
                 ambiguous.push((recipient.index, request.reference));
-                retry = true;
                 continue;
             }
             Err(error) => {
@@ -121,7 +120,7 @@ pub async fn send_letters(
             status,
         });
     }
-    settle_unclear(hub, campaign_id, chunk_id, &ambiguous, now, &mut updates).await?;
+    retry |= !settle_unclear(hub, campaign_id, chunk_id, &ambiguous, now, &mut updates).await?;
     hub.patients.set_status(campaign_id, &updates).await?;
     let stored = hub.patients.load_chunk(campaign_id, chunk_id).await?;
     let letters: Vec<_> = stored.iter().filter(|r| !r.is_sms()).collect();
@@ -169,7 +168,8 @@ pub(crate) fn letter_sent(
 /// period for a request still being accepted, each is looked up at the
 /// provider. Found, it is recorded sent; clearly not there, our own claim
 /// is released so a later delivery sends it; a failed lookup keeps the
-/// claim for a later delivery to look up again.
+/// claim for a later delivery to look up again. Returns whether every one
+/// was found.
 async fn settle_unclear(
     hub: &Hub,
     campaign_id: &CampaignId,
@@ -177,10 +177,11 @@ async fn settle_unclear(
     unclear: &[(u32, String)],
     claimed_at: chrono::DateTime<chrono::Utc>,
     updates: &mut Vec<StatusUpdate>,
-) -> Result<(), JobError> {
+) -> Result<bool, JobError> {
     if unclear.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
+    let mut all_found = true;
     let grace = super::router::DEFAULT_AMBIGUITY_GRACE.min(hub.config.send_deadline / 4);
     tokio::time::sleep(grace).await;
     for (index, reference) in unclear {
@@ -189,14 +190,16 @@ async fn settle_unclear(
                 updates.push(letter_sent(chunk_id, *index, found.provider_id, hub.now()))
             }
             Ok(None) => {
+                all_found = false;
                 hub.patients
                     .release_claim(campaign_id, chunk_id, *index, claimed_at)
                     .await?;
             }
             Err(error) => {
+                all_found = false;
                 tracing::warn!(campaign = %campaign_id, chunk = %chunk_id, %error, "letter lookup failed; claim kept");
             }
         }
     }
-    Ok(())
+    Ok(all_found)
 }

@@ -512,9 +512,10 @@ impl ProviderRouter {
                         // Only refused credentials stop sending: a circuit
                         // opened by 5xx is an outage, retried later.
                         _ if all_unauthorised
-                            && self.lanes.iter().all(|l| {
-                                !l.available(instant) && !l.out_for_circuit(instant)
-                            }) =>
+                            && self
+                                .lanes
+                                .iter()
+                                .all(|l| !l.available(instant) && !l.out_for_circuit(instant)) =>
                         {
                             return Err(RouteError::Unauthorised)
                         }

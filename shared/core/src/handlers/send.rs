@@ -181,6 +181,17 @@ async fn send_again_later(
         .unwrap_or_default();
     let delay = wait.clamp(hub.config.send_deadline.min(MAX_SEND_DELAY), MAX_SEND_DELAY);
     tracing::info!(campaign = %campaign_id, chunk = %chunk_id, delay_s = delay.as_secs(), "chunk not finished; sent again later");
+    queue_send_later(hub, campaign_id, chunk_id, delay).await
+}
+
+/// The chunk's send job as a new message, due after `delay`: it does not
+/// count towards the dead-lettering of the one being handled.
+async fn queue_send_later(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+    chunk_id: &ChunkId,
+    delay: std::time::Duration,
+) -> Result<(), JobError> {
     hub.queue
         .send_later(
             &[Job::Send {
@@ -218,16 +229,7 @@ async fn pause_sending(
         .to_std()
         .unwrap_or_default()
         .clamp(std::time::Duration::from_secs(1), MAX_SEND_DELAY);
-    hub.queue
-        .send_later(
-            &[Job::Send {
-                campaign: campaign_id.clone(),
-                chunk: chunk_id.clone(),
-            }],
-            delay,
-        )
-        .await?;
-    Ok(())
+    queue_send_later(hub, campaign_id, chunk_id, delay).await
 }
 
 /// A text went again: the campaign is no longer paused.
