@@ -348,4 +348,12 @@ impl LetterProvider for LazyNotify {
         )
         .await
     }
+
+    async fn find_letter(&self, reference: &str) -> Result<Option<ProviderRecord>, ProviderError> {
+        self.call(
+            None,
+            |client| async move { client.find_letter(reference).await },
+        )
+        .await
+    }
 }

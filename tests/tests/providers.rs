@@ -635,6 +635,19 @@ async fn letters_and_emails_go_through_notify() {
     let accepted = client.send_letter(&letter).await.unwrap();
     assert!(uuid::Uuid::parse_str(&accepted.provider_id).is_ok());
     assert_eq!(server.gateway().letters_for("c.G85001-0000.40"), 1);
+    // A letter is found by our reference (a claim whose worker died is
+    // settled by it), and only a letter: a text's lookup does not see it.
+    let found = client
+        .find_letter("c.G85001-0000.40")
+        .await
+        .unwrap()
+        .expect("the letter is found by reference");
+    assert_eq!(found.provider_id, accepted.provider_id);
+    assert_eq!(client.find_letter("c.G85001-0000.41").await.unwrap(), None);
+    assert_eq!(
+        client.find_by_reference("c.G85001-0000.40").await.unwrap(),
+        None
+    );
 
     let email = EmailRequest {
         to: "practice-g85001@nhs.invalid".into(),

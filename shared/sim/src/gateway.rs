@@ -148,6 +148,22 @@ struct SmsRecord {
     outcome: DeliveryStatus,
 }
 
+/// How the gateway answers an SMS call it accepted.
+enum Answer {
+    Given,
+    /// Accepted, but the answer never reaches the caller.
+    Lost,
+    /// Accepted, and the call never returns.
+    Stalled,
+}
+
+/// The letters accepted for one reference.
+struct LetterRecord {
+    /// The first acceptance's id (a UUID's bytes).
+    provider_id: [u8; 16],
+    sends: u32,
+}
+
 /// One accepted text as a Notify lookup shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmsLookup {
@@ -183,6 +199,12 @@ struct State {
     rate_limited_until: Option<Instant>,
     server_errors: u64,
     lost_responses: u64,
+    /// Accepted SMS calls whose caller then never hears back.
+    sms_stalls: u64,
+    /// Every SMS call until then is answered 5xx (an outage).
+    outage_until: Option<Instant>,
+    /// Accepted letter calls whose caller then never hears back.
+    letter_stalls: u64,
     email_failures: u64,
     letter_failures: u64,
     rejected: std::collections::HashSet<UkMobile>,
@@ -196,8 +218,8 @@ struct State {
     duplicate_references: usize,
     fragments: u64,
     emails: Vec<(String, String, String)>,
-    /// Letters per reference, by [`key_of`] the reference.
-    letters: HashMap<u64, u32>,
+    /// Letters by [`key_of`] the reference.
+    letters: HashMap<u64, LetterRecord>,
     letters_sent: usize,
     /// Bodies kept only for the numbers and postcodes a test watches.
     watched_mobiles: HashMap<UkMobile, Vec<String>>,
@@ -218,6 +240,9 @@ impl GatewaySim {
             rate_limited_until: None,
             server_errors: 0,
             lost_responses: 0,
+            sms_stalls: 0,
+            outage_until: None,
+            letter_stalls: 0,
             email_failures: 0,
             letter_failures: 0,
             rejected: std::collections::HashSet::new(),
@@ -308,6 +333,29 @@ impl GatewaySim {
     /// The next `n` letter calls are answered `Unavailable`.
     pub fn inject_letter_failures(&self, n: u64) {
         self.state().letter_failures = n;
+    }
+
+    /// Every SMS call and lookup for `duration` is answered with a server
+    /// error (no text accepted), as in a provider outage.
+    pub fn outage_for(&self, duration: Duration) {
+        self.state().outage_until = Some(Instant::now() + duration);
+    }
+
+    fn in_outage(&self) -> bool {
+        self.state()
+            .outage_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// The next `n` texts are accepted, then their calls never answer: the
+    /// worker that made them hangs (until its caller gives up or dies).
+    pub fn stall_after_accepting(&self, n: u64) {
+        self.state().sms_stalls = n;
+    }
+
+    /// The next `n` letters are accepted, then their calls never answer.
+    pub fn stall_letters_after_accepting(&self, n: u64) {
+        self.state().letter_stalls = n;
     }
 
     // ----- inspection -----
@@ -411,7 +459,15 @@ impl GatewaySim {
         self.state()
             .letters
             .get(&key_of(reference))
-            .map_or(0, |n| *n as usize)
+            .map_or(0, |letter| letter.sends as usize)
+    }
+
+    /// The first accepted letter with this reference: its provider id.
+    pub fn lookup_letter(&self, reference: &str) -> Option<String> {
+        self.state()
+            .letters
+            .get(&key_of(reference))
+            .map(|letter| uuid::Uuid::from_bytes(letter.provider_id).to_string())
     }
 
     /// Letters accepted beyond the first for their reference.
@@ -475,10 +531,45 @@ impl GatewaySim {
 
     /// Everything `send_sms` decides, under the lock: the answer, whether
     /// the response is lost, and the receipt to deliver.
+    /// Accepts a letter (or fails as injected); whether its call stalls.
+    fn decide_letter(&self, request: &LetterRequest) -> Result<(String, bool), ProviderError> {
+        let mut state = self.state();
+        if state.letter_failures > 0 {
+            state.letter_failures -= 1;
+            return Err(ProviderError::Unavailable(
+                "simulated server error (injected)".into(),
+            ));
+        }
+        let provider_id = uuid::Builder::from_random_bytes(state.rng.gen()).into_uuid();
+        state
+            .letters
+            .entry(key_of(&request.reference))
+            .or_insert(LetterRecord {
+                provider_id: provider_id.into_bytes(),
+                sends: 0,
+            })
+            .sends += 1;
+        state.letters_sent += 1;
+        if let Some(letters) = state
+            .watched_postcodes
+            .get_mut(request.address.postcode.as_str())
+        {
+            letters.push((
+                request.address.name.expose().clone(),
+                request.body.expose().clone(),
+            ));
+        }
+        let stalled = state.letter_stalls > 0;
+        if stalled {
+            state.letter_stalls -= 1;
+        }
+        Ok((provider_id.to_string(), stalled))
+    }
+
     fn decide_sms(
         &self,
         request: &SmsRequest,
-    ) -> Result<(Accepted, bool, Option<DeliveryReceipt>), ProviderError> {
+    ) -> Result<(Accepted, Answer, Option<DeliveryReceipt>), ProviderError> {
         let config = &self.inner.config;
         let mut state = self.state();
         state.sms_calls += 1;
@@ -495,6 +586,14 @@ impl GatewaySim {
         {
             state.rate_limited += 1;
             return Err(ProviderError::RateLimited { retry_after: None });
+        }
+        if state
+            .outage_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return Err(ProviderError::Unavailable(
+                "simulated outage (injected)".into(),
+            ));
         }
         if state.server_errors > 0 {
             state.server_errors -= 1;
@@ -560,17 +659,22 @@ impl GatewaySim {
         state.sent += 1;
         state.sent_today += 1;
         state.fragments += u64::from(request.fragments);
-        let lost = state.lost_responses > 0;
-        if lost {
+        let answer = if state.sms_stalls > 0 {
+            state.sms_stalls -= 1;
+            Answer::Stalled
+        } else if state.lost_responses > 0 {
             state.lost_responses -= 1;
-        }
+            Answer::Lost
+        } else {
+            Answer::Given
+        };
         drop(state);
         let receipt = lock(&self.inner.sink).is_some().then(|| DeliveryReceipt {
             reference: request.reference.clone(),
             provider_id: provider_id.clone(),
             status: outcome,
         });
-        Ok((Accepted { provider_id }, lost, receipt))
+        Ok((Accepted { provider_id }, answer, receipt))
     }
 
     fn deliver_later(&self, receipt: DeliveryReceipt) {
@@ -665,16 +769,17 @@ impl SmsProvider for GatewaySim {
 
     async fn send_sms(&self, request: &SmsRequest) -> Result<Accepted, ProviderError> {
         self.pause().await;
-        let (accepted, lost, receipt) = self.decide_sms(request)?;
+        let (accepted, answer, receipt) = self.decide_sms(request)?;
         if let Some(receipt) = receipt {
             self.deliver_later(receipt);
         }
-        if lost {
-            return Err(ProviderError::Unavailable(
+        match answer {
+            Answer::Given => Ok(accepted),
+            Answer::Lost => Err(ProviderError::Unavailable(
                 "simulated lost response (the text was accepted)".into(),
-            ));
+            )),
+            Answer::Stalled => std::future::pending().await,
         }
-        Ok(accepted)
     }
 
     async fn find_by_reference(
@@ -682,6 +787,11 @@ impl SmsProvider for GatewaySim {
         reference: &str,
     ) -> Result<Option<ProviderRecord>, ProviderError> {
         self.pause().await;
+        if self.in_outage() {
+            return Err(ProviderError::Unavailable(
+                "simulated outage (injected)".into(),
+            ));
+        }
         Ok(self.lookup_sms(reference).map(|found| ProviderRecord {
             provider_id: found.provider_id,
             status: found.status,
@@ -716,28 +826,21 @@ impl EmailProvider for GatewaySim {
 impl LetterProvider for GatewaySim {
     async fn send_letter(&self, request: &LetterRequest) -> Result<Accepted, ProviderError> {
         self.pause().await;
-        let mut state = self.state();
-        if state.letter_failures > 0 {
-            state.letter_failures -= 1;
-            return Err(ProviderError::Unavailable(
-                "simulated server error (injected)".into(),
-            ));
-        }
-        let provider_id = uuid::Builder::from_random_bytes(state.rng.gen())
-            .into_uuid()
-            .to_string();
-        *state.letters.entry(key_of(&request.reference)).or_default() += 1;
-        state.letters_sent += 1;
-        if let Some(letters) = state
-            .watched_postcodes
-            .get_mut(request.address.postcode.as_str())
-        {
-            letters.push((
-                request.address.name.expose().clone(),
-                request.body.expose().clone(),
-            ));
+        let (provider_id, stalled) = self.decide_letter(request)?;
+        if stalled {
+            std::future::pending::<()>().await;
         }
         Ok(Accepted { provider_id })
+    }
+
+    async fn find_letter(&self, reference: &str) -> Result<Option<ProviderRecord>, ProviderError> {
+        self.pause().await;
+        Ok(self
+            .lookup_letter(reference)
+            .map(|provider_id| ProviderRecord {
+                provider_id,
+                status: None,
+            }))
     }
 }
 

@@ -376,10 +376,22 @@ impl SmsProvider for NotifyClient {
         &self,
         reference: &str,
     ) -> Result<Option<ProviderRecord>, ProviderError> {
+        self.find_notification(reference, "sms").await
+    }
+}
+
+impl NotifyClient {
+    /// The notification of `template_type` (`sms`, `letter`) with our
+    /// reference, if Notify has one.
+    async fn find_notification(
+        &self,
+        reference: &str,
+        template_type: &str,
+    ) -> Result<Option<ProviderRecord>, ProviderError> {
         let response = self
             .http
             .get(format!("{}/v2/notifications", self.base))
-            .query(&[("reference", reference), ("template_type", "sms")])
+            .query(&[("reference", reference), ("template_type", template_type)])
             .header(reqwest::header::AUTHORIZATION, self.bearer())
             .send()
             .await
@@ -457,6 +469,10 @@ impl LetterProvider for NotifyClient {
         });
         self.post("/v2/notifications/letter", &body, Recipient::Address)
             .await
+    }
+
+    async fn find_letter(&self, reference: &str) -> Result<Option<ProviderRecord>, ProviderError> {
+        self.find_notification(reference, "letter").await
     }
 }
 

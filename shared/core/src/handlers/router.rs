@@ -509,8 +509,13 @@ impl ProviderRouter {
                             tokio::time::sleep_until(until).await;
                             continue;
                         }
+                        // Only refused credentials stop sending: a circuit
+                        // opened by 5xx is an outage, retried later.
                         _ if all_unauthorised
-                            && self.lanes.iter().all(|l| !l.available(instant)) =>
+                            && self
+                                .lanes
+                                .iter()
+                                .all(|l| !l.available(instant) && !l.out_for_circuit(instant)) =>
                         {
                             return Err(RouteError::Unauthorised)
                         }

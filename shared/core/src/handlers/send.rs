@@ -73,6 +73,9 @@ pub async fn send_chunk(
         .collect();
 
     let mut unfinished = false;
+    // The soonest a recipient left unfinished can be settled: a kept claim
+    // once it may be reconciled, anything else at once.
+    let mut retry_at: Option<chrono::DateTime<chrono::Utc>> = None;
     let started = tokio::time::Instant::now();
     let mut resumed = campaign.paused_until.is_none();
     for step in recipients.chunks(hub.config.send_batch.max(1)) {
@@ -91,6 +94,7 @@ pub async fn send_chunk(
             }
             let outcome = send_step(hub, &campaign, &todo, &practice_name).await?;
             unfinished |= outcome.unfinished;
+            retry_at = earliest(retry_at, outcome.retry_at);
             if outcome.sent > 0 && !resumed {
                 resume_sending(hub, campaign_id).await?;
                 resumed = true;
@@ -106,6 +110,7 @@ pub async fn send_chunk(
             // has time, else through the queue.
             if started.elapsed() > hub.config.send_deadline * DEFERRED_ROUNDS {
                 unfinished = true;
+                retry_at = earliest(retry_at, Some(hub.now()));
                 break;
             }
             todo.retain(|r| outcome.deferred.contains(&r.index));
@@ -115,9 +120,7 @@ pub async fn send_chunk(
         }
     }
     if unfinished {
-        return Err(JobError::retry(format!(
-            "chunk {chunk_id}: some messages could not be sent yet"
-        )));
+        return send_again_later(hub, campaign_id, chunk_id, retry_at).await;
     }
 
     // Count from the stored statuses, so a redelivered job counts the same.
@@ -128,11 +131,8 @@ pub async fn send_chunk(
             RecipientStatus::Sent { .. } => counts.sent += 1,
             RecipientStatus::Rejected => counts.exclude(ExclusionReason::ProviderRejected),
             RecipientStatus::Withheld { reason } => counts.exclude(reason),
-            _ => {
-                return Err(JobError::retry(format!(
-                    "chunk {chunk_id} has recipients still in flight"
-                )))
-            }
+            // Claimed by another worker since we loaded the chunk.
+            _ => return send_again_later(hub, campaign_id, chunk_id, Some(hub.now())).await,
         }
     }
     tracing::info!(campaign = %campaign_id, chunk = %chunk_id, sent = counts.sent, rejected = counts.excluded_total(), "chunk sent");
@@ -163,6 +163,57 @@ pub(crate) async fn finish_send_stage(
 /// provider took before it hands the chunk back to the queue.
 const DEFERRED_ROUNDS: u32 = 5;
 
+fn earliest(
+    a: Option<chrono::DateTime<chrono::Utc>>,
+    b: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Some recipients could not be settled yet (a provider outage left claims
+/// that may hide accepted texts, or another worker holds them): the chunk
+/// comes back as a new, delayed message when the soonest of them can be
+/// (a kept claim once `stale_after` lets it be reconciled, at most
+/// `MAX_SEND_DELAY` ahead, at least one message deadline), rather than
+/// failing. Failing would spend the job's receives while claims are too
+/// young to reconcile, and dead-letter it during a long provider outage.
+async fn send_again_later(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+    chunk_id: &ChunkId,
+    retry_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), JobError> {
+    let wait = retry_at
+        .map(|at| (at - hub.now()).to_std().unwrap_or_default())
+        .unwrap_or_default();
+    let delay = wait.clamp(hub.config.send_deadline.min(MAX_SEND_DELAY), MAX_SEND_DELAY);
+    tracing::info!(campaign = %campaign_id, chunk = %chunk_id, delay_s = delay.as_secs(), "chunk not finished; sent again later");
+    queue_send_later(hub, campaign_id, chunk_id, delay).await
+}
+
+/// The chunk's send job as a new message, due after `delay`: it does not
+/// count towards the dead-lettering of the one being handled.
+async fn queue_send_later(
+    hub: &Hub,
+    campaign_id: &CampaignId,
+    chunk_id: &ChunkId,
+    delay: std::time::Duration,
+) -> Result<(), JobError> {
+    hub.queue
+        .send_later(
+            &[Job::Send {
+                campaign: campaign_id.clone(),
+                chunk: chunk_id.clone(),
+            }],
+            delay,
+        )
+        .await?;
+    Ok(())
+}
+
 /// Every provider key's day is full: the campaign shows `paused_until` and
 /// the chunk comes back as a new message when capacity may have returned
 /// (the providers' day boundary, or sooner to notice a key added), never
@@ -188,16 +239,7 @@ async fn pause_sending(
         .to_std()
         .unwrap_or_default()
         .clamp(std::time::Duration::from_secs(1), MAX_SEND_DELAY);
-    hub.queue
-        .send_later(
-            &[Job::Send {
-                campaign: campaign_id.clone(),
-                chunk: chunk_id.clone(),
-            }],
-            delay,
-        )
-        .await?;
-    Ok(())
+    queue_send_later(hub, campaign_id, chunk_id, delay).await
 }
 
 /// A text went again: the campaign is no longer paused.
@@ -260,6 +302,8 @@ struct StepOutcome {
     sent: usize,
     /// Some recipients are left for a later delivery of the job.
     unfinished: bool,
+    /// The soonest those can be settled (see `send_again_later`).
+    retry_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Not given to any provider; claims released: try again.
     deferred: Vec<u32>,
     /// Every provider key's day is full until then.
@@ -280,6 +324,12 @@ async fn send_step(
     let mut outcome = StepOutcome::default();
     let mut updates = Vec::new();
     let mut unfinished = false;
+    let mut retry_at = None;
+    // A kept claim is reconciled once it is stale (found at a provider
+    // sooner, it is recorded sent then).
+    let reconcilable = |claimed_at: chrono::DateTime<chrono::Utc>| {
+        Some((claimed_at + hub.config.stale_after).max(now))
+    };
 
     // A claim left by a worker that died (or whose response was lost) is
     // reconciled with the providers, never blindly re-sent.
@@ -312,10 +362,14 @@ async fn send_step(
                             pending.push(recipient.index);
                         } else {
                             unfinished = true;
+                            retry_at = earliest(retry_at, Some(now));
                         }
                     }
                     // Maybe still in flight at another worker: later.
-                    Ok(None) | Err(_) => unfinished = true,
+                    Ok(None) | Err(_) => {
+                        unfinished = true;
+                        retry_at = earliest(retry_at, reconcilable(*at));
+                    }
                 }
             }
             _ => {}
@@ -336,6 +390,7 @@ async fn send_step(
     if claimed.len() < pending.len() {
         // Someone else holds those claims now.
         unfinished = true;
+        retry_at = earliest(retry_at, Some(now));
     }
 
     type Outcome = (u32, Result<(String, crate::ports::Accepted), RouteError>);
@@ -389,6 +444,7 @@ async fn send_step(
                 } else {
                     tracing::warn!(campaign = %campaign.id, chunk = %chunk, index, "claim changed before its release");
                     unfinished = true;
+                    retry_at = earliest(retry_at, Some(now));
                 }
                 continue;
             }
@@ -396,6 +452,7 @@ async fn send_step(
                 tracing::info!(campaign = %campaign.id, chunk = %chunk, index, %error, "text left claimed for reconciliation");
                 unauthorised |= matches!(error, RouteError::Unauthorised);
                 unfinished = true;
+                retry_at = earliest(retry_at, reconcilable(now));
                 // A timeout or 5xx may hide an accepted message: keep the
                 // claim, so the redelivery reconciles it with the providers
                 // before anything is sent again.
@@ -416,5 +473,6 @@ async fn send_step(
         ));
     }
     outcome.unfinished = unfinished;
+    outcome.retry_at = retry_at;
     Ok(outcome)
 }

@@ -72,9 +72,10 @@ pub async fn settle_send(
     super::send::queue_writeback(hub, campaign_id, chunk_id).await
 }
 
-/// The letters stage of a cancelled campaign's chunk. The letter provider
-/// cannot be asked by reference, so a claim is waited on until it is stale
-/// and then counted as not sent.
+/// The letters stage of a cancelled (or given-up) campaign's chunk. A claim
+/// is looked up at the letter provider: found, it is recorded sent (and
+/// written back); not found and stale, counted as `unsent`; otherwise it
+/// may still be in flight and is asked about again later.
 pub async fn settle_letters(
     hub: &Hub,
     campaign_id: &CampaignId,
@@ -89,24 +90,46 @@ pub async fn settle_letters(
     }
     let now = hub.now();
     let mut counts = OutcomeCounts::default();
+    let mut updates = Vec::new();
+    let mut outcome = Settled::Counted;
     let recipients = hub.patients.load_chunk(campaign_id, chunk_id).await?;
     for recipient in recipients.iter().filter(|r| !r.is_sms()) {
         match &recipient.status {
             RecipientStatus::LetterSent { .. } => counts.letters += 1,
             RecipientStatus::Rejected => counts.exclude(ExclusionReason::NoPostalAddress),
-            RecipientStatus::Claimed { at } if now - *at < hub.config.stale_after => {
-                return Err(JobError::retry(format!(
-                    "chunk {chunk_id}: a cancelled letter is still in flight"
-                )))
+            RecipientStatus::Claimed { at } => {
+                let reference = recipient.reference(campaign_id);
+                match hub.letters.find_letter(&reference).await {
+                    Ok(Some(found)) => {
+                        counts.letters += 1;
+                        updates.push(super::letters::letter_sent(
+                            chunk_id,
+                            recipient.index,
+                            found.provider_id,
+                            now,
+                        ));
+                    }
+                    Ok(None) if now - *at >= hub.config.stale_after => counts.exclude(unsent),
+                    Ok(None) | Err(_) => outcome = Settled::Unknown,
+                }
             }
             _ => counts.exclude(unsent),
         }
+    }
+    // Letters found at the provider are recorded, so they are written back.
+    hub.patients.set_status(campaign_id, &updates).await?;
+    if let Settled::Unknown = outcome {
+        return Err(JobError::retry(format!(
+            "chunk {chunk_id}: a cancelled letter is still in flight"
+        )));
     }
     if let Some((_, progress)) = hub
         .store
         .complete_chunk_stage(campaign_id, chunk_id, ChunkStage::Letters, &counts)
         .await?
     {
+        // Whichever stage finishes last queues the write-back.
+        queue_writeback(hub, campaign_id, chunk_id).await?;
         hub.after_progress(campaign_id, progress).await?;
     }
     Ok(())

@@ -88,6 +88,9 @@ pub struct LetterRequest {
 #[async_trait]
 pub trait LetterProvider: Send + Sync {
     async fn send_letter(&self, request: &LetterRequest) -> Result<Accepted, ProviderError>;
+    /// Finds a letter by our reference, if the provider has it (a claim
+    /// whose answer was lost, or whose worker died, is settled by it).
+    async fn find_letter(&self, reference: &str) -> Result<Option<ProviderRecord>, ProviderError>;
 }
 
 /// A delivery status callback, as the receipts function gets it.

@@ -632,6 +632,21 @@ async fn list_notifications(
             }));
         }
     }
+    let wants_letters = query.get("template_type").is_none_or(|t| t == "letter");
+    if let (Some(reference), true) = (query.get("reference"), wants_letters) {
+        if let Err(error) = state.gateway.find_letter(reference).await {
+            return provider_error(error, "reference");
+        }
+        if let Some(provider_id) = state.gateway.lookup_letter(reference) {
+            notifications.push(json!({
+                "id": provider_id,
+                "reference": reference,
+                "type": "letter",
+                // Notify's letter states before printing: accepted.
+                "status": "accepted",
+            }));
+        }
+    }
     Json(json!({
         "notifications": notifications,
         "links": { "current": format!("{}/v2/notifications", state.base_url) }
