@@ -4,6 +4,7 @@
 //! as `cancelled`, the texts sent are written back to the GP record, and
 //! only then is the patient data purged (`Hub::after_progress`).
 
+use super::send::queue_writeback;
 use super::{Hub, JobError};
 use crate::domain::{
     CampaignId, ChunkId, ChunkStage, ExclusionReason, OutcomeCounts, RecipientStatus,
