@@ -67,12 +67,17 @@ pub mod env {
     /// `true` lets GP connections use http and private addresses (a test
     /// deployment against local simulators only).
     pub const HUB_PRIVATE_GP_URLS: &str = "HUB_PRIVATE_GP_URLS";
+    /// AWS End User Messaging: the origination identity's ARN (empty: not
+    /// used), its message parts a second and its daily text limit (0: none).
+    pub const EUM_ORIGINATION_IDENTITY: &str = "EUM_ORIGINATION_IDENTITY";
+    pub const EUM_PARTS_PER_SECOND: &str = "EUM_PARTS_PER_SECOND";
+    pub const EUM_DAILY_LIMIT: &str = "EUM_DAILY_LIMIT";
 
     /// Variables only some functions get, with the function's binary.
     pub const PER_FUNCTION: [(&str, &str); 1] = [(PUBLIC_BASE_URL, "practice-notices")];
 
     /// Every variable above, for checks against the template.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 23] = [
         HUB_TABLE,
         PATIENT_DATA_TABLE,
         NOTICES_QUEUE_URL,
@@ -93,6 +98,9 @@ pub mod env {
         NOTIFY_RATES,
         HUB_ROLES,
         HUB_PRIVATE_GP_URLS,
+        EUM_ORIGINATION_IDENTITY,
+        EUM_PARTS_PER_SECOND,
+        EUM_DAILY_LIMIT,
     ];
 
     /// The variable holding a queue's URL.
