@@ -128,14 +128,13 @@ pub async fn hub_with(
 ) -> anyhow::Result<Hub> {
     let sdk = aws::load_sdk_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let store = Arc::new(DynamoHubStore::new(
-        dynamo.clone(),
-        aws::required(lookup, env::HUB_TABLE)?,
-    ));
-    let patients = Arc::new(DynamoPatientStore::new(
-        dynamo,
-        aws::required(lookup, env::PATIENT_DATA_TABLE)?,
-    ));
+    let hub_table = aws::required(lookup, env::HUB_TABLE)?;
+    let store = Arc::new(DynamoHubStore::new(dynamo.clone(), hub_table.clone()));
+    // Receipts are counted on the hub table's chunks in the same write.
+    let patients = Arc::new(
+        DynamoPatientStore::new(dynamo, aws::required(lookup, env::PATIENT_DATA_TABLE)?)
+            .counting_receipts_in(hub_table),
+    );
     let queue = Arc::new(SqsJobQueue::new(
         aws_sdk_sqs::Client::new(&sdk),
         aws::queue_urls(lookup)?,

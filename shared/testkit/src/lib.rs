@@ -43,7 +43,7 @@ macro_rules! store_contract {
             complete_chunk_stage_counts_each_stage_once,
             concurrent_stage_completions_decrement_once,
             a_chunk_stage_with_no_campaign_changes_nothing,
-            delivery_receipts_add_to_chunk_counts,
+            delivery_receipts_are_recorded_and_counted_once_together,
             audit_is_listed_per_campaign_oldest_first,
             dedupe_keys_are_held_by_one_practice,
             key_holders_are_read_without_placing,

@@ -670,17 +670,28 @@ pub async fn a_chunk_stage_with_no_campaign_changes_nothing(s: &Stores) {
     );
 }
 
-pub async fn delivery_receipts_add_to_chunk_counts(s: &Stores) {
-    let hub = &*s.hub;
+pub async fn delivery_receipts_are_recorded_and_counted_once_together(s: &Stores) {
+    let (hub, patients) = (&*s.hub, &*s.patients);
     let (c, chunks) = with_chunks(hub, 1).await;
     let chunk = &chunks[0].chunk;
-    hub.add_chunk_deliveries(&c.id, chunk, 5, 1).await.unwrap();
+    let all: Vec<Recipient> = (0..4).map(|i| recipient(chunk, i)).collect();
+    patients.put_recipients(&c.id, &all, later()).await.unwrap();
+    let id = &c.id;
+    let deliver =
+        |index: u32, status: DeliveryStatus| patients.record_delivery(id, chunk, index, status);
+    assert!(deliver(0, DeliveryStatus::Delivered).await.unwrap());
+    assert!(deliver(1, DeliveryStatus::PermanentFailure).await.unwrap());
     // A stage completion in between keeps the receipts counted so far.
     hub.complete_chunk_stage(&c.id, chunk, ChunkStage::Send, &counts(7, 0))
         .await
         .unwrap()
         .unwrap();
-    hub.add_chunk_deliveries(&c.id, chunk, 2, 0).await.unwrap();
+    assert!(deliver(3, DeliveryStatus::Delivered).await.unwrap());
+    // A repeated or later receipt for a recipient, or one for a recipient
+    // that does not exist, records and counts nothing.
+    assert!(!deliver(0, DeliveryStatus::Delivered).await.unwrap());
+    assert!(!deliver(1, DeliveryStatus::Delivered).await.unwrap());
+    assert!(!deliver(99, DeliveryStatus::Delivered).await.unwrap());
     let record = hub.get_chunk(&c.id, chunk).await.unwrap().unwrap();
     assert_eq!(
         (
@@ -688,12 +699,24 @@ pub async fn delivery_receipts_add_to_chunk_counts(s: &Stores) {
             record.counts.delivered,
             record.counts.failed
         ),
-        (7, 7, 1)
+        (7, 2, 1)
     );
+
+    // WHEN the count cannot be written (no chunk record) THEN the status is
+    // not recorded either: one atomic write, so the provider's retry of the
+    // callback counts it later, exactly once.
+    let orphan = ChunkId::new(&ods(0), 42);
+    patients
+        .put_recipients(&c.id, &[recipient(&orphan, 0)], later())
+        .await
+        .unwrap();
     assert!(not_found(
-        hub.add_chunk_deliveries(&c.id, &ChunkId::new(&ods(0), 42), 1, 0)
+        patients
+            .record_delivery(&c.id, &orphan, 0, DeliveryStatus::Delivered)
             .await
     ));
+    let loaded = patients.load_chunk(&c.id, &orphan).await.unwrap();
+    assert_eq!(loaded[0].delivery, None, "no status without its count");
 }
 
 /// Events of one campaign, oldest first. (Events appended out of time
@@ -965,6 +988,7 @@ pub async fn a_stale_claim_is_released_once_and_never_over_a_newer_one(s: &Store
     let patients = &*s.patients;
     let c = CampaignId::new();
     let chunk = ChunkId::new(&ods(1), 1);
+    s.hub.put_chunks(&[chunk_record(&c, &ods(1), 1)]).await.unwrap();
     let recipients: Vec<_> = (0..3).map(|i| recipient(&chunk, i)).collect();
     patients
         .put_recipients(&c, &recipients, later())
@@ -1059,6 +1083,8 @@ pub async fn statuses_deliveries_and_write_backs(s: &Stores) {
     let patients = &*s.patients;
     let c = CampaignId::new();
     let chunk = ChunkId::new(&ods(4), 0);
+    // Receipts are counted on the chunk's record in the hub table.
+    s.hub.put_chunks(&[chunk_record(&c, &ods(4), 0)]).await.unwrap();
     let all: Vec<Recipient> = (0..5).map(|i| recipient(&chunk, i)).collect();
     patients.put_recipients(&c, &all, later()).await.unwrap();
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
@@ -1129,6 +1155,7 @@ pub async fn delivery_is_recorded_once_and_write_back_marked(s: &Stores) {
     let patients = &*s.patients;
     let c = CampaignId::new();
     let chunk = ChunkId::new(&ods(1), 1);
+    s.hub.put_chunks(&[chunk_record(&c, &ods(1), 1)]).await.unwrap();
     let recipients: Vec<_> = (0..3).map(|i| recipient(&chunk, i)).collect();
     patients
         .put_recipients(&c, &recipients, later())

@@ -468,11 +468,11 @@ impl Stack {
     }
 
     pub fn patient_store(&self) -> Result<DynamoPatientStore> {
-        let table = aws::required(&self.lookup()?, aws::env::PATIENT_DATA_TABLE)?;
-        Ok(DynamoPatientStore::new(
-            self.clients.dynamodb.clone(),
-            table,
-        ))
+        let lookup = self.lookup()?;
+        let table = aws::required(&lookup, aws::env::PATIENT_DATA_TABLE)?;
+        let hub_table = aws::required(&lookup, aws::env::HUB_TABLE)?;
+        Ok(DynamoPatientStore::new(self.clients.dynamodb.clone(), table)
+            .counting_receipts_in(hub_table))
     }
 
     pub fn job_queue(&self) -> Result<SqsJobQueue> {

@@ -31,6 +31,7 @@ pub async fn record_receipt(
     let Some(reference) = RecipientRef::parse(&receipt.reference) else {
         return Ok(ReceiptOutcome::Unknown);
     };
+    // One atomic write records the status and counts it, exactly once.
     let recorded = hub
         .patients
         .record_delivery(
@@ -43,15 +44,6 @@ pub async fn record_receipt(
     if !recorded {
         return Ok(ReceiptOutcome::AlreadyFinal);
     }
-    let delivered = u64::from(receipt.status.is_delivered());
-    hub.store
-        .add_chunk_deliveries(
-            &reference.campaign,
-            &reference.chunk,
-            delivered,
-            1 - delivered,
-        )
-        .await?;
     Ok(ReceiptOutcome::Recorded)
 }
 

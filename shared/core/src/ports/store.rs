@@ -186,15 +186,6 @@ pub trait HubStore: Send + Sync {
         counts: &OutcomeCounts,
     ) -> Result<Option<(ChunkRecord, Progress)>, StoreError>;
 
-    /// Adds delivery receipts to a chunk's counters (`delivered`, `failed`).
-    async fn add_chunk_deliveries(
-        &self,
-        campaign: &CampaignId,
-        chunk: &ChunkId,
-        delivered: u64,
-        failed: u64,
-    ) -> Result<(), StoreError>;
-
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// Oldest first.
     async fn list_audit(&self, campaign: &CampaignId) -> Result<Vec<AuditEvent>, StoreError>;
@@ -304,8 +295,14 @@ pub trait PatientDataStore: Send + Sync {
         updates: &[StatusUpdate],
     ) -> Result<(), StoreError>;
 
-    /// Records a delivery receipt once: returns `false` when this recipient
-    /// already had a final delivery status (or no longer exists).
+    /// Records a delivery receipt once and counts it, in one atomic write:
+    /// the recipient's delivery status is set and its chunk's `delivered` or
+    /// `failed` counter (the hub table's chunk record) goes up by one, both
+    /// or neither. The recipient's status change is the condition of the
+    /// count, so a repeated receipt, a retried call or a crash between two
+    /// writes can neither lose nor double a count. Returns `false`, counting
+    /// nothing, when this recipient already had a final delivery status (or
+    /// no longer exists); `NotFound` when the chunk record is missing.
     async fn record_delivery(
         &self,
         campaign: &CampaignId,

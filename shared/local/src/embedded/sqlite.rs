@@ -693,29 +693,6 @@ impl HubStore for SqliteStore {
             .await
     }
 
-    async fn add_chunk_deliveries(
-        &self,
-        campaign: &CampaignId,
-        chunk: &ChunkId,
-        delivered: u64,
-        failed: u64,
-    ) -> Result<(), StoreError> {
-        let (campaign, chunk) = (campaign.clone(), chunk.clone());
-        self.db
-            .call(move |conn| {
-                let tx = write_tx(conn)?;
-                let mut record = load_chunk_record(&tx, &campaign, &chunk)?.ok_or_else(|| {
-                    StoreError::NotFound(format!("chunk {chunk} of campaign {campaign}"))
-                })?;
-                record.counts.delivered += delivered;
-                record.counts.failed += failed;
-                save_chunk_record(&tx, &record)?;
-                tx.commit().op("add_chunk_deliveries: commit")?;
-                Ok(())
-            })
-            .await
-    }
-
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let campaign = event.campaign.as_ref().map(|c| c.as_str().to_string());
         let data = to_json("audit event", event)?;
@@ -1191,9 +1168,12 @@ impl PatientDataStore for SqliteStore {
             .await;
         let (campaign, chunk) = (campaign.clone(), chunk.clone());
         let delivery = to_json("delivery status", &status)?;
+        // The status and its count in one transaction, the count only if
+        // this call set the status: never lost, never twice.
         self.db
             .call(move |conn| {
-                let changed = conn
+                let tx = write_tx(conn)?;
+                let changed = tx
                     .prepare_cached(
                         "UPDATE patient_recipients SET delivery = ?1
                          WHERE campaign = ?2 AND chunk = ?3 AND idx = ?4 AND delivery IS NULL",
@@ -1202,7 +1182,20 @@ impl PatientDataStore for SqliteStore {
                         s.execute(params![delivery, campaign.as_str(), chunk.as_str(), index])
                     })
                     .op("record_delivery")?;
-                Ok(changed == 1)
+                if changed != 1 {
+                    return Ok(false);
+                }
+                let mut record = load_chunk_record(&tx, &campaign, &chunk)?.ok_or_else(|| {
+                    StoreError::NotFound(format!("chunk {chunk} of campaign {campaign}"))
+                })?;
+                if status.is_delivered() {
+                    record.counts.delivered += 1;
+                } else {
+                    record.counts.failed += 1;
+                }
+                save_chunk_record(&tx, &record)?;
+                tx.commit().op("record_delivery: commit")?;
+                Ok(true)
             })
             .await
     }

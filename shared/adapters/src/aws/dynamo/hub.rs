@@ -21,8 +21,10 @@
 //! campaign's `version`, so thousands of chunk completions never make a
 //! cancel lose its compare-and-set; in return `update_campaign` ignores the
 //! `progress` of the record it is given (the stored counters win). A chunk's
-//! delivery receipts are `ADD`ed to `delivered`/`failed` the same way and
-//! summed with the counts in `data` when read.
+//! delivery receipts are `ADD`ed to `delivered`/`failed` in the transaction
+//! that records the recipient's delivery status (`DynamoPatientStore::
+//! record_delivery`, conditional on it) and summed with the counts in
+//! `data` when read.
 
 use super::{
     backoff_for_retry, build_error, counter, decode, get_json, get_n, get_n_or_zero, n, s, to_json,
@@ -51,7 +53,7 @@ const GLOBAL_AUDIT: &str = "AUDIT";
 /// Attempts of a read-modify-write on a chunk before reporting a conflict.
 const CHUNK_ATTEMPTS: u32 = 12;
 
-fn campaign_pk(id: &CampaignId) -> String {
+pub(super) fn campaign_pk(id: &CampaignId) -> String {
     format!("CAMPAIGN#{id}")
 }
 
@@ -63,7 +65,7 @@ fn participation_sk(ods: &OdsCode) -> String {
     format!("PRACTICE#{ods}")
 }
 
-fn chunk_sk(chunk: &ChunkId) -> String {
+pub(super) fn chunk_sk(chunk: &ChunkId) -> String {
     format!("CHUNK#{chunk}")
 }
 
@@ -812,40 +814,6 @@ impl HubStore for DynamoHubStore {
         Err(StoreError::Conflict(format!(
             "{what} kept changing; gave up after {CHUNK_ATTEMPTS} attempts"
         )))
-    }
-
-    async fn add_chunk_deliveries(
-        &self,
-        campaign: &CampaignId,
-        chunk: &ChunkId,
-        delivered: u64,
-        failed: u64,
-    ) -> Result<(), StoreError> {
-        // `ADD` is not idempotent: no retries beyond the SDK's own, so a
-        // lost response is not counted twice by this adapter.
-        let result = self
-            .table
-            .client
-            .update_item()
-            .table_name(&self.table.name)
-            .set_key(Some(Table::key(campaign_pk(campaign), chunk_sk(chunk))))
-            .update_expression("ADD delivered :d, failed :f")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":d", n(delivered))
-            .expression_attribute_values(":f", n(failed))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                let fault = self.table.fault("UpdateItem", &err);
-                if fault.kind == FaultKind::Condition {
-                    Err(StoreError::NotFound(format!("chunk {campaign}/{chunk}")))
-                } else {
-                    Err(fault.into())
-                }
-            }
-        }
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

@@ -26,10 +26,13 @@
 
 use super::{
     build_error, decode, get_bool, get_json, get_s, n, s, to_json, DecodeError, Item, Table,
+    TxError,
 };
 use crate::aws::fault::FaultKind;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, PutRequest, TransactWriteItem, Update, WriteRequest,
+};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -99,13 +102,25 @@ fn delivery_from_tag(tag: &str) -> Option<DeliveryStatus> {
 #[derive(Clone, Debug)]
 pub struct DynamoPatientStore {
     table: Table,
+    /// The hub table, whose chunk records count delivery receipts in the
+    /// same transaction that records them (`record_delivery`).
+    hub_table: Option<String>,
 }
 
 impl DynamoPatientStore {
     pub fn new(client: Client, table_name: impl Into<String>) -> Self {
         Self {
             table: Table::new(client, table_name.into(), false),
+            hub_table: None,
         }
+    }
+
+    /// Names the hub table, so a delivery receipt is counted on its chunk
+    /// record in the same transaction that records it. Without it
+    /// `record_delivery` fails as misconfigured.
+    pub fn counting_receipts_in(mut self, hub_table: impl Into<String>) -> Self {
+        self.hub_table = Some(hub_table.into());
+        self
     }
 
     /// How many requests a call keeps in flight (default 16).
@@ -551,16 +566,54 @@ impl PatientDataStore for DynamoPatientStore {
     ) -> Result<bool, StoreError> {
         // Every provider status the hub records is final (GOV.UK Notify's
         // temporary-failure means it has stopped trying), so the first one
-        // wins and a repeated or later callback changes nothing.
-        self.update_recipient(
-            campaign,
-            chunk,
-            index,
-            "SET delivery = :delivery",
-            "attribute_exists(pk) AND attribute_not_exists(delivery)",
-            vec![(":delivery", s(delivery_tag(status)))],
-        )
-        .await
+        // wins and a repeated or later callback changes nothing. The count
+        // is `ADD`ed in the same transaction, conditional on that first
+        // status: never lost, never twice (a retry of a transaction that
+        // succeeded finds the status set, or is recognised by its token).
+        let Some(hub_table) = &self.hub_table else {
+            return Err(StoreError::Unexpected(anyhow::anyhow!(
+                "delivery receipts need the hub table to be counted in"
+            )));
+        };
+        let record = Update::builder()
+            .table_name(&self.table.name)
+            .set_key(Some(Table::key(
+                chunk_pk(campaign, chunk),
+                recipient_sk(index),
+            )))
+            .update_expression("SET delivery = :delivery")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(delivery)")
+            .expression_attribute_values(":delivery", s(delivery_tag(status)))
+            .build()
+            .map_err(build_error)?;
+        let counter = if status.is_delivered() {
+            "delivered"
+        } else {
+            "failed"
+        };
+        let count = Update::builder()
+            .table_name(hub_table)
+            .set_key(Some(Table::key(
+                super::hub::campaign_pk(campaign),
+                super::hub::chunk_sk(chunk),
+            )))
+            .update_expression(format!("ADD {counter} :one"))
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(build_error)?;
+        let actions = vec![
+            TransactWriteItem::builder().update(record).build(),
+            TransactWriteItem::builder().update(count).build(),
+        ];
+        match self.table.transact(actions).await {
+            Ok(()) => Ok(true),
+            Err(TxError::Condition(0)) => Ok(false),
+            Err(TxError::Condition(_)) => Err(StoreError::NotFound(format!(
+                "chunk {campaign}/{chunk}"
+            ))),
+            Err(TxError::Fault(fault)) => Err(fault.into()),
+        }
     }
 
     async fn mark_written_back(
