@@ -652,6 +652,13 @@ def deploy(endpoint, template, inputs, drop, middleware):
         created = iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(stack.resolve(props["AssumeRolePolicyDocument"])))
         statements = []
         for policy in props.get("Policies", []):
+            if "Fn::If" in policy:
+                # A policy under a condition (SAM keeps the template's Fn::If):
+                # the chosen branch, or nothing for AWS::NoValue.
+                condition, granted, otherwise = policy["Fn::If"]
+                policy = granted if stack.conditions[condition] else otherwise
+                if policy == {"Ref": "AWS::NoValue"}:
+                    continue
             policy_name = stack.resolve(policy["PolicyName"])
             document = stack.resolve(policy["PolicyDocument"])
             document["Statement"] = as_list(document.get("Statement"))
