@@ -594,7 +594,9 @@ impl PatientDataStore for DynamoPatientStore {
         let count = Update::builder()
             .table_name(hub_table)
             .set_key(Some(Table::key(
-                super::hub::campaign_pk(campaign),
+                // Off the campaign's own key: receipts arrive at the rate
+                // texts are sent.
+                super::hub::receipts_pk(campaign, chunk),
                 super::hub::chunk_sk(chunk),
             )))
             .update_expression(format!("ADD {counter} :one"))
@@ -609,9 +611,9 @@ impl PatientDataStore for DynamoPatientStore {
         match self.table.transact(actions).await {
             Ok(()) => Ok(true),
             Err(TxError::Condition(0)) => Ok(false),
-            Err(TxError::Condition(_)) => Err(StoreError::NotFound(format!(
-                "chunk {campaign}/{chunk}"
-            ))),
+            Err(TxError::Condition(_)) => {
+                Err(StoreError::NotFound(format!("chunk {campaign}/{chunk}")))
+            }
             Err(TxError::Fault(fault)) => Err(fault.into()),
         }
     }
