@@ -39,6 +39,7 @@ that shows a missing permission is caught.
 
 import argparse
 import fnmatch
+import http.client
 import io
 import json
 import os
@@ -48,7 +49,9 @@ import socket
 import string
 import sys
 import threading
+import urllib.error
 import urllib.parse
+import urllib.request
 
 REGION = "eu-west-2"
 ACCOUNT = "123456789012"
@@ -396,6 +399,12 @@ def scheduler_checks(method, path, query, body):
     return [("scheduler:" + method + path, "*", {})]
 
 
+def sms_voice_checks(operation, body):
+    """End User Messaging: SendTextMessage is authorised on the origination
+    identity it names (the hub gives its ARN)."""
+    return [(f"sms-voice:{operation}", body.get("OriginationIdentity") or "*", {})]
+
+
 def checks_for(service, environ, raw):
     """The (action, resource, context) a request needs, all of them allowed."""
     target = environ.get("HTTP_X_AMZ_TARGET", "")
@@ -423,6 +432,8 @@ def checks_for(service, environ, raw):
         return secretsmanager_checks(operation, body)
     if service == "scheduler":
         return scheduler_checks(environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/"), query, body)
+    if service == "sms-voice":
+        return sms_voice_checks(operation, body)
     if service == "sts":
         # GetCallerIdentity needs no permission.
         if operation == "GetCallerIdentity":
@@ -452,9 +463,38 @@ def denial_response(service, environ, message):
     return "403 Forbidden", [("Content-Type", "text/xml")], xml
 
 
+def forward_sms_voice(target, environ, raw, start_response):
+    """An allowed End User Messaging call, re-signed with the simulated
+    service's own key and sent on to it (moto has no such service)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = target["endpoint"].rstrip("/") + "/"
+    headers = {
+        "Content-Type": environ.get("CONTENT_TYPE", ""),
+        "X-Amz-Target": environ.get("HTTP_X_AMZ_TARGET", ""),
+    }
+    request = AWSRequest(method="POST", url=url, data=raw, headers=headers)
+    credentials = Credentials(target["access_key_id"], target["secret_access_key"])
+    SigV4Auth(credentials, "sms-voice", target.get("region", REGION)).add_auth(request)
+    forwarded = urllib.request.Request(url, data=raw, headers=dict(request.headers), method="POST")
+    try:
+        with urllib.request.urlopen(forwarded, timeout=30) as response:
+            status, reply, answer = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        status, reply, answer = error.code, error.headers, error.read()
+    kept = [(k, v) for k, v in reply.items() if k.lower() in ("content-type", "x-amzn-errortype", "x-amzn-requestid")]
+    start_response(f"{status} {http.client.responses.get(status, '')}", kept + [("Content-Length", str(len(answer)))])
+    return [answer]
+
+
 class IamMiddleware:
-    def __init__(self, app, denials_path):
+    def __init__(self, app, denials_path, sms_voice=None):
         self.app = app
+        # Where allowed End User Messaging calls go: {"endpoint",
+        # "access_key_id", "secret_access_key"} of the simulated service.
+        self.sms_voice = sms_voice
         self.denials_path = denials_path
         self.principals = {}  # access key -> principal
         self.faults = {}  # (function, action) -> how many more to fail
@@ -514,6 +554,8 @@ class IamMiddleware:
                 body = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError", "message": "injected fault", "Message": "injected fault"}).encode()
                 start_response("500 Internal Server Error", [("Content-Type", "application/x-amz-json-1.0"), ("x-amzn-ErrorType", "InternalServerError"), ("Content-Length", str(len(body)))])
                 return [body]
+        if service == "sms-voice" and self.sms_voice:
+            return forward_sms_voice(self.sms_voice, environ, raw, start_response)
         return self.app(environ, start_response)
 
 
@@ -652,6 +694,13 @@ def deploy(endpoint, template, inputs, drop, middleware):
         created = iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(stack.resolve(props["AssumeRolePolicyDocument"])))
         statements = []
         for policy in props.get("Policies", []):
+            if "Fn::If" in policy:
+                # A policy under a condition (SAM keeps the template's Fn::If):
+                # the chosen branch, or nothing for AWS::NoValue.
+                condition, granted, otherwise = policy["Fn::If"]
+                policy = granted if stack.conditions[condition] else otherwise
+                if policy == {"Ref": "AWS::NoValue"}:
+                    continue
             policy_name = stack.resolve(policy["PolicyName"])
             document = stack.resolve(policy["PolicyDocument"])
             document["Statement"] = as_list(document.get("Statement"))
@@ -815,6 +864,13 @@ def self_test():
         ("scheduler:CreateSchedule", arn("scheduler", "schedule/g/deadline-1"), {}),
         ("iam:PassRole", "arn:aws:iam::1:role/s", {"iam:PassedToService": "scheduler.amazonaws.com"}),
     ], create
+    sender = arn("sms-voice", "sender-id/NHSALERT/GB")
+    assert sms_voice_checks("SendTextMessage", {"OriginationIdentity": sender}) == [
+        ("sms-voice:SendTextMessage", sender, {})]
+    assert allowed([{"Effect": "Allow", "Action": "sms-voice:SendTextMessage", "Resource": sender}],
+                   "sms-voice:SendTextMessage", sender, {})
+    assert not allowed([{"Effect": "Allow", "Action": "sms-voice:SendTextMessage", "Resource": sender}],
+                       "sms-voice:SendTextMessage", arn("sms-voice", "sender-id/OTHER/GB"), {})
     assert scheduler_checks("DELETE", "/schedules/d", {"groupName": ["g"]}, {}) == [
         ("scheduler:DeleteSchedule", arn("scheduler", "schedule/g/d"), {})]
     print(f"ok: {len(cases)} decisions and the request mappings")
@@ -859,7 +915,7 @@ def main():
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     open(args.denials, "w").close()
     app = DomainDispatcherApplication(create_backend_app)
-    middleware = IamMiddleware(app, args.denials)
+    middleware = IamMiddleware(app, args.denials, inputs.get("sms_voice"))
     if args.fail_first:
         function, rest = args.fail_first.split(":", 1)
         action, count = rest.rsplit(":", 1)

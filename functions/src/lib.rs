@@ -2,6 +2,7 @@
 //! ([`lambda`]) and the hub built from a function's environment ([`wiring`]).
 //! Each binary in `src/bin` is one function of `template.yaml`.
 
+pub mod eum;
 pub mod lambda;
 pub mod metrics;
 pub mod notify;

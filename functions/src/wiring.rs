@@ -1,5 +1,6 @@
 //! Builds the [`Hub`] for a Lambda function from its environment: the AWS
-//! adapters, GOV.UK Notify, FHIR for the GP systems.
+//! adapters, GOV.UK Notify, AWS End User Messaging when configured
+//! ([`crate::eum`]), FHIR for the GP systems.
 //!
 //! Each function reads only the secrets its role may read: the opt-out link
 //! key at start-up where every invocation needs it (practice-notices signs
@@ -154,7 +155,7 @@ pub async fn hub_with(
         rates.0.len(),
         crate::metrics::Metrics::process(),
     );
-    let providers: Vec<(Arc<dyn SmsProvider>, f64)> = rates
+    let mut providers: Vec<(Arc<dyn SmsProvider>, f64)> = rates
         .0
         .iter()
         .enumerate()
@@ -164,6 +165,14 @@ pub async fn hub_with(
             (provider, rate.rate_per_second)
         })
         .collect();
+    // End User Messaging beside the Notify keys, when configured.
+    let eum = crate::eum::EumSettings::from_lookup(lookup)?;
+    if let Some(eum) = &eum {
+        let client = hub_adapters::eum::sdk::Client::new(&sdk);
+        let provider: Arc<dyn SmsProvider> =
+            Arc::new(eum.provider(client, crate::metrics::Metrics::process()));
+        providers.push((provider, eum.parts_per_second));
+    }
     let primary = Arc::new(LazyNotify::new(notify, 0));
     // More than one send invocation at once: they share the pacing
     // buckets in the hub table (one alone paces in memory).
@@ -221,6 +230,8 @@ pub async fn hub_with(
     .build()?;
     // The plan counts the services' daily limits too, which the router
     // does not know.
-    Arc::make_mut(&mut hub.config).providers = rates.plan_rates();
+    let mut plan_rates = rates.plan_rates();
+    plan_rates.extend(eum.as_ref().map(crate::eum::EumSettings::plan_rate));
+    Arc::make_mut(&mut hub.config).providers = plan_rates;
     Ok(hub)
 }

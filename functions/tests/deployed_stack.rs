@@ -27,10 +27,16 @@ use std::time::Duration;
 const ALICE_KEY: &str = "AKIAALICESTAFF000001";
 const BOB_KEY: &str = "AKIABOBSTAFF00000002";
 
+/// The End User Messaging sender ID the stack is configured with.
+const EUM_SENDER: &str = "arn:aws:sms-voice:eu-west-2:123456789012:sender-id/NHSALERT/GB";
+
 /// The hub deployed around simulators of Notify and the GP systems.
 struct Run {
     deployed: Deployed,
     notify: hub_sim::http::NotifyServer,
+    /// AWS End User Messaging, beside Notify, reached through the IAM
+    /// middleware under the send role.
+    eum: hub_sim::http::EumServer,
     _fhir: hub_sim::http::FhirServer,
     estate: GpEstate,
     fhir_practices: Vec<Value>,
@@ -66,6 +72,11 @@ impl Run {
             },
         )
         .await?;
+        let eum = hub_sim::http::start_eum(
+            hub_sim::http::EumServerConfig::default(),
+            [(EUM_SENDER.to_string(), hub_sim::http::eum_sender("eum"))],
+        )
+        .await?;
         let (_, fhir) = start_fhir(estate.clone(), FhirServerConfig::default()).await?;
         let fhir_practices: Vec<Value> = estate
             .practices()
@@ -91,9 +102,18 @@ impl Run {
             ),
             // The GP systems are simulators on loopback.
             ("PrivateGpUrls", "true"),
+            // A sender ID at AWS's default 10 message parts a second.
+            ("EumOriginationIdentityArn", EUM_SENDER),
+            ("EumPartsPerSecond", "10"),
         ] {
             input.parameters.insert(name.into(), value.into());
         }
+        input.sms_voice = Some(json!({
+            "endpoint": eum.endpoint_url(),
+            "access_key_id": eum.config().access_key_id,
+            "secret_access_key": eum.config().secret_access_key.expose_secret(),
+            "region": eum.config().region,
+        }));
         input.secrets.insert(
             "NotifySecret".into(),
             json!({
@@ -128,6 +148,7 @@ impl Run {
         Ok(Self {
             deployed,
             notify,
+            eum,
             _fhir: fhir,
             estate,
             fhir_practices,
@@ -605,16 +626,27 @@ async fn the_deployed_functions_run_a_whole_campaign_with_iam_enforced() {
     let totals = &report["totals"];
     let count = |key: &str| totals[key].as_u64().unwrap_or(0);
     assert!(count("sent") > 100, "most are texted: {totals}");
-    let expected_sent = run.notify.gateway().sent_count() as u64;
+    let eum = run.eum.sender(EUM_SENDER).expect("the configured sender");
+    let expected_sent = (run.notify.gateway().sent_count() + eum.sent_count()) as u64;
     assert_eq!(
         count("sent"),
         expected_sent,
-        "the report counts the texts Notify accepted"
+        "the report counts the texts Notify and End User Messaging accepted"
     );
+    assert!(
+        eum.sent_count() > 0,
+        "some texts went through End User Messaging, signed by the send role"
+    );
+    assert_eq!(run.eum.auth_failures(), 0);
     assert_eq!(
-        run.notify.gateway().duplicate_sends(),
+        run.notify.gateway().duplicate_sends() + eum.duplicate_sends(),
         0,
         "nobody texted twice"
+    );
+    assert_eq!(
+        run.notify.gateway().references_shared_with(eum),
+        0,
+        "nobody texted by both providers"
     );
     let out = report["practices"]
         .as_array()
@@ -668,6 +700,16 @@ async fn the_deployed_functions_run_a_whole_campaign_with_iam_enforced() {
     for ((function, action), (n, faults)) in &calls {
         eprintln!("{function} {action}: {n} calls allowed, {faults} faults injected");
     }
+    let texting: Vec<&String> = calls
+        .keys()
+        .filter(|(_, action)| action.starts_with("sms-voice:"))
+        .map(|(function, _)| function)
+        .collect();
+    assert_eq!(
+        texting,
+        ["SendFunction"],
+        "only send texts through End User Messaging, under its role"
+    );
     for function in run.deployed.functions.keys() {
         assert!(
             calls.keys().any(|(f, _)| f == function),

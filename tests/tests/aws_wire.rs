@@ -106,6 +106,97 @@ async fn audit_is_listed_by_timestamp_not_append_order() {
     assert_eq!(listed[0], event(0, "created", Some(c.id.clone())));
 }
 
+/// A delivery receipt is counted on the chunk's receipts item, spread over
+/// 32 keys by the chunk id, never on the campaign's own key; a chunk created
+/// before receipts items existed is counted on its own record; reads add both.
+#[tokio::test]
+async fn receipts_are_counted_off_the_campaigns_key() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use hub_core::domain::DeliveryStatus;
+    let stack = stack().await;
+    let (hub, patients) = (stack.hub_store().unwrap(), stack.patient_store().unwrap());
+    let c = CampaignId::new();
+    let chunks = [ChunkId::new(&ods(1), 0), ChunkId::new(&ods(1), 1)];
+    hub.put_chunks(&[
+        hub_testkit::fixtures::chunk_record(&c, &ods(1), 0),
+        hub_testkit::fixtures::chunk_record(&c, &ods(1), 1),
+    ])
+    .await
+    .unwrap();
+    for chunk in &chunks {
+        let all: Vec<Recipient> = (0..2).map(|i| recipient(chunk, i)).collect();
+        patients.put_recipients(&c, &all, later()).await.unwrap();
+    }
+    let key = |pk: String, chunk: &ChunkId| {
+        HashMap::from([
+            ("pk".to_string(), AttributeValue::S(pk)),
+            (
+                "sk".to_string(),
+                AttributeValue::S(format!("CHUNK#{chunk}")),
+            ),
+        ])
+    };
+    let item = |pk: String, chunk: &ChunkId| {
+        let key = key(pk, chunk);
+        let dynamodb = stack.clients.dynamodb.clone();
+        let table = hub.table_name().to_string();
+        async move {
+            dynamodb
+                .get_item()
+                .table_name(table)
+                .set_key(Some(key))
+                .send()
+                .await
+                .unwrap()
+                .item
+        }
+    };
+    let receipts_pk = |chunk: &ChunkId| format!("CAMPAIGN#{c}#RECEIPTS#{:02}", chunk.shard(32));
+
+    assert!(patients
+        .record_delivery(&c, &chunks[0], 0, DeliveryStatus::Delivered)
+        .await
+        .unwrap());
+    let counted = item(receipts_pk(&chunks[0]), &chunks[0])
+        .await
+        .expect("the receipts item, created with the chunk");
+    assert_eq!(counted["delivered"].as_n().unwrap(), "1");
+    let record = item(format!("CAMPAIGN#{c}"), &chunks[0]).await.unwrap();
+    assert!(
+        !record.contains_key("delivered"),
+        "nothing counted on the campaign's key"
+    );
+
+    // A chunk from before receipts items: counted on its own record.
+    stack
+        .clients
+        .dynamodb
+        .delete_item()
+        .table_name(hub.table_name())
+        .set_key(Some(key(receipts_pk(&chunks[1]), &chunks[1])))
+        .send()
+        .await
+        .unwrap();
+    assert!(patients
+        .record_delivery(&c, &chunks[1], 0, DeliveryStatus::PermanentFailure)
+        .await
+        .unwrap());
+    assert!(!patients
+        .record_delivery(&c, &chunks[1], 0, DeliveryStatus::PermanentFailure)
+        .await
+        .unwrap());
+    let older = hub.get_chunk(&c, &chunks[1]).await.unwrap().unwrap();
+    assert_eq!((older.counts.delivered, older.counts.failed), (0, 1));
+    let listed: Vec<(u64, u64)> = hub
+        .list_chunks(&c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|chunk| (chunk.counts.delivered, chunk.counts.failed))
+        .collect();
+    assert_eq!(listed, [(1, 0), (0, 1)]);
+}
+
 // ------------------------------------------------------------------ errors
 
 #[tokio::test]

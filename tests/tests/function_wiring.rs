@@ -297,3 +297,65 @@ async fn a_mesh_practice_goes_to_the_mailbox_the_mesh_secret_names() {
     );
     assert_eq!(*recording.reads.lock().unwrap(), [MESH]);
 }
+
+#[tokio::test]
+/// With an End User Messaging identity configured, every function plans
+/// with it beside the Notify keys (parts a second, its daily cap), the send
+/// router paces it in parts, and still no secret is read for it.
+#[tokio::test]
+async fn end_user_messaging_joins_the_notify_keys_when_configured() {
+    std::env::set_var("AWS_REGION", "eu-west-2");
+    const SENDER: &str = "arn:aws:sms-voice:eu-west-2:123456789012:sender-id/NHSALERT/GB";
+    let with_eum = |name: &str| match name {
+        env::EUM_ORIGINATION_IDENTITY => Some(SENDER.to_string()),
+        env::EUM_PARTS_PER_SECOND => Some("12".to_string()),
+        env::EUM_DAILY_LIMIT => Some("100000".to_string()),
+        other => environment(other),
+    };
+    for function in [Function::Api, Function::Send] {
+        let recording = secrets(NOTIFY_SECRET);
+        let hub = hub_with(function, recording.clone(), &with_eum)
+            .await
+            .unwrap_or_else(|e| panic!("{function:?}: {e:#}"));
+        assert!(recording.reads.lock().unwrap().is_empty(), "{function:?}");
+        let eum = hub.config.providers.last().unwrap();
+        assert_eq!(
+            (eum.name.as_str(), eum.per_second, eum.unit, eum.daily_limit),
+            (
+                "eum",
+                12.0,
+                hub_core::domain::pacing::RateUnit::Parts,
+                Some(100_000)
+            )
+        );
+        let routed: Vec<_> = hub
+            .sms
+            .rates()
+            .iter()
+            .map(|rate| (rate.name.clone(), rate.unit))
+            .collect();
+        assert_eq!(routed.len(), 3, "{routed:?}");
+        assert_eq!(
+            routed[2],
+            ("eum".to_string(), hub_core::domain::pacing::RateUnit::Parts)
+        );
+    }
+    // Not configured: Notify only.
+    let hub = hub_with(Function::Send, secrets(NOTIFY_SECRET), &environment)
+        .await
+        .unwrap();
+    assert!(hub.config.providers.iter().all(|p| p.name != "eum"));
+    // A value that is not an identity's ARN stops the function, naming it.
+    let bad = |name: &str| match name {
+        env::EUM_ORIGINATION_IDENTITY => Some("NHSALERT".to_string()),
+        other => environment(other),
+    };
+    let error = hub_with(Function::Send, secrets(NOTIFY_SECRET), &bad)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{error:#}").contains(env::EUM_ORIGINATION_IDENTITY),
+        "{error:#}"
+    );
+}

@@ -48,6 +48,8 @@ fn grants(function: &template::Resource<'_>) -> (BTreeSet<(String, String)>, Vec
     let mut allowed = BTreeSet::new();
     let mut templates = Vec::new();
     for policy in function.properties["Policies"].as_sequence().unwrap() {
+        // A policy under a condition counts as granted (the configured case).
+        let policy = conditional_policy(policy).map_or(policy, |(_, granted)| granted);
         let Some(statements) = policy.get("Statement").and_then(Value::as_sequence) else {
             let name = policy.as_mapping().unwrap().keys().next().unwrap();
             let argument = policy.as_mapping().unwrap().values().next().unwrap();
@@ -79,6 +81,24 @@ fn grants(function: &template::Resource<'_>) -> (BTreeSet<(String, String)>, Vec
         }
     }
     (allowed, templates)
+}
+
+/// A policy granted only under a condition, `!If [Condition, policy,
+/// !Ref AWS::NoValue]`: the condition and the policy.
+fn conditional_policy(policy: &Value) -> Option<(String, &Value)> {
+    let (function, arguments) = intrinsic(policy)?;
+    if function != "Fn::If" {
+        return None;
+    }
+    let [condition, granted, otherwise] = arguments.as_sequence()?.as_slice() else {
+        panic!("Fn::If takes three arguments: {arguments:?}");
+    };
+    assert_eq!(
+        names(otherwise),
+        ["AWS::NoValue"],
+        "a conditional policy grants nothing otherwise"
+    );
+    Some((condition.as_str()?.to_string(), granted))
 }
 
 /// What a function may act on, sorted: the targets of the SAM policy
@@ -364,4 +384,51 @@ fn the_watchdog_runs_every_15_minutes_on_the_purge_function() {
         Some("rate(15 minutes)")
     );
     assert_eq!(watchdog[0]["Properties"]["State"].as_str(), Some("ENABLED"));
+}
+
+#[test]
+fn only_send_may_text_through_end_user_messaging_and_only_its_configured_identity() {
+    let t = Template::load().unwrap();
+    for (name, function) in functions(&t) {
+        let (allowed, _) = grants(&function);
+        let texting: Vec<&(String, String)> = allowed
+            .iter()
+            .filter(|(action, _)| action.starts_with("sms-voice:") || action == "*")
+            .collect();
+        if name == "SendFunction" {
+            assert_eq!(
+                texting,
+                [&(
+                    "sms-voice:SendTextMessage".to_string(),
+                    "EumOriginationIdentityArn".to_string()
+                )],
+                "send texts through the one origination identity configured"
+            );
+        } else {
+            assert!(texting.is_empty(), "{name} may use End User Messaging");
+        }
+    }
+    // Granted only when an identity is configured (empty: Notify only).
+    let send = &functions(&t)["SendFunction"];
+    let conditions: Vec<String> = send.properties["Policies"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(conditional_policy)
+        .map(|(condition, _)| condition)
+        .collect();
+    assert_eq!(conditions, ["HasEum"]);
+    let has_eum = &t.root["Conditions"]["HasEum"];
+    let (not, inner) = intrinsic(has_eum).unwrap();
+    assert_eq!(not, "Fn::Not");
+    let (equals, operands) = intrinsic(&inner.as_sequence().unwrap()[0]).unwrap();
+    assert_eq!(equals, "Fn::Equals");
+    let operands = operands.as_sequence().unwrap();
+    assert_eq!(names(&operands[0]), ["EumOriginationIdentityArn"]);
+    assert_eq!(operands[1].as_str(), Some(""));
+    assert_eq!(
+        t.root["Parameters"]["EumOriginationIdentityArn"]["Default"].as_str(),
+        Some(""),
+        "off by default"
+    );
 }

@@ -79,6 +79,10 @@ pub struct DeployInput {
     pub secrets: BTreeMap<String, String>,
     /// More secrets by name (GP credentials).
     pub extra_secrets: BTreeMap<String, String>,
+    /// Where allowed `sms-voice` calls go (the simulated End User
+    /// Messaging: `endpoint`, `access_key_id`, `secret_access_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sms_voice: Option<serde_json::Value>,
 }
 
 /// Options of a deployed-stack run.

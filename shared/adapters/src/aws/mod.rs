@@ -70,12 +70,17 @@ pub mod env {
     /// Name of the secret holding the hub's MESH mailbox credentials
     /// (`mesh::mesh_config_from_secret`); empty: no MESH route.
     pub const MESH_SECRET_NAME: &str = "MESH_SECRET_NAME";
+    /// AWS End User Messaging: the origination identity's ARN (empty: not
+    /// used), its message parts a second and its daily text limit (0: none).
+    pub const EUM_ORIGINATION_IDENTITY: &str = "EUM_ORIGINATION_IDENTITY";
+    pub const EUM_PARTS_PER_SECOND: &str = "EUM_PARTS_PER_SECOND";
+    pub const EUM_DAILY_LIMIT: &str = "EUM_DAILY_LIMIT";
 
     /// Variables only some functions get, with the function's binary.
     pub const PER_FUNCTION: [(&str, &str); 1] = [(PUBLIC_BASE_URL, "practice-notices")];
 
     /// Every variable above, for checks against the template.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 24] = [
         HUB_TABLE,
         PATIENT_DATA_TABLE,
         NOTICES_QUEUE_URL,
@@ -97,6 +102,9 @@ pub mod env {
         HUB_ROLES,
         HUB_PRIVATE_GP_URLS,
         MESH_SECRET_NAME,
+        EUM_ORIGINATION_IDENTITY,
+        EUM_PARTS_PER_SECOND,
+        EUM_DAILY_LIMIT,
     ];
 
     /// The variable holding a queue's URL.

@@ -14,6 +14,9 @@ use hub_core::ports::{
 };
 use serde::Deserialize;
 
+/// The SDK itself, so callers configure its client without their own
+/// dependency on it.
+pub use aws_sdk_pinpointsmsvoicev2 as sdk;
 pub use aws_sdk_pinpointsmsvoicev2::Client as EumSdkClient;
 
 /// The `Context` key that carries our reference into delivery events.
@@ -29,6 +32,9 @@ pub struct EumConfig {
     pub configuration_set: Option<String>,
     /// Seconds the carrier may keep trying; `None` is the service default.
     pub time_to_live: Option<i32>,
+    /// Texts a day the hub may send through it (a budget the account's
+    /// spend limit allows); `None`: no cap.
+    pub daily_cap: Option<u64>,
 }
 
 impl EumConfig {
@@ -38,6 +44,7 @@ impl EumConfig {
             origination_identity: origination_identity.into(),
             configuration_set: None,
             time_to_live: None,
+            daily_cap: None,
         }
     }
 }
@@ -50,9 +57,20 @@ pub struct EumSmsClient {
 
 impl EumSmsClient {
     /// `client` comes from the shared `aws_config` load, so the endpoint
-    /// and credentials follow the environment.
+    /// and credentials follow the environment. The SDK's own retries are
+    /// turned off: a throttle must reach the router at once (it holds the
+    /// key for every worker), and a retried timeout could send a text
+    /// twice, as EUM cannot be asked for it by reference.
     pub fn new(client: EumSdkClient, config: EumConfig) -> Self {
-        Self { client, config }
+        let without_retries = client
+            .config()
+            .to_builder()
+            .retry_config(sdk::config::retry::RetryConfig::disabled())
+            .build();
+        Self {
+            client: EumSdkClient::from_conf(without_retries),
+            config,
+        }
     }
 }
 
@@ -60,6 +78,15 @@ impl EumSmsClient {
 impl SmsProvider for EumSmsClient {
     fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// EUM limits message parts a second per origination identity.
+    fn rate_unit(&self) -> hub_core::domain::pacing::RateUnit {
+        hub_core::domain::pacing::RateUnit::Parts
+    }
+
+    fn daily_cap(&self) -> Option<u64> {
+        self.config.daily_cap
     }
 
     async fn send_sms(&self, request: &SmsRequest) -> Result<Accepted, ProviderError> {
@@ -166,6 +193,13 @@ pub fn map_service_error(error: &SendTextMessageError) -> ProviderError {
             Some("ThrottlingException" | "TooManyRequestsException") => {
                 ProviderError::RateLimited { retry_after: None }
             }
+            // Our credentials or signature: no retry fixes it.
+            Some(
+                code @ ("UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "MissingAuthenticationTokenException"
+                | "IncompleteSignatureException"),
+            ) => ProviderError::Unauthorised(format!("EUM {code}")),
             Some(code) => ProviderError::Unavailable(format!("EUM {code}")),
             None => ProviderError::Unavailable("EUM unknown error".into()),
         },

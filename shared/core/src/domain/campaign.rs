@@ -462,6 +462,13 @@ impl ChunkId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Which of `shards` partitions this chunk's delivery-receipt counters
+    /// live in (FNV-1a of the id, as [`super::DedupeKey::shard`]), so a
+    /// campaign's receipts are counted off any one key.
+    pub fn shard(&self, shards: u32) -> u32 {
+        super::recipient::fnv1a_shard(&self.0, shards)
+    }
 }
 
 impl TryFrom<String> for ChunkId {
@@ -508,6 +515,18 @@ mod tests {
     use super::*;
     use crate::domain::{MessageTemplate, TemplateRules};
     use chrono::Duration;
+
+    #[test]
+    fn chunk_shards_are_fixed_and_spread() {
+        // FNV-1a, so every process and build puts a chunk's receipts in the
+        // same partition.
+        assert_eq!(ChunkId::parse("G85001-0007").unwrap().shard(32), 18);
+        let ods = OdsCode::parse("G85001").unwrap();
+        let shards: std::collections::HashSet<u32> =
+            (0..200).map(|n| ChunkId::new(&ods, n).shard(32)).collect();
+        assert!(shards.iter().all(|shard| *shard < 32));
+        assert!(shards.len() >= 28, "{} of 32 used", shards.len());
+    }
 
     #[test]
     fn chunk_ids_are_read_back_only_in_their_shape() {

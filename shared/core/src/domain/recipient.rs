@@ -240,13 +240,19 @@ impl DedupeKey {
     /// Which of `shards` partitions the key lives in: FNV-1a of the stored
     /// key, written out so every process and every build agrees.
     pub fn shard(&self, shards: u32) -> u32 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.storage_key().bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        (hash % u64::from(shards.max(1))) as u32
+        fnv1a_shard(&self.storage_key(), shards)
     }
+}
+
+/// Which of `shards` partitions `text` lives in: FNV-1a, written out so
+/// every process and every build agrees.
+pub(crate) fn fnv1a_shard(text: &str, shards: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(shards.max(1))) as u32
 }
 
 #[cfg(test)]

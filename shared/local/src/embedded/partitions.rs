@@ -4,9 +4,11 @@
 //! limit DynamoDB throttles and the SDK backs off; here the call waits for
 //! the key's bucket, so a hot key shows up as lost throughput, not errors.
 //!
-//! The partition keys are the DynamoDB adapter's (`CAMPAIGN#id#R#<chunk>`,
-//! `CAMPAIGN#id#K#<shard>`, `CAMPAIGN#id#CHUNKS`), so the embedded store
-//! feels the same heat the real table would.
+//! The partition keys are the DynamoDB adapter's (patient data:
+//! `CAMPAIGN#id#R#<chunk>`, `CAMPAIGN#id#K#<shard>`, `CAMPAIGN#id#CHUNKS`;
+//! hub table: `CAMPAIGN#id` for the campaign, its chunk records and audit
+//! events, `CAMPAIGN#id#RECEIPTS#<shard>` for delivery-receipt counts), so
+//! the embedded store feels the same heat the real tables would.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,25 @@ pub(crate) fn key_partition(campaign: &str, shard: u32) -> String {
 
 pub(crate) fn chunks_partition(campaign: &str) -> String {
     format!("CAMPAIGN#{campaign}#CHUNKS")
+}
+
+/// Receipt-counter partitions per campaign (the DynamoDB adapter's
+/// `RECEIPT_SHARDS`).
+pub(crate) const RECEIPT_SHARDS: u32 = 32;
+
+/// The hub table's key of a campaign (its record, participations, chunk
+/// records, audit events); `hub/` keeps it apart from the patient table's.
+pub(crate) fn campaign_partition(campaign: &str) -> String {
+    format!("hub/CAMPAIGN#{campaign}")
+}
+
+/// The hub table's key where a chunk's delivery receipts are counted.
+pub(crate) fn receipts_partition(campaign: &str, chunk: &hub_core::domain::ChunkId) -> String {
+    receipts_shard_partition(campaign, chunk.shard(RECEIPT_SHARDS))
+}
+
+pub(crate) fn receipts_shard_partition(campaign: &str, shard: u32) -> String {
+    format!("hub/CAMPAIGN#{campaign}#RECEIPTS#{shard:02}")
 }
 
 /// Units a second one partition key serves.

@@ -5,8 +5,9 @@
 
 use super::db::{from_json, to_json, Db, DbError, SqlContext};
 use super::partitions::{
-    chunk_partition, chunks_partition, key_partition, read_units, PartitionLimits,
-    PartitionThrottle, KEY_SHARDS,
+    campaign_partition, chunk_partition, chunks_partition, key_partition, read_units,
+    receipts_partition, receipts_shard_partition, PartitionLimits, PartitionThrottle, KEY_SHARDS,
+    RECEIPT_SHARDS,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -86,7 +87,7 @@ CREATE TABLE IF NOT EXISTS patient_dedupe_keys (
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     db: Db,
-    /// Realistic mode: DynamoDB's per-partition-key limits on patient data.
+    /// Realistic mode: DynamoDB's per-partition-key limits on both tables.
     partitions: Option<PartitionThrottle>,
 }
 
@@ -107,7 +108,8 @@ impl SqliteStore {
         })
     }
 
-    /// Realistic mode: patient-data calls wait as DynamoDB would make them
+    /// Realistic mode: patient-data calls, and the hub-table calls made per
+    /// chunk or per receipt, wait as DynamoDB would make them
     /// wait when one partition key takes more than `limits` (see
     /// [`PartitionLimits::DYNAMODB`]), so a hot key costs throughput here too.
     pub fn with_partition_limits(mut self, limits: PartitionLimits) -> Self {
@@ -580,6 +582,13 @@ impl HubStore for SqliteStore {
     }
 
     async fn put_chunks(&self, chunks: &[ChunkRecord]) -> Result<(), StoreError> {
+        self.spend(Self::writes_per_partition(chunks.iter().flat_map(|c| {
+            [
+                campaign_partition(c.campaign.as_str()),
+                receipts_partition(c.campaign.as_str(), &c.chunk),
+            ]
+        })))
+        .await;
         let rows = chunks
             .iter()
             .map(|c| Ok((c.campaign.clone(), c.chunk.clone(), to_json("chunk", c)?)))
@@ -611,6 +620,11 @@ impl HubStore for SqliteStore {
         campaign: &CampaignId,
         chunk: &ChunkId,
     ) -> Result<Option<ChunkRecord>, StoreError> {
+        self.spend([
+            (campaign_partition(campaign.as_str()), 0, 1),
+            (receipts_partition(campaign.as_str(), chunk), 0, 1),
+        ])
+        .await;
         let (campaign, chunk) = (campaign.clone(), chunk.clone());
         self.db
             .call(move |conn| Ok(load_chunk_record(conn, &campaign, &chunk)?))
@@ -618,18 +632,42 @@ impl HubStore for SqliteStore {
     }
 
     async fn list_chunks(&self, campaign: &CampaignId) -> Result<Vec<ChunkRecord>, StoreError> {
-        let campaign = campaign.clone();
-        self.db
-            .call(move |conn| {
+        let id = campaign.clone();
+        let chunks: Vec<ChunkRecord> = self
+            .db
+            .call(move |conn| -> Result<Vec<ChunkRecord>, StoreError> {
                 Ok(query_json(
                     conn,
                     "list_chunks",
                     "chunk",
                     "SELECT data FROM hub_chunks WHERE campaign = ?1 ORDER BY chunk",
-                    [campaign.as_str()],
+                    [id.as_str()],
                 )?)
             })
-            .await
+            .await?;
+        // The chunk records from the campaign's key, their receipts from
+        // every receipts partition.
+        let receipts = (0..RECEIPT_SHARDS).map(|shard| {
+            let items = chunks
+                .iter()
+                .filter(|c| c.chunk.shard(RECEIPT_SHARDS) == shard)
+                .count();
+            (
+                receipts_shard_partition(campaign.as_str(), shard),
+                0,
+                read_units(items),
+            )
+        });
+        self.spend(
+            std::iter::once((
+                campaign_partition(campaign.as_str()),
+                0,
+                read_units(chunks.len()),
+            ))
+            .chain(receipts),
+        )
+        .await;
+        Ok(chunks)
     }
 
     async fn commit_extraction(
@@ -637,6 +675,9 @@ impl HubStore for SqliteStore {
         participation: &Participation,
         chunks: u64,
     ) -> Result<Progress, StoreError> {
+        // The participation and the campaign's counters.
+        self.spend([(campaign_partition(participation.campaign.as_str()), 2, 0)])
+            .await;
         let participation = participation.clone();
         self.db
             .call(move |conn| {
@@ -659,6 +700,12 @@ impl HubStore for SqliteStore {
         stage: ChunkStage,
         counts: &OutcomeCounts,
     ) -> Result<Option<(ChunkRecord, Progress)>, StoreError> {
+        // Read the chunk and its receipts; write it and the counters.
+        self.spend([
+            (campaign_partition(campaign.as_str()), 2, 1),
+            (receipts_partition(campaign.as_str(), chunk), 0, 1),
+        ])
+        .await;
         let (campaign, chunk, counts) = (campaign.clone(), chunk.clone(), counts.clone());
         self.db
             .call(move |conn| {
@@ -695,6 +742,10 @@ impl HubStore for SqliteStore {
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let campaign = event.campaign.as_ref().map(|c| c.as_str().to_string());
+        let partition = campaign
+            .as_deref()
+            .map_or_else(|| "hub/AUDIT".to_string(), campaign_partition);
+        self.spend([(partition, 1, 0)]).await;
         let data = to_json("audit event", event)?;
         self.db
             .call(move |conn| {
@@ -1164,8 +1215,13 @@ impl PatientDataStore for SqliteStore {
         index: u32,
         status: DeliveryStatus,
     ) -> Result<bool, StoreError> {
-        self.spend([(chunk_partition(campaign.as_str(), chunk.as_str()), 1, 0)])
-            .await;
+        // The recipient's status and, in the same transaction, its count on
+        // the chunk's receipts partition (the hub table, off the campaign's key).
+        self.spend([
+            (chunk_partition(campaign.as_str(), chunk.as_str()), 1, 0),
+            (receipts_partition(campaign.as_str(), chunk), 1, 0),
+        ])
+        .await;
         let (campaign, chunk) = (campaign.clone(), chunk.clone());
         let delivery = to_json("delivery status", &status)?;
         // The status and its count in one transaction, the count only if

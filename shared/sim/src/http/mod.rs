@@ -1,11 +1,14 @@
 //! The simulators behind the real wire protocols, on 127.0.0.1 with an
-//! ephemeral port: a GOV.UK Notify API over a [`super::GatewaySim`] and a
-//! FHIR R4 server over a [`super::GpEstate`]. The real adapters
+//! ephemeral port: a GOV.UK Notify API and an AWS End User Messaging SMS
+//! API over [`super::GatewaySim`]s, and a FHIR R4 server over a
+//! [`super::GpEstate`]. The real adapters
 //! (`adapters::notify`, `adapters::fhir`) talk to them exactly as they
 //! talk to the real services.
 
 // Handlers return an HTTP response as their error: its size does not
 // matter on a test server.
+#[allow(clippy::result_large_err)]
+mod eum;
 #[allow(clippy::result_large_err)]
 mod fhir;
 #[allow(clippy::result_large_err)]
@@ -13,6 +16,7 @@ mod notify;
 #[allow(clippy::result_large_err)]
 mod smart_auth;
 
+pub use eum::*;
 pub use fhir::*;
 pub use notify::*;
 

@@ -4,7 +4,8 @@
 //! |---------------|-----------------|--------------------------------|------------------|
 //! | campaign      | `CAMPAIGN#id`   | `META`                         | `data`, `version`, `state`, `practices_pending`, `chunks_outstanding`, `gsi1pk`=`CAMPAIGNS`, `gsi1sk`=`<created_at>#id` |
 //! | participation | `CAMPAIGN#id`   | `PRACTICE#ods`                 | `data`, `version`, `state`, `ods` |
-//! | chunk         | `CAMPAIGN#id`   | `CHUNK#chunk`                  | `data`, `rev`, `ods`, `send_done`, `letters_done`, `writeback_done`, `counted_final`, `delivered`, `failed` |
+//! | chunk         | `CAMPAIGN#id`   | `CHUNK#chunk`                  | `data`, `rev`, `ods`, `send_done`, `letters_done`, `writeback_done`, `counted_final` |
+//! | chunk receipts | `CAMPAIGN#id#RECEIPTS#<shard 00–31>` | `CHUNK#chunk`   | `delivered`, `failed` |
 //! | audit event   | `CAMPAIGN#id` (or `AUDIT` without a campaign) | `AUDIT#<time, µs>#<uuid>` | `data` |
 //! | practice      | `PRACTICE#ods`  | `META`                         | `data`, `ods`, `gsi1pk`=`PRACTICES`, `gsi1sk`=ods |
 //!
@@ -21,14 +22,18 @@
 //! campaign's `version`, so thousands of chunk completions never make a
 //! cancel lose its compare-and-set; in return `update_campaign` ignores the
 //! `progress` of the record it is given (the stored counters win). A chunk's
-//! delivery receipts are `ADD`ed to `delivered`/`failed` in the transaction
-//! that records the recipient's delivery status (`DynamoPatientStore::
-//! record_delivery`, conditional on it) and summed with the counts in
-//! `data` when read.
+//! delivery receipts are `ADD`ed to `delivered`/`failed` of its receipts
+//! item in the transaction that records the recipient's delivery status
+//! (`DynamoPatientStore::record_delivery`, conditional on it) and summed
+//! with the counts in `data` when read. The receipts items are spread over
+//! [`RECEIPT_SHARDS`] partition keys by the chunk's hash, off the
+//! campaign's own key: one receipt per text sent would otherwise put every
+//! receipt of the campaign on `CAMPAIGN#id`, which DynamoDB serves at 1,000
+//! writes a second at most.
 
 use super::{
-    backoff_for_retry, build_error, counter, decode, get_json, get_n, get_n_or_zero, n, s, to_json,
-    DecodeError, Item, Table, TxError, TRANSACT_MAX,
+    backoff_for_retry, build_error, counter, decode, get_json, get_n, get_n_or_zero, get_s, n, s,
+    to_json, DecodeError, Item, Table, TxError, TRANSACT_MAX,
 };
 use crate::aws::fault::FaultKind;
 use async_trait::async_trait;
@@ -44,6 +49,7 @@ use hub_core::domain::{
     Participation, Progress,
 };
 use hub_core::ports::{HubStore, Practice, StoreError};
+use std::collections::HashMap;
 
 const META: &str = "META";
 const LIST_INDEX: &str = "gsi1";
@@ -67,6 +73,18 @@ fn participation_sk(ods: &OdsCode) -> String {
 
 pub(super) fn chunk_sk(chunk: &ChunkId) -> String {
     format!("CHUNK#{chunk}")
+}
+
+/// Partition keys a campaign's delivery-receipt counters are spread over.
+pub const RECEIPT_SHARDS: u32 = 32;
+
+fn receipts_shard_pk(campaign: &CampaignId, shard: u32) -> String {
+    format!("CAMPAIGN#{campaign}#RECEIPTS#{shard:02}")
+}
+
+/// Where a chunk's delivery receipts are counted.
+pub(super) fn receipts_pk(campaign: &CampaignId, chunk: &ChunkId) -> String {
+    receipts_shard_pk(campaign, chunk.shard(RECEIPT_SHARDS))
 }
 
 /// The shared send bucket of one provider key (`domain::pacing`).
@@ -304,6 +322,60 @@ impl DynamoHubStore {
                 }
             }
         }
+    }
+
+    /// A chunk's receipts item, counting nothing yet.
+    fn receipts_item(chunk: &ChunkRecord) -> Item {
+        Item::from([
+            ("pk".into(), s(receipts_pk(&chunk.campaign, &chunk.chunk))),
+            ("sk".into(), s(chunk_sk(&chunk.chunk))),
+            ("delivered".into(), n(0)),
+            ("failed".into(), n(0)),
+        ])
+    }
+
+    /// Adds the receipts counted on the chunk's receipts item.
+    async fn add_counted_receipts(&self, chunk: &mut ChunkRecord) -> Result<(), StoreError> {
+        let pk = receipts_pk(&chunk.campaign, &chunk.chunk);
+        if let Some(item) = self.table.get(&pk, &chunk_sk(&chunk.chunk)).await? {
+            Self::add_receipts(chunk, &item)
+                .map_err(decode(format!("receipts of chunk {}", chunk.chunk)))?;
+        }
+        Ok(())
+    }
+
+    /// Every chunk's counted receipts (delivered, failed) by chunk id: one
+    /// query per receipts partition, a few at a time.
+    async fn campaign_receipts(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<HashMap<String, (u64, u64)>, StoreError> {
+        let shards: Vec<Vec<Item>> = futures::stream::iter(0..RECEIPT_SHARDS)
+            .map(|shard| async move {
+                let pk = receipts_shard_pk(campaign, shard);
+                self.table
+                    .query_all(&|q| {
+                        q.key_condition_expression("pk = :pk")
+                            .expression_attribute_values(":pk", s(pk.clone()))
+                            .consistent_read(true)
+                    })
+                    .await
+            })
+            .buffer_unordered(self.table.concurrency.min(8))
+            .try_collect()
+            .await?;
+        let mut receipts = HashMap::new();
+        for item in shards.iter().flatten() {
+            let what = || format!("receipts of a chunk of {campaign}");
+            let chunk = get_s(item, "sk")
+                .map_err(decode(what()))?
+                .trim_start_matches("CHUNK#")
+                .to_string();
+            let delivered = counter(get_n_or_zero(item, "delivered").map_err(decode(what()))?);
+            let failed = counter(get_n_or_zero(item, "failed").map_err(decode(what()))?);
+            receipts.insert(chunk, (delivered, failed));
+        }
+        Ok(receipts)
     }
 
     /// `PutItem` only if the key is new; returns whether it was written.
@@ -685,7 +757,11 @@ impl HubStore for DynamoHubStore {
     async fn put_chunks(&self, chunks: &[ChunkRecord]) -> Result<(), StoreError> {
         futures::stream::iter(0..chunks.len())
             .map(|position| async move {
-                let item = Self::chunk_item(&chunks[position], 0)?;
+                let chunk = &chunks[position];
+                // The receipts item first: a chunk record is never without
+                // somewhere to count its receipts.
+                self.put_if_absent(Self::receipts_item(chunk)).await?;
+                let item = Self::chunk_item(chunk, 0)?;
                 self.put_if_absent(item).await.map(|_| ())
             })
             .buffer_unordered(self.table.concurrency)
@@ -705,18 +781,30 @@ impl HubStore for DynamoHubStore {
             .await?
         {
             None => Ok(None),
-            Some(item) => Ok(Some(
-                Self::read_chunk(&item).map_err(decode(format!("chunk {campaign}/{chunk}")))?,
-            )),
+            Some(item) => {
+                let mut record =
+                    Self::read_chunk(&item).map_err(decode(format!("chunk {campaign}/{chunk}")))?;
+                self.add_counted_receipts(&mut record).await?;
+                Ok(Some(record))
+            }
         }
     }
 
     async fn list_chunks(&self, campaign: &CampaignId) -> Result<Vec<ChunkRecord>, StoreError> {
-        self.list_prefix(campaign, "CHUNK#")
+        let mut chunks = self
+            .list_prefix(campaign, "CHUNK#")
             .await?
             .iter()
             .map(|item| Self::read_chunk(item).map_err(decode(format!("a chunk of {campaign}"))))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let receipts = self.campaign_receipts(campaign).await?;
+        for chunk in &mut chunks {
+            if let Some((delivered, failed)) = receipts.get(chunk.chunk.as_str()) {
+                chunk.counts.delivered += delivered;
+                chunk.counts.failed += failed;
+            }
+        }
+        Ok(chunks)
     }
 
     async fn commit_extraction(
@@ -799,6 +887,7 @@ impl HubStore for DynamoHubStore {
                 Ok(()) => {
                     let mut record = updated;
                     Self::add_receipts(&mut record, &item).map_err(decode(what.clone()))?;
+                    self.add_counted_receipts(&mut record).await?;
                     let progress = self.progress(campaign).await?;
                     return Ok(Some((record, progress)));
                 }

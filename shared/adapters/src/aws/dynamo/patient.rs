@@ -591,29 +591,35 @@ impl PatientDataStore for DynamoPatientStore {
         } else {
             "failed"
         };
-        let count = Update::builder()
-            .table_name(hub_table)
-            .set_key(Some(Table::key(
-                super::hub::campaign_pk(campaign),
-                super::hub::chunk_sk(chunk),
-            )))
-            .update_expression(format!("ADD {counter} :one"))
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(build_error)?;
-        let actions = vec![
-            TransactWriteItem::builder().update(record).build(),
-            TransactWriteItem::builder().update(count).build(),
+        // Counted on the chunk's receipts item, off the campaign's own key
+        // (receipts arrive at the rate texts are sent); a chunk created
+        // before receipts items existed counts on its own record, which
+        // reads add too.
+        let places = [
+            super::hub::receipts_pk(campaign, chunk),
+            super::hub::campaign_pk(campaign),
         ];
-        match self.table.transact(actions).await {
-            Ok(()) => Ok(true),
-            Err(TxError::Condition(0)) => Ok(false),
-            Err(TxError::Condition(_)) => {
-                Err(StoreError::NotFound(format!("chunk {campaign}/{chunk}")))
+        for pk in places {
+            let count = Update::builder()
+                .table_name(hub_table)
+                .set_key(Some(Table::key(pk, super::hub::chunk_sk(chunk))))
+                .update_expression(format!("ADD {counter} :one"))
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":one", n(1))
+                .build()
+                .map_err(build_error)?;
+            let actions = vec![
+                TransactWriteItem::builder().update(record.clone()).build(),
+                TransactWriteItem::builder().update(count).build(),
+            ];
+            match self.table.transact(actions).await {
+                Ok(()) => return Ok(true),
+                Err(TxError::Condition(0)) => return Ok(false),
+                Err(TxError::Condition(_)) => {}
+                Err(TxError::Fault(fault)) => return Err(fault.into()),
             }
-            Err(TxError::Fault(fault)) => Err(fault.into()),
         }
+        Err(StoreError::NotFound(format!("chunk {campaign}/{chunk}")))
     }
 
     async fn mark_written_back(
