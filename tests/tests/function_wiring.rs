@@ -298,7 +298,6 @@ async fn a_mesh_practice_goes_to_the_mailbox_the_mesh_secret_names() {
     assert_eq!(*recording.reads.lock().unwrap(), [MESH]);
 }
 
-#[tokio::test]
 /// With an End User Messaging identity configured, every function plans
 /// with it beside the Notify keys (parts a second, its daily cap), the send
 /// router paces it in parts, and still no secret is read for it.
