@@ -278,3 +278,30 @@ async fn a_throttle_holds_the_eum_key_only_and_nothing_is_lost_or_doubled() {
     assert_eq!(eum_during_storm, 0);
     assert!(eum_after >= 10, "EUM back after the storm: {eum_after}");
 }
+
+/// EUM cannot be asked for a text by our reference, so a send whose answer
+/// was lost (the service took it, then answered 500) is counted as sent
+/// and never sent again, here or through another key.
+#[tokio::test]
+async fn an_ambiguous_answer_from_eum_is_counted_sent_and_never_repeated() {
+    let server = service().await;
+    let sender = server.sender(SENDER).unwrap().clone();
+    let eum: Arc<dyn SmsProvider> = Arc::new(signed_client(&server));
+    let router = ProviderRouter::new(vec![(eum, 10.0)]).with_ambiguity_grace(Duration::ZERO);
+    sender.lose_next_responses(1);
+    let request = text(7, "Heatwave: stay cool.");
+
+    let (provider, accepted) = router.send(&request).await.expect("counted as sent");
+
+    assert_eq!(provider, "eum");
+    assert_eq!(
+        accepted.provider_id,
+        hub_core::handlers::router::UNCONFIRMED_PROVIDER_ID
+    );
+    assert_eq!(
+        sender.sends_for(&request.reference),
+        1,
+        "sent once, not repeated"
+    );
+    assert_eq!(sender.duplicate_sends(), 0);
+}

@@ -117,14 +117,17 @@ impl SmsProvider for EumSmsClient {
         }
     }
 
+    fn answers_lookups(&self) -> bool {
+        // EUM has no lookup by our reference: it travels only as a
+        // `Context` key into the delivery events. So an ambiguous send
+        // (timeout, 5xx, lost answer) is counted as sent, never repeated.
+        false
+    }
+
     async fn find_by_reference(
         &self,
         _reference: &str,
     ) -> Result<Option<ProviderRecord>, ProviderError> {
-        // EUM has no lookup by our reference: it travels only as a
-        // `Context` key into the delivery events. A lost response cannot be
-        // reconciled here, so the router treats it as not sent; the one
-        // duplicate this can cause is the price of using this provider.
         Ok(None)
     }
 }

@@ -280,6 +280,10 @@ enum Settled {
     Unknown(String),
 }
 
+/// The provider id recorded for a text whose provider gave an ambiguous
+/// answer and cannot be asked whether it took it.
+pub const UNCONFIRMED_PROVIDER_ID: &str = "unconfirmed";
+
 /// Default for [`ProviderRouter::with_ambiguity_grace`]: how long after a
 /// timeout, 5xx or lost answer the router waits before asking the same
 /// provider whether it has the message (never more than a quarter of the
@@ -624,6 +628,16 @@ impl ProviderRouter {
         request: &SmsRequest,
         started: Instant,
     ) -> Settled {
+        if !lane.provider.answers_lookups() {
+            // Nothing to ask: at most once, so the text counts as sent.
+            tracing::warn!(
+                provider = lane.provider.name(),
+                "ambiguous answer from a provider that cannot be asked by reference: counted as sent, not repeated"
+            );
+            return Settled::Accepted(Accepted {
+                provider_id: UNCONFIRMED_PROVIDER_ID.to_string(),
+            });
+        }
         let grace = self.ambiguity_grace.min(self.deadline / 4);
         if self.deadline.saturating_sub(started.elapsed()) <= grace {
             return Settled::Unknown("no time left to look the message up".into());

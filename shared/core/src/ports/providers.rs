@@ -58,6 +58,12 @@ pub trait SmsProvider: Send + Sync {
         None
     }
     async fn send_sms(&self, request: &SmsRequest) -> Result<Accepted, ProviderError>;
+    /// Whether `find_by_reference` can find a text this provider took. When
+    /// it cannot, an ambiguous send is counted as sent and never repeated:
+    /// a patient must not get the campaign twice.
+    fn answers_lookups(&self) -> bool {
+        true
+    }
     /// Finds a notification by our reference, if the provider has it.
     async fn find_by_reference(
         &self,
