@@ -29,13 +29,19 @@ pub struct LimitsArgs {
     workers: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Keep the tables and queues in this SQLite file (default: a temporary
+    /// file, deleted afterwards, so memory does not grow with the cohort).
+    #[arg(long)]
+    database: Option<std::path::PathBuf>,
 }
 
 /// Runs on its own current-thread runtime with paused time, so the hub and
 /// the simulators share a clock that jumps whenever everything waits.
 pub fn run(command: BenchCommand, json: bool) -> anyhow::Result<()> {
     let BenchCommand::Limits(args) = command;
+    let (_scratch, database) = crate::demo::database_file(args.database, "bench.sqlite")?;
     let options = LimitsOptions {
+        database,
         practices: args.practices,
         patients: args.patients,
         notify_keys: args.notify_keys,

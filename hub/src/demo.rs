@@ -130,16 +130,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         fhir_base_url: args.fhir_url.clone(),
         mesh_practices: args.mesh_practices,
     };
-    // On disk, not in memory: a 2,000,000-patient campaign is gigabytes of
-    // rows, and SQLite's page cache stays at 32 MiB.
-    let scratch = match &args.db {
-        Some(_) => None,
-        None => Some(tempfile::tempdir()?),
-    };
-    let database = args
-        .db
-        .clone()
-        .or_else(|| scratch.as_ref().map(|dir| dir.path().join("demo.sqlite")));
+    let (_scratch, database) = database_file(args.db.clone(), "demo.sqlite")?;
     let options = DemoOptions {
         external,
         practices: args.practices,
@@ -242,4 +233,19 @@ fn print_report(r: &DemoReport) {
         "Duplicate sends: {}. Patient data purged: {} items; remaining in the store: {}.",
         r.duplicate_sends, r.purged_items, r.patient_data_remaining
     );
+}
+
+/// The SQLite file given, or one in a temporary directory (deleted when the
+/// returned guard drops). On disk, not in memory: a 2,000,000-patient
+/// campaign is gigabytes of rows, and SQLite's page cache stays at 32 MiB.
+pub(crate) fn database_file(
+    given: Option<std::path::PathBuf>,
+    name: &str,
+) -> anyhow::Result<(Option<tempfile::TempDir>, Option<std::path::PathBuf>)> {
+    if given.is_some() {
+        return Ok((None, given));
+    }
+    let scratch = tempfile::tempdir()?;
+    let path = scratch.path().join(name);
+    Ok((Some(scratch), Some(path)))
 }

@@ -18,6 +18,7 @@ use hub_core::handlers::HubConfig;
 use hub_core::ports::{Clock, QueueName};
 use hub_sim::GatewayConfig;
 use serde::Serialize;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -56,6 +57,9 @@ pub struct LimitsOptions {
     pub workers: usize,
     pub seed: u64,
     pub message: String,
+    /// SQLite file for the tables and queues (`None`: in memory, which at
+    /// 2,000,000 patients holds every record in RAM).
+    pub database: Option<PathBuf>,
 }
 
 impl Default for LimitsOptions {
@@ -68,6 +72,7 @@ impl Default for LimitsOptions {
             workers: 20,
             seed: 42,
             message: DemoOptions::default().message,
+            database: None,
         }
     }
 }
@@ -117,6 +122,7 @@ pub async fn run_limits(options: &LimitsOptions) -> anyhow::Result<LimitsReport>
         seed: options.seed,
         transport: Transport::InProcess,
         message: options.message.clone(),
+        database: options.database.clone(),
         ..DemoOptions::default()
     };
     let mut config = demo.stack_config();
@@ -135,7 +141,8 @@ pub async fn run_limits(options: &LimitsOptions) -> anyhow::Result<LimitsReport>
     // long-poll); the visibility timeout is the template's 6 × 15 minutes.
     config.poll_interval = Duration::from_secs(1);
     config.visibility_timeout = Duration::from_secs(90 * 60);
-    let stack = LocalStack::start_with(config, clock.clone(), Some(options.workers)).await?;
+    let stack =
+        LocalStack::start_in_virtual_time(config, clock.clone(), Some(options.workers)).await?;
     let result = drive(&stack, options, real_start).await;
     stack.shutdown();
     result

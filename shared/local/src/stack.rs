@@ -182,8 +182,47 @@ impl LocalStack {
         clock: Arc<dyn Clock>,
         send_workers: Option<usize>,
     ) -> anyhow::Result<Arc<Self>> {
+        Self::start_on(config, clock, send_workers, DbUse::DURABLE).await
+    }
+
+    /// A stack whose database is thrown away afterwards (the demo): SQLite
+    /// calls run inline on the runtime's threads (no hand-off to the
+    /// blocking pool and back for each of millions of small calls; one
+    /// connection serialises them anyway) and commits never wait for the
+    /// disk. `send_workers` as for [`LocalStack::start_with`].
+    pub async fn start_throwaway(
+        config: LocalStackConfig,
+        send_workers: Option<usize>,
+    ) -> anyhow::Result<Arc<Self>> {
+        Self::start_on(
+            config,
+            Arc::new(SystemClock),
+            send_workers,
+            DbUse::THROWAWAY,
+        )
+        .await
+    }
+
+    /// As [`LocalStack::start_with`], for a current-thread runtime with
+    /// paused time: the embedded store, queue and scheduler run their
+    /// SQLite calls inline, so virtual time stands still while they work
+    /// (see `bench`).
+    pub async fn start_in_virtual_time(
+        config: LocalStackConfig,
+        clock: Arc<dyn Clock>,
+        send_workers: Option<usize>,
+    ) -> anyhow::Result<Arc<Self>> {
+        Self::start_on(config, clock, send_workers, DbUse::THROWAWAY).await
+    }
+
+    async fn start_on(
+        config: LocalStackConfig,
+        clock: Arc<dyn Clock>,
+        send_workers: Option<usize>,
+        db_use: DbUse,
+    ) -> anyhow::Result<Arc<Self>> {
         config.check_retry_span()?;
-        let (store, queue, scheduler) = open_embedded(&config)?;
+        let (store, queue, scheduler) = open_embedded(&config, clock.clone(), db_use)?;
         let estate = Arc::new(GpEstate::generate(config.region));
         let sink = Arc::new(ReceiptsHandler {
             hub: Mutex::new(None),
@@ -349,11 +388,12 @@ impl LocalStack {
     fn spawn_timer(self: &Arc<Self>) {
         let stack = self.clone();
         let handle = tokio::spawn(async move {
-            let mut last_watchdog = std::time::Instant::now();
+            // tokio's clock, so the schedule keeps to virtual time too.
+            let mut last_watchdog = tokio::time::Instant::now();
             loop {
                 // The watchdog's schedule (see `handlers::watchdog`).
                 if last_watchdog.elapsed() >= WATCHDOG_EVERY {
-                    last_watchdog = std::time::Instant::now();
+                    last_watchdog = tokio::time::Instant::now();
                     if let Err(error) = hub_core::handlers::watchdog::watchdog(&stack.hub).await {
                         tracing::warn!(%error, "watchdog run failed");
                     }
@@ -488,12 +528,35 @@ impl<P: SmsProvider> SmsProvider for DramaRangeOnly<P> {
     }
 }
 
+/// How the embedded adapters use SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DbUse {
+    /// Calls run on the calling thread, not the blocking pool.
+    inline: bool,
+    /// Commits wait for the disk.
+    fsync: bool,
+}
+
+impl DbUse {
+    /// `hub local serve` and the tests: kept data, a runtime never blocked.
+    const DURABLE: Self = Self {
+        inline: false,
+        fsync: true,
+    };
+    const THROWAWAY: Self = Self {
+        inline: true,
+        fsync: false,
+    };
+}
+
 /// The SQLite store, queue and scheduler: in one file each beside
-/// `config.database`, or in memory.
+/// `config.database`, or in memory. Delayed jobs fall due on `clock`.
 fn open_embedded(
     config: &LocalStackConfig,
+    clock: Arc<dyn Clock>,
+    db_use: DbUse,
 ) -> anyhow::Result<(Arc<SqliteStore>, Arc<LocalQueue>, Arc<LocalScheduler>)> {
-    let (store, queue, scheduler) = match &config.database {
+    let (mut store, mut queue, mut scheduler) = match &config.database {
         Some(path) => (
             SqliteStore::open(path).context("opening the local store")?,
             LocalQueue::open(&path.with_extension("queue.sqlite"))
@@ -507,6 +570,17 @@ fn open_embedded(
             LocalScheduler::in_memory()?,
         ),
     };
+    if db_use.inline {
+        store = store.with_inline_calls();
+        queue = queue.with_inline_calls();
+        scheduler = scheduler.with_inline_calls();
+    }
+    if !db_use.fsync {
+        store = store.without_fsync()?;
+        queue = queue.without_fsync()?;
+        scheduler = scheduler.without_fsync()?;
+    }
+    let queue = queue.with_clock(clock);
     for name in QueueName::ALL {
         queue.set_config(
             name,

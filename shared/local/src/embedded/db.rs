@@ -105,6 +105,8 @@ pub(super) fn from_millis(ms: i64) -> Result<DateTime<Utc>, DbError> {
 #[derive(Clone)]
 pub(super) struct Db {
     conn: Arc<Mutex<Connection>>,
+    /// Calls run on the caller's thread instead of the blocking pool.
+    inline: bool,
 }
 
 impl std::fmt::Debug for Db {
@@ -144,17 +146,51 @@ impl Db {
         conn.execute_batch(schema)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            inline: false,
         })
     }
 
+    /// Never waits for the disk (`synchronous=OFF`): for a throwaway
+    /// database (a demo's or benchmark's temporary file), which a crash of
+    /// the process or the machine may leave corrupt. In WAL mode even
+    /// `NORMAL` syncs at every checkpoint, and millions of small
+    /// transactions checkpoint often.
+    pub(super) fn without_fsync(self) -> anyhow::Result<Self> {
+        lock(&self.conn).pragma_update(None, "synchronous", "OFF")?;
+        Ok(self)
+    }
+
+    /// Runs every call inline on the calling thread. For a current-thread
+    /// runtime with paused time (the virtual-time scenario): while a call
+    /// runs the runtime is busy, so tokio cannot move the clock on, and no
+    /// thread hop is paid per call. Never holds the connection across an
+    /// await, so tasks on one thread cannot deadlock on it.
+    pub(super) fn inline(mut self) -> Self {
+        self.inline = true;
+        self
+    }
+
     /// Runs `work` on the blocking pool with the connection locked, so the
-    /// async runtime never waits on SQLite.
+    /// async runtime never waits on SQLite (or inline, see [`Db::inline`]).
     pub(super) async fn call<T, E, F>(&self, work: F) -> Result<T, E>
     where
         F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        if self.inline {
+            // As the blocking pool would: a panic becomes an error, never
+            // with its payload (it may quote a record).
+            let conn = &self.conn;
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                work(&mut lock(conn))
+            }))
+            .unwrap_or_else(|_| {
+                Err(E::from(DbError::Other(anyhow::anyhow!(
+                    "database task panicked"
+                ))))
+            });
+        }
         let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || work(&mut lock(&conn)))
             .await

@@ -5,7 +5,7 @@
 use super::db::{millis, to_json, Db, DbError, SqlContext};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use hub_core::ports::{Job, JobQueue, QueueError, QueueName};
+use hub_core::ports::{Clock, Job, JobQueue, QueueError, QueueName, SystemClock};
 use rusqlite::{params, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::Path;
@@ -64,10 +64,18 @@ pub struct ReceivedMessage {
 
 /// The embedded `JobQueue` plus the consumer side used by the local event
 /// source. Clones share one connection and one configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalQueue {
     db: Db,
     configs: Arc<RwLock<HashMap<QueueName, QueueConfig>>>,
+    /// When a delayed job (`send_later`) falls due: the consumers' clock.
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for LocalQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalQueue").finish_non_exhaustive()
+    }
 }
 
 impl LocalQueue {
@@ -84,7 +92,27 @@ impl LocalQueue {
         Self {
             db,
             configs: Arc::default(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Delayed jobs fall due on `clock`, the one consumers pass to
+    /// [`LocalQueue::receive`] (a scenario's virtual clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// A throwaway database: commits never wait for the disk.
+    pub fn without_fsync(mut self) -> anyhow::Result<Self> {
+        self.db = self.db.without_fsync()?;
+        Ok(self)
+    }
+
+    /// Runs its SQLite calls on the calling thread (virtual time).
+    pub fn with_inline_calls(mut self) -> Self {
+        self.db = self.db.inline();
+        self
     }
 
     /// Sets a queue's configuration (not persisted: set it at start-up).
@@ -375,7 +403,8 @@ impl JobQueue for LocalQueue {
             .collect::<Result<Vec<_>, DbError>>()?;
         let delay = chrono::Duration::from_std(delay.min(hub_core::ports::MAX_SEND_DELAY))
             .unwrap_or_default();
-        self.insert(messages, millis(Utc::now() + delay)).await
+        self.insert(messages, millis(self.clock.now() + delay))
+            .await
     }
 }
 
@@ -547,6 +576,33 @@ mod tests {
         let got = q.receive(QueueName::Send, 10, t(40)).await.unwrap();
         assert_eq!(got[0].receive_count, 1);
         assert!(q.dead_letters(QueueName::Send).await.unwrap().is_empty());
+    }
+
+    /// A clock standing at one instant.
+    struct StoppedClock(DateTime<Utc>);
+
+    impl Clock for StoppedClock {
+        fn now(&self) -> DateTime<Utc> {
+            self.0
+        }
+    }
+
+    /// `send_later` counts its delay on the queue's clock (a scenario's
+    /// virtual clock), the one consumers receive by.
+    #[tokio::test]
+    async fn a_delayed_job_falls_due_on_the_queue_clock() {
+        let q = queue(30, 5).with_clock(Arc::new(StoppedClock(t(0))));
+        q.send_later(&[send_job(1)], Duration::from_secs(60))
+            .await
+            .unwrap();
+        q.send(&[send_job(2)]).await.unwrap();
+        let now = q.receive(QueueName::Send, 10, t(59)).await.unwrap();
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].body, serde_json::to_string(&send_job(2)).unwrap());
+        assert_eq!(q.depth_at(QueueName::Send, t(59)).await.unwrap(), (0, 2));
+        let later = q.receive(QueueName::Send, 10, t(60)).await.unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].body, serde_json::to_string(&send_job(1)).unwrap());
     }
 
     #[tokio::test]

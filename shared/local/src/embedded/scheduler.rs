@@ -38,6 +38,18 @@ impl LocalScheduler {
         })
     }
 
+    /// A throwaway database: commits never wait for the disk.
+    pub fn without_fsync(mut self) -> anyhow::Result<Self> {
+        self.db = self.db.without_fsync()?;
+        Ok(self)
+    }
+
+    /// Runs its SQLite calls on the calling thread (virtual time).
+    pub fn with_inline_calls(mut self) -> Self {
+        self.db = self.db.inline();
+        self
+    }
+
     /// Removes and returns the schedules whose time is at or before `now`,
     /// earliest first. Removal is the completion: a caller that fails to run
     /// an action should schedule it again.

@@ -108,6 +108,20 @@ impl SqliteStore {
         })
     }
 
+    /// A throwaway database: commits never wait for the disk.
+    pub fn without_fsync(mut self) -> anyhow::Result<Self> {
+        self.db = self.db.without_fsync()?;
+        Ok(self)
+    }
+
+    /// Runs its SQLite calls on the calling thread, not the blocking pool:
+    /// for a current-thread runtime with paused time, whose clock then
+    /// cannot move while the store works.
+    pub fn with_inline_calls(mut self) -> Self {
+        self.db = self.db.inline();
+        self
+    }
+
     /// Realistic mode: patient-data calls, and the hub-table calls made per
     /// chunk or per receipt, wait as DynamoDB would make them
     /// wait when one partition key takes more than `limits` (see
@@ -1356,6 +1370,22 @@ mod tests {
     use hub_testkit::fixtures::{
         campaign, chunk_record, freeze_input, later, nhs, not_found, ods, recipient, seeded,
     };
+
+    /// Inline calls finish in their first poll: the task never yields while
+    /// SQLite works, so a paused runtime cannot move its clock meanwhile.
+    #[tokio::test]
+    async fn inline_calls_complete_without_yielding() {
+        use futures::FutureExt;
+        let inline = SqliteStore::in_memory().unwrap().with_inline_calls();
+        let (c, _) = seeded(&inline, 2).await;
+        let got = inline.get_campaign(&c.id).now_or_never();
+        assert_eq!(
+            got.unwrap().unwrap().map(|found| found.id),
+            Some(c.id.clone())
+        );
+        let participations = inline.list_participations(&c.id).now_or_never();
+        assert_eq!(participations.unwrap().unwrap().len(), 2);
+    }
 
     /// Every write to the campaign record moves its version here, counters
     /// included (DynamoDB keeps the counters beside the record and leaves
