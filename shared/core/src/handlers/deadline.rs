@@ -19,6 +19,9 @@ pub enum DeadlineOutcome {
     AlreadyDone,
 }
 
+/// Freezes tried before the deadline job fails (to be retried).
+const FREEZE_ATTEMPTS: u32 = 5;
+
 pub async fn fire_deadline(hub: &Hub, id: &CampaignId) -> Result<DeadlineOutcome, JobError> {
     let mut campaign = hub.campaign(id).await?;
     let now = hub.now();
@@ -39,22 +42,42 @@ pub async fn fire_deadline(hub: &Hub, id: &CampaignId) -> Result<DeadlineOutcome
         return Ok(DeadlineOutcome::NotYet);
     }
 
-    let mut participations = hub.store.list_participations(id).await?;
-    let mut frozen = Vec::new();
-    // A practice frozen by an earlier attempt that died before the campaign
-    // moved on (on DynamoDB a freeze of more than 99 practices takes several
-    // transactions) is still part of this freeze.
-    for participation in participations.iter_mut() {
-        if participation.freeze() {
-            frozen.push(participation.clone());
+    // A conflict means the campaign or a participation changed under the
+    // freeze: another invocation froze it, or a notice or an opt-out was
+    // recorded meanwhile. Read again; only the first case ends here.
+    let mut attempt = 0;
+    let (stored, frozen, participations) = loop {
+        let mut participations = hub.store.list_participations(id).await?;
+        let mut frozen = Vec::new();
+        // A practice frozen by an earlier attempt that died before the
+        // campaign moved on (on DynamoDB a freeze of more than 99 practices
+        // takes several transactions) is still part of this freeze.
+        for participation in participations.iter_mut() {
+            if participation.freeze() {
+                frozen.push(participation.clone());
+            }
         }
-    }
-    campaign.begin_extraction(frozen.len() as u64, now)?;
-    let stored = match hub.store.freeze_participants(&campaign, &frozen).await {
-        Ok(stored) => stored,
-        // Another invocation won the race; it queues the jobs.
-        Err(StoreError::Conflict(_)) => return Ok(DeadlineOutcome::AlreadyDone),
-        Err(other) => return Err(other.into()),
+        let mut freezing = campaign.clone();
+        freezing.begin_extraction(frozen.len() as u64, now)?;
+        match hub.store.freeze_participants(&freezing, &frozen).await {
+            Ok(stored) => break (stored, frozen, participations),
+            Err(StoreError::Conflict(what)) => {
+                attempt += 1;
+                campaign = hub.campaign(id).await?;
+                if campaign.state != CampaignState::OptOutWindow {
+                    return Ok(DeadlineOutcome::AlreadyDone);
+                }
+                if (campaign.optout_deadline - now).num_seconds() > EARLY_TOLERANCE_SECONDS {
+                    return Ok(DeadlineOutcome::NotYet);
+                }
+                if attempt >= FREEZE_ATTEMPTS {
+                    return Err(JobError::retry(format!(
+                        "deadline of {id}: the freeze kept meeting changes ({what})"
+                    )));
+                }
+            }
+            Err(other) => return Err(other.into()),
+        }
     };
     let opted_out = participations
         .iter()

@@ -104,7 +104,9 @@ async fn check(hub: &Hub, campaign: &Campaign, run: &mut WatchdogRun) -> Result<
                     serde_json::json!({ "progress": progress }),
                 )
                 .await?;
-            } else if since >= hub.config.stuck_after {
+            } else if campaign.state == CampaignState::Sending && since >= hub.config.stuck_after {
+                // Only released chunks: while any practice is still being
+                // read, its records' restrictions are not all in.
                 chunks(hub, campaign, run).await?;
             }
         }
