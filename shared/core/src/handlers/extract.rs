@@ -239,8 +239,7 @@ impl ChunkBuilder<'_> {
             return Ok(());
         }
         let chunk = ChunkId::new(self.ods, self.chunks.len() as u32);
-        let statuses = std::iter::repeat(RecipientStatus::Pending)
-            .take(survivors.len())
+        let statuses = std::iter::repeat_n(RecipientStatus::Pending, survivors.len())
             .chain(std::iter::repeat(RecipientStatus::Standby));
         let recipients: Vec<Recipient> = survivors
             .into_iter()

@@ -61,15 +61,7 @@ pub(crate) async fn decide_standby(
     for ((recipient, key), holder) in standby.iter().zip(&keys).zip(holders) {
         let ours = match holder {
             Some(holder) if holder == own => true,
-            Some(holder) => {
-                if holder_gave_up(hub, campaign, &holder, &mut given_up).await? {
-                    hub.patients
-                        .take_over_key(campaign, key, &holder, &own)
-                        .await?
-                } else {
-                    false
-                }
-            }
+            Some(holder) => take_over(hub, campaign, key, &holder, &own, &mut given_up).await?,
             // Nobody holds it: nothing says another record reaches the
             // patient, but nothing placed this one either; kept out.
             None => false,
@@ -99,22 +91,34 @@ pub(crate) async fn decide_standby(
         .collect())
 }
 
-/// Whether the practice holding a key ended without sending (its
-/// extraction failed for good, or staff excluded it), read once per chunk.
-async fn holder_gave_up(
+/// Takes `key` over from `holder` if that practice ended without sending
+/// (its extraction failed for good, or staff excluded it); `known` keeps
+/// each holder's answer for the chunk. Returns whether `own` holds the key.
+async fn take_over(
     hub: &Hub,
     campaign: &CampaignId,
+    key: &DedupeKey,
     holder: &OdsCode,
+    own: &OdsCode,
     known: &mut HashMap<OdsCode, bool>,
 ) -> Result<bool, JobError> {
-    if let Some(gave_up) = known.get(holder) {
-        return Ok(*gave_up);
+    let gave_up = match known.get(holder) {
+        Some(gave_up) => *gave_up,
+        None => {
+            let gave_up = hub
+                .store
+                .get_participation(campaign, holder)
+                .await?
+                .is_some_and(|p| p.state == ParticipationState::ExtractionFailed);
+            known.insert(holder.clone(), gave_up);
+            gave_up
+        }
+    };
+    if !gave_up {
+        return Ok(false);
     }
-    let gave_up = hub
-        .store
-        .get_participation(campaign, holder)
-        .await?
-        .is_some_and(|p| p.state == ParticipationState::ExtractionFailed);
-    known.insert(holder.clone(), gave_up);
-    Ok(gave_up)
+    Ok(hub
+        .patients
+        .take_over_key(campaign, key, holder, own)
+        .await?)
 }
