@@ -47,6 +47,8 @@ macro_rules! store_contract {
             audit_is_listed_per_campaign_oldest_first,
             dedupe_keys_are_held_by_one_practice,
             key_holders_are_read_without_placing,
+            a_key_is_taken_over_only_from_its_holder,
+            standby_recipients_are_decided_once_and_only_as_standby,
             recipients_round_trip_in_index_order_and_are_overwritten,
             claim_takes_only_pending_recipients,
             a_stale_claim_is_released_once_and_never_over_a_newer_one,

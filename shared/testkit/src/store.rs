@@ -873,6 +873,163 @@ pub async fn key_holders_are_read_without_placing(s: &Stores) {
     assert!(patients.key_holders(&c, &[]).await.unwrap().is_empty());
 }
 
+pub async fn a_key_is_taken_over_only_from_its_holder(s: &Stores) {
+    let patients = &*s.patients;
+    let c = CampaignId::new();
+    let (a, b, third) = (ods(1), ods(2), ods(3));
+    let held = DedupeKey::Patient(nhs(1));
+    let letter = DedupeKey::Letter(nhs(1));
+    // GIVEN practice A holding a patient's text key
+    patients
+        .place_keys(&c, &a, std::slice::from_ref(&held), later())
+        .await
+        .unwrap();
+    // WHEN a third practice claims to take it from someone else THEN nothing moves
+    assert!(!patients.take_over_key(&c, &held, &b, &third).await.unwrap());
+    // AND a key nobody holds, or of another campaign, cannot be taken over
+    assert!(!patients.take_over_key(&c, &letter, &a, &b).await.unwrap());
+    assert!(!patients
+        .take_over_key(&CampaignId::new(), &held, &a, &b)
+        .await
+        .unwrap());
+    assert_eq!(
+        patients
+            .key_holders(&c, &[held.clone(), letter.clone()])
+            .await
+            .unwrap(),
+        vec![Some(a.clone()), None]
+    );
+    // WHEN B and the third practice race to take it from A THEN exactly one wins
+    let (by_b, by_third) = tokio::join!(
+        patients.take_over_key(&c, &held, &a, &b),
+        patients.take_over_key(&c, &held, &a, &third),
+    );
+    let (by_b, by_third) = (by_b.unwrap(), by_third.unwrap());
+    assert!(by_b ^ by_third, "b {by_b}, third {by_third}");
+    let winner = if by_b { b.clone() } else { third.clone() };
+    let loser = if by_b { third.clone() } else { b.clone() };
+    assert_eq!(
+        patients
+            .key_holders(&c, std::slice::from_ref(&held))
+            .await
+            .unwrap(),
+        vec![Some(winner.clone())]
+    );
+    // AND the winner asking again still holds it; the loser asking again does not
+    assert!(patients
+        .take_over_key(&c, &held, &a, &winner)
+        .await
+        .unwrap());
+    assert!(!patients.take_over_key(&c, &held, &a, &loser).await.unwrap());
+    // AND the winner now places the key as its own, A no longer can
+    assert_eq!(
+        patients
+            .place_keys(&c, &winner, std::slice::from_ref(&held), later())
+            .await
+            .unwrap(),
+        vec![Placement::Placed]
+    );
+    assert_eq!(
+        patients
+            .place_keys(&c, &a, std::slice::from_ref(&held), later())
+            .await
+            .unwrap(),
+        vec![Placement::HeldElsewhere]
+    );
+    assert_eq!(patients.count_campaign(&c).await.unwrap(), 1);
+}
+
+pub async fn standby_recipients_are_decided_once_and_only_as_standby(s: &Stores) {
+    let patients = &*s.patients;
+    let c = CampaignId::new();
+    let chunk = ChunkId::new(&ods(6), 0);
+    // GIVEN a chunk of two pending recipients and three on standby
+    let recipients: Vec<_> = (0..5)
+        .map(|i| Recipient {
+            status: if i < 2 {
+                RecipientStatus::Pending
+            } else {
+                RecipientStatus::Standby
+            },
+            ..recipient(&chunk, i)
+        })
+        .collect();
+    patients
+        .put_recipients(&c, &recipients, later())
+        .await
+        .unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+    // THEN a standby recipient is never claimed, nor changed as an outcome
+    assert_eq!(
+        patients.claim(&c, &chunk, &[0, 2, 3], now).await.unwrap(),
+        vec![0]
+    );
+    let update = |index: u32, status: RecipientStatus| StatusUpdate {
+        chunk: chunk.clone(),
+        index,
+        status,
+    };
+    let sent = RecipientStatus::Sent {
+        provider: "notify".into(),
+        provider_id: "p".into(),
+        at: now,
+    };
+    patients
+        .set_status(&c, &[update(2, sent.clone())])
+        .await
+        .unwrap();
+    let withheld = RecipientStatus::Withheld {
+        reason: hub_core::domain::ExclusionReason::DuplicatePatient,
+    };
+    // WHEN standbys are decided (and a pending and a claimed one named too)
+    patients
+        .decide_standby(
+            &c,
+            &[
+                update(0, withheld.clone()),
+                update(1, withheld.clone()),
+                update(2, RecipientStatus::Pending),
+                update(3, withheld.clone()),
+                update(9, RecipientStatus::Pending),
+            ],
+        )
+        .await
+        .unwrap();
+    // THEN only the standbys changed, and a missing one was ignored
+    let loaded = patients.load_chunk(&c, &chunk).await.unwrap();
+    let statuses: Vec<_> = loaded.iter().map(|r| r.status.clone()).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            RecipientStatus::Claimed { at: now },
+            RecipientStatus::Pending,
+            RecipientStatus::Pending,
+            withheld.clone(),
+            RecipientStatus::Standby,
+        ]
+    );
+    // AND a second decision does not overturn the first
+    patients
+        .decide_standby(
+            &c,
+            &[
+                update(2, withheld.clone()),
+                update(3, RecipientStatus::Pending),
+            ],
+        )
+        .await
+        .unwrap();
+    let again = patients.load_chunk(&c, &chunk).await.unwrap();
+    assert_eq!(again[2].status, RecipientStatus::Pending);
+    assert_eq!(again[3].status, withheld);
+    // AND the promoted one is claimable like any pending recipient
+    assert_eq!(
+        patients.claim(&c, &chunk, &[2, 3, 4], now).await.unwrap(),
+        vec![2]
+    );
+    assert_eq!(patients.count_campaign(&c).await.unwrap(), 5);
+}
+
 pub async fn recipients_round_trip_in_index_order_and_are_overwritten(s: &Stores) {
     let patients = &*s.patients;
     let c = CampaignId::new();

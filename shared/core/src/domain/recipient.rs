@@ -87,6 +87,12 @@ pub struct PostalAddress {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum RecipientStatus {
     Pending,
+    /// Another practice already held this patient's key when this record
+    /// was extracted: kept in reserve, never sent as is. At the release it
+    /// becomes `Pending` if that practice's extraction failed or was
+    /// excluded (this practice takes the key over), else `Withheld` as a
+    /// duplicate (`handlers/standby.rs`).
+    Standby,
     /// Claimed by a worker before the provider call; a claim found on
     /// redelivery is reconciled with the provider, never blindly re-sent.
     Claimed {

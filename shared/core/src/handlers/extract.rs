@@ -223,30 +223,37 @@ impl ChunkBuilder<'_> {
             .place_keys(&self.campaign.id, self.ods, &patient_keys, expires)
             .await?;
         let mut survivors = Vec::with_capacity(candidates.len());
+        // Held by another practice: kept in reserve in case that practice
+        // sends nothing (`standby.rs`), and decided at the release.
+        let mut standby = Vec::new();
         for (candidate, placement) in candidates.into_iter().zip(placed) {
             match placement {
                 Placement::Placed => survivors.push(candidate),
-                Placement::HeldElsewhere => self.counts.exclude(ExclusionReason::DuplicatePatient),
+                Placement::HeldElsewhere => standby.push(candidate),
             }
         }
         if self.campaign.options.one_message_per_mobile {
             survivors = self.dedupe_mobiles(survivors, expires).await?;
         }
-        if survivors.is_empty() {
+        if survivors.is_empty() && standby.is_empty() {
             return Ok(());
         }
         let chunk = ChunkId::new(self.ods, self.chunks.len() as u32);
+        let statuses = std::iter::repeat_n(RecipientStatus::Pending, survivors.len())
+            .chain(std::iter::repeat(RecipientStatus::Standby));
         let recipients: Vec<Recipient> = survivors
             .into_iter()
+            .chain(standby)
+            .zip(statuses)
             .enumerate()
-            .map(|(index, c)| Recipient {
+            .map(|(index, (c, status))| Recipient {
                 chunk: chunk.clone(),
                 index: index as u32,
                 nhs_number: c.nhs_number,
                 contact: c.contact,
                 first_name: c.first_name,
                 last_name: c.last_name,
-                status: RecipientStatus::Pending,
+                status,
                 delivery: None,
                 written_back: false,
             })

@@ -4,7 +4,7 @@
 
 use super::{Hub, JobError};
 use crate::domain::{
-    CampaignId, CampaignState, ChunkId, ChunkStage, Contact, OutcomeCounts, Personal,
+    CampaignId, CampaignState, ChunkId, ChunkStage, Contact, OutcomeCounts, Personal, Recipient,
     RecipientStatus,
 };
 use crate::ports::{LetterRequest, ProviderError, StatusUpdate};
@@ -34,8 +34,12 @@ pub async fn send_letters(
         return super::send::queue_writeback(hub, campaign_id, chunk_id).await;
     }
     let practice_name = super::send::practice_name(hub, chunk_id).await?;
-    let recipients = hub.patients.load_chunk(campaign_id, chunk_id).await?;
-    let letters: Vec<_> = recipients.iter().filter(|r| !r.is_sms()).cloned().collect();
+    let is_letter = |r: &Recipient| !r.is_sms();
+    let stored = hub.patients.load_chunk(campaign_id, chunk_id).await?;
+    let recipients: Vec<Recipient> = stored.into_iter().filter(is_letter).collect();
+    let recipients =
+        super::standby::decide_standby(hub, campaign_id, chunk_id, recipients, is_letter).await?;
+    let letters = recipients.clone();
     let withheld =
         super::restrictions::withhold_restricted(hub, campaign_id, chunk_id, &letters).await?;
     let now = hub.now();

@@ -17,6 +17,7 @@ mod restrictions;
 pub mod router;
 pub mod send;
 pub mod settle;
+mod standby;
 pub mod watchdog;
 pub mod writeback;
 

@@ -65,6 +65,9 @@ pub async fn send_chunk(
         .into_iter()
         .filter(Recipient::is_sms)
         .collect();
+    let recipients =
+        super::standby::decide_standby(hub, campaign_id, chunk_id, recipients, Recipient::is_sms)
+            .await?;
     let withheld =
         super::restrictions::withhold_restricted(hub, campaign_id, chunk_id, &recipients).await?;
     let recipients: Vec<Recipient> = recipients

@@ -240,6 +240,19 @@ pub trait PatientDataStore: Send + Sync {
         keys: &[crate::domain::DedupeKey],
     ) -> Result<Vec<Option<OdsCode>>, StoreError>;
 
+    /// Moves a key from practice `from` to practice `to`, only if `from`
+    /// still holds it (conditional write): of two practices taking over the
+    /// same key only one succeeds. Returns whether `to` holds the key
+    /// afterwards (so a repeated call by the winner answers `true` again);
+    /// `false` when nobody or a third practice holds it.
+    async fn take_over_key(
+        &self,
+        campaign: &CampaignId,
+        key: &crate::domain::DedupeKey,
+        from: &OdsCode,
+        to: &OdsCode,
+    ) -> Result<bool, StoreError>;
+
     /// Writes a chunk's recipients (overwriting any from an earlier attempt).
     async fn put_recipients(
         &self,
@@ -290,6 +303,17 @@ pub trait PatientDataStore: Send + Sync {
     /// write: only a `Pending` or `Claimed` recipient changes, so a final
     /// outcome is never overwritten. An update for a deleted item is ignored.
     async fn set_status(
+        &self,
+        campaign: &CampaignId,
+        updates: &[StatusUpdate],
+    ) -> Result<(), StoreError>;
+
+    /// Decides standby recipients (to `Pending` or `Withheld`), each a
+    /// conditional write applied only while the recipient is still
+    /// `Standby`: a recipient already decided, claimed or sent is left
+    /// alone, so a racing or repeated worker changes nothing. An update for
+    /// a deleted item is ignored.
+    async fn decide_standby(
         &self,
         campaign: &CampaignId,
         updates: &[StatusUpdate],

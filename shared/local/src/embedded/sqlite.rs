@@ -852,6 +852,59 @@ impl HubStore for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Sets each recipient's status if its current status tag is in `from`
+    /// (an SQL list of literals); other rows are left alone.
+    async fn write_statuses(
+        &self,
+        campaign: &CampaignId,
+        updates: &[StatusUpdate],
+        from: &'static str,
+    ) -> Result<(), StoreError> {
+        self.spend(Self::writes_per_partition(
+            updates
+                .iter()
+                .map(|u| chunk_partition(campaign.as_str(), u.chunk.as_str())),
+        ))
+        .await;
+        let campaign = campaign.clone();
+        let rows = updates
+            .iter()
+            .map(|u| {
+                let (status, pending) = status_columns(&u.status)?;
+                Ok((u.chunk.clone(), u.index, status, pending))
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        self.db
+            .call(move |conn| {
+                let tx = write_tx(conn)?;
+                {
+                    let mut update = tx
+                        .prepare_cached(&format!(
+                            "UPDATE patient_recipients SET status = ?1, pending = ?2
+                             WHERE campaign = ?3 AND chunk = ?4 AND idx = ?5
+                               AND json_extract(status, '$.status') IN {from}"
+                        ))
+                        .op("set_status")?;
+                    for (chunk, index, status, pending) in &rows {
+                        update
+                            .execute(params![
+                                status,
+                                pending,
+                                campaign.as_str(),
+                                chunk.as_str(),
+                                index
+                            ])
+                            .op("set_status")?;
+                    }
+                }
+                tx.commit().op("set_status: commit")?;
+                Ok(())
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl PatientDataStore for SqliteStore {
     async fn place_keys(
@@ -941,6 +994,38 @@ impl PatientDataStore for SqliteStore {
                 .transpose()
             })
             .collect()
+    }
+
+    async fn take_over_key(
+        &self,
+        campaign: &CampaignId,
+        key: &DedupeKey,
+        from: &OdsCode,
+        to: &OdsCode,
+    ) -> Result<bool, StoreError> {
+        self.spend(Self::writes_per_partition([key_partition(
+            campaign.as_str(),
+            key.shard(KEY_SHARDS),
+        )]))
+        .await;
+        let (campaign, key) = (campaign.clone(), key.storage_key());
+        let (from, to) = (from.clone(), to.clone());
+        self.db
+            .call(move |conn| {
+                let tx = write_tx(conn)?;
+                // `to` already holding it: a repeated take-over by the winner.
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE patient_dedupe_keys SET ods = ?3
+                         WHERE campaign = ?1 AND key = ?2 AND ods IN (?3, ?4)",
+                    )
+                    .op("take_over_key")?
+                    .execute(params![campaign.as_str(), key, to.as_str(), from.as_str()])
+                    .op("take_over_key")?;
+                tx.commit().op("take_over_key: commit")?;
+                Ok(changed == 1)
+            })
+            .await
     }
 
     async fn put_recipients(
@@ -1177,49 +1262,18 @@ impl PatientDataStore for SqliteStore {
         campaign: &CampaignId,
         updates: &[StatusUpdate],
     ) -> Result<(), StoreError> {
-        self.spend(Self::writes_per_partition(
-            updates
-                .iter()
-                .map(|u| chunk_partition(campaign.as_str(), u.chunk.as_str())),
-        ))
-        .await;
-        let campaign = campaign.clone();
-        let rows = updates
-            .iter()
-            .map(|u| {
-                let (status, pending) = status_columns(&u.status)?;
-                Ok((u.chunk.clone(), u.index, status, pending))
-            })
-            .collect::<Result<Vec<_>, DbError>>()?;
-        self.db
-            .call(move |conn| {
-                let tx = write_tx(conn)?;
-                {
-                    // A missing row changes nothing, which is what the port
-                    // asks; nor does a row whose outcome is already final.
-                    let mut update = tx
-                        .prepare_cached(
-                            "UPDATE patient_recipients SET status = ?1, pending = ?2
-                             WHERE campaign = ?3 AND chunk = ?4 AND idx = ?5
-                               AND json_extract(status, '$.status') IN ('pending', 'claimed')",
-                        )
-                        .op("set_status")?;
-                    for (chunk, index, status, pending) in &rows {
-                        update
-                            .execute(params![
-                                status,
-                                pending,
-                                campaign.as_str(),
-                                chunk.as_str(),
-                                index
-                            ])
-                            .op("set_status")?;
-                    }
-                }
-                tx.commit().op("set_status: commit")?;
-                Ok(())
-            })
+        // A missing row changes nothing, which is what the port asks; nor
+        // does a row whose outcome is already final.
+        self.write_statuses(campaign, updates, "('pending', 'claimed')")
             .await
+    }
+
+    async fn decide_standby(
+        &self,
+        campaign: &CampaignId,
+        updates: &[StatusUpdate],
+    ) -> Result<(), StoreError> {
+        self.write_statuses(campaign, updates, "('standby')").await
     }
 
     async fn record_delivery(

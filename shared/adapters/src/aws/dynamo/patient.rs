@@ -69,6 +69,7 @@ fn practice_prefix(ods: &OdsCode) -> String {
 fn status_tag(status: &RecipientStatus) -> &'static str {
     match status {
         RecipientStatus::Pending => "pending",
+        RecipientStatus::Standby => "standby",
         RecipientStatus::Claimed { .. } => "claimed",
         RecipientStatus::Sent { .. } => "sent",
         RecipientStatus::LetterSent { .. } => "letter_sent",
@@ -172,6 +173,40 @@ impl DynamoPatientStore {
 
     /// Runs a conditional `UpdateItem` on one recipient; returns whether the
     /// condition held.
+    /// Sets each recipient's status where `condition` holds (`from`: its
+    /// tag values); a recipient failing it is left alone.
+    async fn write_statuses(
+        &self,
+        campaign: &CampaignId,
+        updates: &[StatusUpdate],
+        condition: &str,
+        from: &[(&'static str, &'static str)],
+    ) -> Result<(), StoreError> {
+        futures::stream::iter(0..updates.len())
+            .map(|position| async move {
+                let update = &updates[position];
+                let mut values = vec![
+                    (":status", to_json(&update.status)?),
+                    (":state", s(status_tag(&update.status))),
+                ];
+                values.extend(from.iter().map(|(name, tag)| (*name, s(*tag))));
+                self.update_recipient(
+                    campaign,
+                    &update.chunk,
+                    update.index,
+                    "SET #status = :status, #state = :state",
+                    condition,
+                    values,
+                )
+                .await
+                .map(|_| ())
+            })
+            .buffer_unordered(self.table.concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
     async fn update_recipient(
         &self,
         campaign: &CampaignId,
@@ -392,6 +427,38 @@ impl PatientDataStore for DynamoPatientStore {
             .await
     }
 
+    async fn take_over_key(
+        &self,
+        campaign: &CampaignId,
+        key: &DedupeKey,
+        from: &OdsCode,
+        to: &OdsCode,
+    ) -> Result<bool, StoreError> {
+        let request = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .set_key(Some(Table::key(
+                key_pk(campaign, key.shard(KEY_SHARDS)),
+                key.storage_key(),
+            )))
+            .update_expression("SET ods = :to")
+            // `to` already holding it: a repeated take-over by the winner.
+            .condition_expression("ods IN (:from, :to)")
+            .expression_attribute_values(":from", s(from.as_str()))
+            .expression_attribute_values(":to", s(to.as_str()));
+        match self
+            .table
+            .call("UpdateItem", || request.clone().send())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err((fault, _)) if fault.kind == FaultKind::Condition => Ok(false),
+            Err((fault, _)) => Err(fault.into()),
+        }
+    }
+
     async fn put_recipients(
         &self,
         campaign: &CampaignId,
@@ -529,32 +596,30 @@ impl PatientDataStore for DynamoPatientStore {
         campaign: &CampaignId,
         updates: &[StatusUpdate],
     ) -> Result<(), StoreError> {
-        futures::stream::iter(0..updates.len())
-            .map(|position| async move {
-                let update = &updates[position];
-                // A deleted item fails `attribute_exists` and is ignored; a
-                // final outcome (sent, letter sent, rejected) is never
-                // overwritten, so a late or repeated worker changes nothing.
-                self.update_recipient(
-                    campaign,
-                    &update.chunk,
-                    update.index,
-                    "SET #status = :status, #state = :state",
-                    "attribute_exists(pk) AND #state IN (:pending, :claimed)",
-                    vec![
-                        (":status", to_json(&update.status)?),
-                        (":state", s(status_tag(&update.status))),
-                        (":pending", s("pending")),
-                        (":claimed", s("claimed")),
-                    ],
-                )
-                .await
-                .map(|_| ())
-            })
-            .buffer_unordered(self.table.concurrency)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        // A deleted item fails `attribute_exists` and is ignored; a final
+        // outcome (sent, letter sent, rejected) is never overwritten, so a
+        // late or repeated worker changes nothing.
+        self.write_statuses(
+            campaign,
+            updates,
+            "attribute_exists(pk) AND #state IN (:pending, :claimed)",
+            &[(":pending", "pending"), (":claimed", "claimed")],
+        )
+        .await
+    }
+
+    async fn decide_standby(
+        &self,
+        campaign: &CampaignId,
+        updates: &[StatusUpdate],
+    ) -> Result<(), StoreError> {
+        self.write_statuses(
+            campaign,
+            updates,
+            "attribute_exists(pk) AND #state = :standby",
+            &[(":standby", "standby")],
+        )
+        .await
     }
 
     async fn record_delivery(
