@@ -9,3 +9,4 @@ pub mod eum;
 pub mod fhir;
 pub mod mesh;
 pub mod notify;
+mod secret_json;

@@ -108,17 +108,8 @@ impl ClientCredentials {
     /// Reads the secret's JSON. Unknown fields are refused by name; the
     /// key must be PKCS#8 (`BEGIN PRIVATE KEY`), or PKCS#1 for RSA.
     pub fn parse(json: &str) -> Result<Self, CredentialError> {
-        let secret: ClientSecret = serde_json::from_str(json).map_err(|e| {
-            // serde's message names a missing or unknown field; a type
-            // error could quote a value, so only its class is kept.
-            let text = e.to_string();
-            let said = text.split(" at line").next().unwrap_or("");
-            if said.starts_with("missing field") || said.starts_with("unknown field") {
-                problem("secret", said.split(", expected").next().unwrap_or(said))
-            } else {
-                problem("secret", "not a JSON object of strings")
-            }
-        })?;
+        let secret: ClientSecret = serde_json::from_str(json)
+            .map_err(|e| problem("secret", crate::secret_json::describe_error(&e)))?;
         for (field, value) in [
             ("client_id", &secret.client_id),
             ("kid", &secret.kid),

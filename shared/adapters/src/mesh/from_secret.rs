@@ -49,15 +49,8 @@ fn problem(field: &'static str, problem: impl Into<String>) -> MeshSecretError {
 
 /// Reads the MESH secret into the client's configuration.
 pub fn mesh_config_from_secret(json: &str) -> Result<MeshConfig, MeshSecretError> {
-    let secret: MeshSecretJson = serde_json::from_str(json).map_err(|e| {
-        let text = e.to_string();
-        let said = text.split(" at line").next().unwrap_or("");
-        if said.starts_with("missing field") || said.starts_with("unknown field") {
-            problem("secret", said.split(", expected").next().unwrap_or(said))
-        } else {
-            problem("secret", "not a JSON object of strings")
-        }
-    })?;
+    let secret: MeshSecretJson = serde_json::from_str(json)
+        .map_err(|e| problem("secret", crate::secret_json::describe_error(&e)))?;
     if secret.mailbox_id.is_empty()
         || secret.mailbox_id.len() > 20
         || !secret.mailbox_id.bytes().all(|b| b.is_ascii_alphanumeric())
